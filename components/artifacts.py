@@ -1,0 +1,36 @@
+"""Artifact directories: `<root>/<Stage>/<execution>/`, published only when complete.
+
+A stage writes into a hidden temporary sibling and renames it into place at the end, so a crash
+never leaves a half-written artifact at the path a later stage reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Iterator
+
+
+def artifact_dir(pipeline_root: str, stage: str, execution: str) -> str:
+    return os.path.join(pipeline_root, stage, execution)
+
+
+@contextlib.contextmanager
+def staged_output(final_dir: str) -> Iterator[str]:
+    """Yields a temporary directory; on success renames it to `final_dir`.
+
+    On an exception the temporary directory is removed and nothing appears at `final_dir`.
+    """
+    if os.path.exists(final_dir):
+        raise FileExistsError(f"artifact already exists, refusing to overwrite: {final_dir}")
+    parent, name = os.path.split(os.path.abspath(final_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.rename(tmp, final_dir)

@@ -1,0 +1,485 @@
+"""ExampleGen: raw text files (CSV, TSV, JSONL, a folder per label) to split tf.Example TFRecords.
+
+Every record read ends up in exactly one place: a split (`Split-train`, `Split-eval`,
+`Split-test`) or `quarantine/` with a reason. `counts.json` holds the tallies, and the driver
+refuses to publish the artifact unless rows read = rows written + rows quarantined.
+
+Files are parsed one per worker call, streaming (a quoted CSV field may span lines, so a file
+cannot be cut at arbitrary byte offsets); the records are then reshuffled so that everything
+after parsing runs in parallel even for a single input file.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from components import features
+from components.artifacts import staged_output
+from components.errors import UserInputError
+
+FORMATS = ("csv", "tsv", "jsonl", "dir")
+
+# Quarantine reasons (the `reason` field of a quarantine record).
+UNPARSEABLE = "unparseable_row"
+RAGGED = "ragged_columns"
+INVALID_UTF8 = "invalid_utf8"
+MISSING_TEXT = "missing_text"
+EMPTY_TEXT = "empty_text"
+MISSING_LABEL = "missing_label"
+TEXT_TOO_LONG = "text_too_long"
+UNKNOWN_SPLIT = "unknown_split"
+
+RAW_LIMIT_BYTES = 1024
+QUARANTINE_DIR = "quarantine"
+COUNTS_FILE = "counts.json"
+
+# Values of the split column and the split they send a row to. Empty means "assign by hash".
+_MARKED_SPLITS = {
+    "": None,
+    "train": features.TRAIN,
+    "eval": features.EVAL,
+    "dev": features.EVAL,
+    "valid": features.EVAL,
+    "validation": features.EVAL,
+    "test": features.TEST,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleGenSettings:
+    """How raw rows are read, checked and split."""
+
+    input_format: str = "auto"  # auto | csv | tsv | jsonl | dir
+    text_key: str = features.TEXT
+    label_key: str = features.LABEL
+    id_key: str = features.ID
+    split_key: str = "split"
+    eval_ratio: float = 0.1  # share of unmarked and `train` rows sent to Split-eval
+    max_text_bytes: int = 1 << 20
+    require_label: bool = True
+
+    def __post_init__(self):
+        if self.input_format not in ("auto",) + FORMATS:
+            raise UserInputError(
+                f"example_gen.input_format must be one of auto, {', '.join(FORMATS)}; "
+                f"got {self.input_format!r}")
+        if not 0.0 <= self.eval_ratio < 1.0:
+            raise UserInputError(
+                f"example_gen.eval_ratio must be in [0, 1); got {self.eval_ratio}")
+        if self.max_text_bytes <= 0:
+            raise UserInputError("example_gen.max_text_bytes must be positive")
+
+
+@dataclasses.dataclass
+class RawRecord:
+    """One record as read from a source, before any check beyond parsing."""
+
+    source: str
+    line: int  # 1-based line (CSV/TSV/JSONL) where the record starts; 0 for a whole file
+    raw: bytes
+    fields: Optional[Dict[str, Any]] = None  # None when the record could not be parsed
+    error: Optional[Tuple[str, str]] = None  # (reason, detail) when it could not be parsed
+
+
+# ----------------------------------------------------------------------------------------------
+# Input discovery (driver side): clear errors before any Beam work starts.
+
+
+def _strip_compression(path: str) -> str:
+    for ext in (".gz", ".bz2", ".deflate", ".zst"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def detect_format(path: str) -> str:
+    if FileSystems.exists(path) and os.path.isdir(path):
+        return "dir"
+    ext = os.path.splitext(_strip_compression(path))[1].lower()
+    known = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+             ".ndjson": "jsonl"}
+    if ext not in known:
+        raise UserInputError(
+            f"cannot tell the format of {path}: name it .csv, .tsv, .jsonl, give a directory "
+            "laid out as DIR/<label>/*.txt, or set example_gen.input_format")
+    return known[ext]
+
+
+def _list_text_dir(root: str) -> List[Tuple[str, str, str]]:
+    """(path, label, marked split) for DIR/<label>/*.txt or DIR/<split>/<label>/*.txt."""
+    out = []
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    split_layout = bool(subdirs) and all(d in _MARKED_SPLITS and d for d in subdirs)
+    for sub in subdirs:
+        if split_layout:
+            for label in sorted(os.listdir(os.path.join(root, sub))):
+                label_dir = os.path.join(root, sub, label)
+                if os.path.isdir(label_dir):
+                    out += [(os.path.join(label_dir, f), label, sub)
+                            for f in sorted(os.listdir(label_dir)) if f.endswith(".txt")]
+        else:
+            label_dir = os.path.join(root, sub)
+            out += [(os.path.join(label_dir, f), sub, "")
+                    for f in sorted(os.listdir(label_dir)) if f.endswith(".txt")]
+    if not out:
+        raise UserInputError(
+            f"directory input {root} holds no DIR/<label>/*.txt (or DIR/<split>/<label>/*.txt) "
+            "files")
+    return out
+
+
+def _read_header(path: str, delimiter: str) -> List[str]:
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(text, delimiter=delimiter, **_quoting(delimiter))
+        for row in reader:
+            if row:
+                return row
+    return []
+
+
+def _quoting(delimiter: str) -> Dict[str, Any]:
+    # CSV follows RFC 4180 quoting, checked strictly; TSV has no quoting (IANA text/tab-separated).
+    if delimiter == "\t":
+        return {"quoting": csv.QUOTE_NONE}
+    return {"strict": True}
+
+
+def discover_inputs(inputs: Sequence[str], settings: ExampleGenSettings) -> List[Tuple[str, str]]:
+    """Expands globs to (path, format) work items; raises UserInputError naming what is wrong.
+
+    For a directory input each .txt file is one item with format `dir:<label>:<split>`.
+    """
+    if not inputs:
+        raise UserInputError("no input given: pass --input GLOB")
+    items: List[Tuple[str, str]] = []
+    for pattern in inputs:
+        if os.path.isdir(pattern):
+            if settings.input_format not in ("auto", "dir"):
+                raise UserInputError(
+                    f"{pattern} is a directory but example_gen.input_format is "
+                    f"{settings.input_format!r}")
+            items += [(p, f"dir:{label}:{split}") for p, label, split in _list_text_dir(pattern)]
+            continue
+        matches = FileSystems.match([pattern])[0].metadata_list
+        paths = sorted(m.path for m in matches if not os.path.isdir(m.path))
+        if not paths:
+            raise UserInputError(f"input {pattern} matches no file")
+        for path in paths:
+            fmt = settings.input_format if settings.input_format != "auto" else detect_format(path)
+            if fmt in ("csv", "tsv"):
+                header = _read_header(path, "," if fmt == "csv" else "\t")
+                if header:  # an empty file holds no rows; nothing to check
+                    required = [settings.text_key] + ([settings.label_key]
+                                                      if settings.require_label else [])
+                    missing = [c for c in required if c not in header]
+                    if missing:
+                        raise UserInputError(
+                            f"{path}: header has no column {', '.join(map(repr, missing))} "
+                            f"(columns: {', '.join(header)}); set example_gen.text_key / "
+                            "label_key to the right names")
+            items.append((path, fmt))
+    return items
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers (worker side): one file in, RawRecords out.
+
+
+class _LineRecorder:
+    """Iterates a text stream, keeping the lines consumed since the last `take()`."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._lines: List[str] = []
+
+    def __iter__(self):
+        for line in self._stream:
+            self._lines.append(line)
+            yield line
+
+    def take(self) -> bytes:
+        raw = "".join(self._lines).encode("utf-8", "surrogateescape")
+        self._lines.clear()
+        return raw
+
+
+def _has_invalid_utf8(values: Iterable[str]) -> bool:
+    try:
+        for v in values:
+            v.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not valid UTF-8
+        return True
+    return False
+
+
+def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord]:
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as raw_stream:
+        # surrogateescape keeps invalid bytes visible per row instead of failing the file.
+        text = io.TextIOWrapper(raw_stream, encoding="utf-8", errors="surrogateescape",
+                                newline="")
+        recorder = _LineRecorder(text)
+        reader = csv.reader(iter(recorder), delimiter=delimiter, **_quoting(delimiter))
+        header: Optional[List[str]] = None
+        prev_line = 0
+        while True:
+            try:
+                row = next(reader)
+                error = None
+            except StopIteration:
+                break
+            except csv.Error as e:
+                row, error = None, (UNPARSEABLE, str(e))
+            start, prev_line = prev_line + 1, reader.line_num
+            raw = recorder.take()
+            if row is not None and not row:
+                continue  # a blank line holds no record
+            if header is None and error is None:
+                header = row
+                continue
+            if error is None and len(row) != len(header):
+                error = (RAGGED, f"expected {len(header)} columns, got {len(row)}")
+            if error is None and _has_invalid_utf8(row):
+                error = (INVALID_UTF8, "row is not valid UTF-8")
+            if error:
+                yield RawRecord(path, start, raw, error=error)
+            else:
+                yield RawRecord(path, start, raw, fields=dict(zip(header, row)))
+
+
+def read_jsonl(path: str) -> Iterator[RawRecord]:
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+        for number, raw in enumerate(stream, start=1):
+            if not raw.strip():
+                continue  # a blank line holds no record
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield RawRecord(path, number, raw, error=(INVALID_UTF8, "line is not valid UTF-8"))
+                continue
+            except ValueError as e:
+                yield RawRecord(path, number, raw, error=(UNPARSEABLE, f"invalid JSON: {e}"))
+                continue
+            if not isinstance(obj, dict):
+                yield RawRecord(path, number, raw,
+                                error=(UNPARSEABLE, f"expected a JSON object, got "
+                                                    f"{type(obj).__name__}"))
+                continue
+            yield RawRecord(path, number, raw, fields=obj)
+
+
+def read_text_file(path: str, label: str, split: str, settings: ExampleGenSettings
+                   ) -> Iterator[RawRecord]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        yield RawRecord(path, 0, raw, error=(INVALID_UTF8, "file is not valid UTF-8"))
+        return
+    yield RawRecord(path, 0, raw, fields={
+        settings.text_key: text, settings.label_key: label, settings.split_key: split,
+        settings.id_key: path})
+
+
+def read_records(item: Tuple[str, str], settings: ExampleGenSettings) -> Iterator[RawRecord]:
+    path, fmt = item
+    if fmt == "csv":
+        return read_delimited(path, ",")
+    if fmt == "tsv":
+        return read_delimited(path, "\t")
+    if fmt == "jsonl":
+        return read_jsonl(path)
+    label, split = fmt[len("dir:"):].rsplit(":", 1)
+    return read_text_file(path, label, split, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks, split assignment and tf.Example encoding.
+
+
+def hash_split(text: bytes, eval_ratio: float) -> str:
+    """Train or eval by a stable hash of the text: the same text always lands in the same split."""
+    bucket = int.from_bytes(hashlib.sha256(text).digest()[:8], "big") % 10_000
+    return features.EVAL if bucket < round(eval_ratio * 10_000) else features.TRAIN
+
+
+def _as_text(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def quarantine_record(record: RawRecord, reason: str, detail: str) -> Dict[str, Any]:
+    return {
+        "source": record.source,
+        "line": record.line,
+        "reason": reason,
+        "detail": detail,
+        "raw": record.raw[:RAW_LIMIT_BYTES].decode("utf-8", "backslashreplace"),
+    }
+
+
+def check_record(record: RawRecord, settings: ExampleGenSettings
+                 ) -> Tuple[Optional[str], Optional[Dict[str, bytes]], Optional[Tuple[str, str]]]:
+    """Returns (split, feature values, None) for a usable record, else (None, None, (reason, detail))."""
+    if record.error:
+        return None, None, record.error
+    f = record.fields
+    text = _as_text(f.get(settings.text_key))
+    if text is None:
+        return None, None, (MISSING_TEXT, f"no {settings.text_key!r} field")
+    if not text.strip():
+        return None, None, (EMPTY_TEXT, "text is empty or whitespace only")
+    text_bytes = text.encode("utf-8")
+    if len(text_bytes) > settings.max_text_bytes:
+        return None, None, (TEXT_TOO_LONG, f"text is {len(text_bytes)} bytes, over the limit "
+                                           f"of {settings.max_text_bytes}")
+    values = {features.TEXT: text_bytes}
+    label = _as_text(f.get(settings.label_key))
+    if label is not None and label.strip():
+        values[features.LABEL] = label.strip().encode("utf-8")
+    elif settings.require_label:
+        return None, None, (MISSING_LABEL, f"no value in {settings.label_key!r}")
+    row_id = _as_text(f.get(settings.id_key))
+    if row_id:
+        values[features.ID] = row_id.encode("utf-8")
+    marked = (_as_text(f.get(settings.split_key)) or "").strip().lower()
+    if marked not in _MARKED_SPLITS:
+        return None, None, (UNKNOWN_SPLIT, f"split value {marked!r} is not one of train, eval, "
+                                           "test or empty")
+    split = _MARKED_SPLITS[marked]
+    if split in (None, features.TRAIN):  # `train` rows are hash-split too: eval is for early stopping
+        split = hash_split(text_bytes, settings.eval_ratio)
+    return split, values, None
+
+
+def to_tf_example(values: Dict[str, bytes]) -> bytes:
+    import tensorflow as tf  # imported late: workers that never encode don't pay for it
+
+    feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+               for k, v in sorted(values.items())}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+class ToExampleFn(beam.DoFn):
+    """RawRecord -> (split, serialized tf.Example), or a quarantine record on the side output."""
+
+    QUARANTINE = "quarantine"
+
+    def __init__(self, settings: ExampleGenSettings):
+        self._settings = settings
+
+    def process(self, record: RawRecord):
+        split, values, problem = check_record(record, self._settings)
+        if problem:
+            yield beam.pvalue.TaggedOutput(self.QUARANTINE, quarantine_record(record, *problem))
+        else:
+            yield split, to_tf_example(values)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Beam graph and the driver.
+
+
+def _merge_counts(pairs: Iterable[Tuple[str, int]]) -> Dict[str, int]:
+    return dict(sorted(pairs))
+
+
+@beam.ptransform_fn
+def IngestRecords(pipeline, items: List[Tuple[str, str]], settings: ExampleGenSettings,
+                  output_dir: str):
+    """Reads, checks, splits and writes the records of `items` under `output_dir`."""
+    records = (
+        pipeline
+        | "CreateWorkItems" >> beam.Create(items)
+        | "ReadRecords" >> beam.FlatMap(read_records, settings)
+        | "Redistribute" >> beam.Reshuffle())
+    routed = records | "CheckAndEncode" >> beam.ParDo(ToExampleFn(settings)).with_outputs(
+        ToExampleFn.QUARANTINE, main="examples")
+    examples, quarantined = routed.examples, routed[ToExampleFn.QUARANTINE]
+
+    by_split = examples | "PartitionBySplit" >> beam.Partition(
+        lambda kv, n: features.SPLITS.index(kv[0]), len(features.SPLITS))
+    for split, pcoll in zip(features.SPLITS, by_split):
+        _ = (
+            pcoll
+            | f"Values[{split}]" >> beam.Values()
+            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                os.path.join(output_dir, features.split_dir_name(split), "data_tfrecord"),
+                file_name_suffix=".gz", compression_type=CompressionTypes.GZIP))
+    _ = (
+        quarantined
+        | "QuarantineToJson" >> beam.Map(json.dumps, sort_keys=True, ensure_ascii=False)
+        | "WriteQuarantine" >> beam.io.WriteToText(
+            os.path.join(output_dir, QUARANTINE_DIR, "quarantine"), file_name_suffix=".jsonl"))
+
+    # Tallies taken at two different points, so that reconciling them is a real check.
+    count_keys = (
+        (records | "KeyRead" >> beam.Map(lambda _: "read")),
+        (examples | "KeySplit" >> beam.Map(lambda kv: f"split:{kv[0]}")),
+        (quarantined | "KeyQuarantine" >> beam.Map(lambda q: f"quarantine:{q['reason']}")),
+    ) | "FlattenCountKeys" >> beam.Flatten()
+    _ = (
+        count_keys
+        | "Count" >> beam.combiners.Count.PerElement()
+        | "CollectCounts" >> beam.combiners.ToList()
+        | "CountsToJson" >> beam.Map(lambda pairs: json.dumps(_merge_counts(pairs)))
+        | "WriteCounts" >> beam.io.WriteToText(os.path.join(output_dir, COUNTS_FILE),
+                                              shard_name_template=""))
+
+
+def summarize_counts(raw_counts: Dict[str, int]) -> Dict[str, Any]:
+    splits = {s: raw_counts.get(f"split:{s}", 0) for s in features.SPLITS}
+    reasons = {k.split(":", 1)[1]: v for k, v in raw_counts.items() if k.startswith("quarantine:")}
+    return {
+        "read": raw_counts.get("read", 0),
+        "written": sum(splits.values()),
+        "quarantined": sum(reasons.values()),
+        "splits": splits,
+        "quarantine_reasons": reasons,
+    }
+
+
+def run_example_gen(inputs: Sequence[str], output_dir: str, settings: ExampleGenSettings,
+                    beam_options) -> Dict[str, Any]:
+    """Runs ExampleGen into `output_dir` (published only when complete); returns the counts."""
+    items = discover_inputs(inputs, settings)
+    with staged_output(output_dir) as tmp:
+        with beam.Pipeline(options=beam_options) as p:
+            _ = p | "IngestRecords" >> IngestRecords(items, settings, tmp)
+        with open(os.path.join(tmp, COUNTS_FILE)) as f:
+            counts = summarize_counts(json.load(f))
+        if counts["read"] != counts["written"] + counts["quarantined"]:
+            raise RuntimeError(f"ExampleGen counts do not reconcile: {counts}")
+        for split in features.SPLITS:  # a split no row went to is not an artifact
+            if counts["splits"][split] == 0:
+                shutil.rmtree(os.path.join(tmp, features.split_dir_name(split)))
+        counts["inputs"] = sorted({p for p, _ in items}) if len(items) <= 100 else len(items)
+        with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
+            json.dump(counts, f, indent=2, sort_keys=True)
+    return counts
+
+
+def read_quarantine(output_dir: str) -> List[Dict[str, Any]]:
+    """All quarantine records of an ExampleGen artifact."""
+    out = []
+    qdir = os.path.join(output_dir, QUARANTINE_DIR)
+    for name in sorted(os.listdir(qdir)) if os.path.isdir(qdir) else []:
+        with open(os.path.join(qdir, name), encoding="utf-8") as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out

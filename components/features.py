@@ -1,0 +1,24 @@
+"""Feature keys of the raw tf.Examples, spelled once for the whole project."""
+
+TEXT = "text"
+LABEL = "label"
+ID = "id"
+
+# Splits as TFX names them; the directory of split `s` is `Split-<s>`.
+TRAIN = "train"
+EVAL = "eval"
+TEST = "test"
+SPLITS = (TRAIN, EVAL, TEST)
+
+# Schema environments.
+TRAINING = "TRAINING"
+SERVING = "SERVING"
+
+
+def split_dir_name(split: str) -> str:
+    return f"Split-{split}"
+
+
+def transformed_name(key: str) -> str:
+    """Name of the transformed feature made from raw feature `key`."""
+    return f"{key}_xf"

@@ -1,0 +1,53 @@
+"""StatisticsGen: TFDV statistics of every split, computed in one Beam pipeline over TFXIO."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Sequence
+
+import apache_beam as beam
+
+from components import features
+from components.artifacts import staged_output
+
+STATS_FILE = "FeatureStats.pb"
+
+
+def split_data_pattern(examples_dir: str, split: str) -> str:
+    return os.path.join(examples_dir, features.split_dir_name(split), "*")
+
+
+def available_splits(examples_dir: str) -> Sequence[str]:
+    return [s for s in features.SPLITS
+            if os.path.isdir(os.path.join(examples_dir, features.split_dir_name(s)))]
+
+
+def run_statistics_gen(examples_dir: str, output_dir: str, beam_options) -> Dict[str, str]:
+    """Writes `Split-<s>/FeatureStats.pb` for each split of `examples_dir`; returns the paths."""
+    import tensorflow_data_validation as tfdv
+    from tfx_bsl.public import tfxio
+
+    splits = available_splits(examples_dir)
+    paths = {}
+    with staged_output(output_dir) as tmp:
+        with beam.Pipeline(options=beam_options) as p:
+            for split in splits:
+                source = tfxio.TFExampleRecord(
+                    split_data_pattern(examples_dir, split),
+                    telemetry_descriptors=["textcnn_pipeline", "StatisticsGen"])
+                path = os.path.join(tmp, features.split_dir_name(split), STATS_FILE)
+                _ = (
+                    p
+                    | f"Read[{split}]" >> source.BeamSource()
+                    | f"GenerateStatistics[{split}]" >> tfdv.GenerateStatistics(
+                        tfdv.StatsOptions())
+                    | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(path))
+        for split in splits:
+            paths[split] = os.path.join(output_dir, features.split_dir_name(split), STATS_FILE)
+    return paths
+
+
+def load_statistics(stats_dir: str, split: str):
+    import tensorflow_data_validation as tfdv
+
+    return tfdv.load_stats_binary(
+        os.path.join(stats_dir, features.split_dir_name(split), STATS_FILE))

@@ -1,0 +1,2 @@
+"""Configuration and wiring of the TextCNN pipeline (control flows CLI -> pipeline -> components)."""
+import components  # noqa: F401  (sets the legacy-Keras switch before TensorFlow is imported)

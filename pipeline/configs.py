@@ -1,0 +1,103 @@
+"""Pipeline configuration: one typed object, loaded from a JSON or TOML file and CLI flags.
+
+Each stage's settings are the stage's own dataclass (defined beside the stage in `components/`,
+which never imports this package); this module composes them and owns every default that is not
+a stage's.
+
+A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
+
+    schema_path = "schemas/schema.pbtxt"
+
+    [example_gen]
+    text_key = "sentence"
+    eval_ratio = 0.2
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Dict, Optional
+
+from components.errors import UserInputError
+from components.example_gen import ExampleGenSettings
+
+PIPELINE_NAME = "textcnn"
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SCHEMA = os.path.join(PROJECT_ROOT, "schemas", "schema.pbtxt")
+
+# Stage names, in order (TFX's names).
+EXAMPLE_GEN = "ExampleGen"
+STATISTICS_GEN = "StatisticsGen"
+SCHEMA_GEN = "SchemaGen"
+EXAMPLE_VALIDATOR = "ExampleValidator"
+STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    pipeline_root: str = "pipeline_root"
+    inputs: tuple = ()
+    schema_path: Optional[str] = DEFAULT_SCHEMA  # curated schema; inferred when the file is absent
+    allow_anomalies: bool = False
+    until: str = STAGES[-1]
+    example_gen: ExampleGenSettings = ExampleGenSettings()
+
+    def __post_init__(self):
+        if self.until not in STAGES:
+            raise UserInputError(f"--until must be one of {', '.join(STAGES)}; got {self.until!r}")
+
+
+def _build(cls, values: Dict[str, Any], where: str):
+    """Builds dataclass `cls` from a dict, rejecting unknown keys and wrong types by name."""
+    if not isinstance(values, dict):
+        raise UserInputError(f"{where or 'config'} must be a table/object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise UserInputError(f"unknown config key {name!r}; known: {', '.join(fields)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value, name)
+        elif hint is tuple:
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        else:
+            expected = typing.get_args(hint) or (hint,)
+            expected = tuple(t for t in expected if isinstance(t, type))
+            if expected and not isinstance(value, expected) or (
+                    isinstance(value, bool) and bool not in expected):
+                raise UserInputError(f"config key {name!r} must be "
+                                     f"{' or '.join(t.__name__ for t in expected)}; got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfig:
+    """Reads a JSON or TOML config file (optional) and applies CLI overrides on top."""
+    values: Dict[str, Any] = {}
+    if path:
+        if not os.path.exists(path):
+            raise UserInputError(f"config file {path} does not exist")
+        try:
+            if path.endswith(".toml"):
+                import tomllib
+
+                with open(path, "rb") as f:
+                    values = tomllib.load(f)
+            else:
+                with open(path) as f:
+                    values = json.load(f)
+        except (ValueError, OSError) as e:
+            raise UserInputError(f"config file {path} does not parse: {e}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(PipelineConfig, values, "")
+
+
+def to_dict(config: PipelineConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(config)
