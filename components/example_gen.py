@@ -138,8 +138,34 @@ def _list_text_dir(root: str) -> List[Tuple[str, str, str]]:
     return out
 
 
+class _RawReader(io.RawIOBase):
+    """Adapts a Beam file handle (possibly decompressing) to the `io` stack."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self._handle.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        if not self.closed:
+            self._handle.close()
+        super().close()
+
+
+def open_binary(path: str) -> io.BufferedReader:
+    """Opens any Beam filesystem path, decompressing by extension (.gz, .bz2, ...)."""
+    return io.BufferedReader(_RawReader(
+        FileSystems.open(path, compression_type=CompressionTypes.AUTO)), 1 << 20)
+
+
 def _read_header(path: str, delimiter: str) -> List[str]:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as raw:
+    with open_binary(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         reader = csv.reader(text, delimiter=delimiter, **_quoting(delimiter))
         for row in reader:
@@ -224,7 +250,7 @@ def _has_invalid_utf8(values: Iterable[str]) -> bool:
 
 
 def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord]:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as raw_stream:
+    with open_binary(path) as raw_stream:
         # surrogateescape keeps invalid bytes visible per row instead of failing the file.
         text = io.TextIOWrapper(raw_stream, encoding="utf-8", errors="surrogateescape",
                                 newline="")
@@ -258,7 +284,7 @@ def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord]:
 
 
 def read_jsonl(path: str) -> Iterator[RawRecord]:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+    with open_binary(path) as stream:
         for number, raw in enumerate(stream, start=1):
             if not raw.strip():
                 continue  # a blank line holds no record

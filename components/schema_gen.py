@@ -29,6 +29,7 @@ def run_schema_gen(stats_dir: str, output_dir: str, curated_schema: Optional[str
             origin = "curated"
         else:
             schema = tfdv.infer_schema(load_statistics(stats_dir, features.TRAIN))
+            _free_text_has_no_domain(schema)
             # The label is not fed at serving time.
             schema.default_environment.extend([features.TRAINING, features.SERVING])
             tfdv.get_feature(schema, features.LABEL).not_in_environment.append(features.SERVING)
@@ -39,6 +40,17 @@ def run_schema_gen(stats_dir: str, output_dir: str, curated_schema: Optional[str
                 "%s and copy it to %s to make it the source of truth.", curated_schema,
                 os.path.join(output_dir, SCHEMA_FILE), curated_schema or "schemas/schema.pbtxt")
     return os.path.join(output_dir, SCHEMA_FILE), origin
+
+
+def _free_text_has_no_domain(schema) -> None:
+    """Inference gives any low-cardinality string a domain; text and ids are open-ended."""
+    for feature in schema.feature:
+        if feature.name in (features.TEXT, features.ID):
+            if feature.HasField("domain"):
+                kept = [d for d in schema.string_domain if d.name != feature.domain]
+                del schema.string_domain[:]
+                schema.string_domain.extend(kept)
+            feature.ClearField("domain_info")
 
 
 def load_schema(schema_dir_or_file: str):

@@ -1,0 +1,47 @@
+"""Shared test helpers. Importing `components` first sets the legacy-Keras switch for TensorFlow."""
+import json
+import os
+import subprocess
+import sys
+
+import components  # noqa: F401
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def run_cli(*args, timeout=600):
+    """Runs `python local_runner.py ARGS` as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(REPO, "local_runner.py"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def read_split(examples_dir, split):
+    """The tf.Examples of one split as sorted (id or text, label) pairs of str."""
+    import tensorflow as tf
+
+    from components import features
+
+    pattern = os.path.join(examples_dir, features.split_dir_name(split), "*.gz")
+    out = []
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            ex = tf.train.Example.FromString(record.numpy())
+            f = ex.features.feature
+            out.append({k: f[k].bytes_list.value[0].decode() for k in f})
+    return sorted(out, key=lambda d: json.dumps(d, sort_keys=True))
+
+
+def only_dir(parent):
+    names = [n for n in os.listdir(parent) if not n.startswith(".")]
+    assert len(names) == 1, names
+    return os.path.join(parent, names[0])
+
+
+@pytest.fixture
+def in_memory_options():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(IN_MEMORY)

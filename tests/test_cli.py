@@ -1,0 +1,124 @@
+"""End to end: real subprocess runs of local_runner.py, as a user runs it."""
+import glob
+import json
+import os
+
+from components import features
+from conftest import IN_MEMORY, only_dir, read_split, run_cli
+
+QUESTIONS = [("How far is the moon ?", "NUM"), ("Who wrote Hamlet ?", "HUM"),
+             ("What is a prism ?", "DESC"), ("Where is Rome ?", "LOC"),
+             ("What does NASA stand for ?", "ABBR"), ("What color is the sky ?", "ENTY")]
+
+
+def write_csv(path, rows, header="text,label,split"):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(header + "\n")
+        for row in rows:
+            f.write(",".join(row) + "\n")
+    return str(path)
+
+
+def trec_like(n=60):
+    return [(f"{text[:-2]} number {i} ?", label, "test" if i % 10 == 0 else "")
+            for i in range(n) for text, label in [QUESTIONS[i % len(QUESTIONS)]]]
+
+
+def summary_of(root):
+    [path] = glob.glob(os.path.join(root, "runs", "*", "summary.json"))
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_clean_run_multiprocessing_writes_validated_splits(tmp_path):
+    data = write_csv(tmp_path / "q.csv", trec_like())
+    root = str(tmp_path / "root")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root)  # default Beam options
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rows read 60 = written 60" in proc.stdout
+    summary = summary_of(root)
+    assert summary["status"] == "succeeded" and summary["exit_code"] == 0
+    assert "--direct_running_mode=multi_processing" in summary["beam_args"]
+    assert [s["name"] for s in summary["stages"]] == [
+        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"]
+    eg_dir = only_dir(os.path.join(root, "ExampleGen"))
+    assert len(read_split(eg_dir, features.TEST)) == 6
+    assert len(read_split(eg_dir, features.TRAIN)) + len(read_split(eg_dir, features.EVAL)) == 54
+    for split in ("train", "eval", "test"):
+        assert os.path.getsize(os.path.join(
+            only_dir(os.path.join(root, "StatisticsGen")), f"Split-{split}", "FeatureStats.pb"))
+        with open(os.path.join(only_dir(os.path.join(root, "ExampleValidator")),
+                               f"Split-{split}", "anomalies.pbtxt")) as f:
+            assert "anomaly_info" not in f.read()
+    # No temporary artifact directories are left behind.
+    assert not glob.glob(os.path.join(root, "*", ".tmp-*"))
+
+
+def test_label_outside_domain_stops_with_exit_3(tmp_path):
+    rows = trec_like() + [("What is love ?", "EMOTION", "")]
+    data = write_csv(tmp_path / "q.csv", rows)
+    root = str(tmp_path / "root")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, *IN_MEMORY)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "'label'" in proc.stderr and "EMOTION" in proc.stderr
+    assert "--allow-anomalies" in proc.stderr
+    summary = summary_of(root)
+    assert summary["exit_code"] == 3 and summary["status"] == "blocked by anomalies"
+    # The anomalies the message points to are there to read.
+    anomalies = glob.glob(os.path.join(root, "ExampleValidator", "*", "Split-*", "anomalies.pbtxt"))
+    assert anomalies and any("EMOTION" in open(p).read() for p in anomalies)
+
+    allowed = run_cli("run", "--input", data, "--pipeline-root", str(tmp_path / "root2"),
+                      "--allow-anomalies", *IN_MEMORY)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert "(allowed)" in allowed.stdout
+
+
+def test_missing_schema_is_inferred_and_said(tmp_path):
+    data = write_csv(tmp_path / "q.csv", trec_like(30))
+    root = str(tmp_path / "root")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root,
+                   "--schema", str(tmp_path / "no_schema.pbtxt"), *IN_MEMORY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "inferred" in proc.stdout and "No curated schema" in proc.stderr
+    with open(os.path.join(only_dir(os.path.join(root, "SchemaGen")), "schema.pbtxt")) as f:
+        schema = f.read()
+    assert 'not_in_environment: "SERVING"' in schema
+    # Free text never gets a domain, however few distinct texts the training split had.
+    from components.schema_gen import label_classes, load_schema
+
+    parsed = load_schema(only_dir(os.path.join(root, "SchemaGen")))
+    [text] = [f for f in parsed.feature if f.name == "text"]
+    assert text.WhichOneof("domain_info") is None
+    assert [d.name for d in parsed.string_domain] == ["label"]
+    assert sorted(label_classes(parsed)) == sorted({label for _, label in QUESTIONS})
+
+
+def test_until_stops_early_and_beam_flags_pass_through(tmp_path):
+    data = write_csv(tmp_path / "q.csv", trec_like(12))
+    root = str(tmp_path / "root")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--until", "ExampleGen",
+                   "--direct_num_workers=1", "--direct_running_mode=in_memory")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(root)
+    assert [s["name"] for s in summary["stages"]] == ["ExampleGen"]
+    assert summary["beam_args"][-1] == "--direct_running_mode=in_memory"
+    assert not os.path.exists(os.path.join(root, "StatisticsGen"))
+
+
+def test_usage_errors_exit_2_and_name_the_problem(tmp_path):
+    missing = run_cli("run", "--input", str(tmp_path / "none.csv"), "--pipeline-root",
+                      str(tmp_path / "r"))
+    assert missing.returncode == 2 and "none.csv" in missing.stderr
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"example_gen": {"eval_ratoi": 0.2}}))
+    bad_key = run_cli("run", "--input", "x.csv", "--pipeline-root", str(tmp_path / "r"),
+                      "--config", str(config))
+    assert bad_key.returncode == 2 and "example_gen.eval_ratoi" in bad_key.stderr
+    config.write_text(json.dumps({"example_gen": {"eval_ratio": "lots"}}))
+    bad_type = run_cli("run", "--input", "x.csv", "--pipeline-root", str(tmp_path / "r"),
+                       "--config", str(config))
+    assert bad_type.returncode == 2 and "eval_ratio" in bad_type.stderr
+    bad_stage = run_cli("run", "--input", "x.csv", "--pipeline-root", str(tmp_path / "r"),
+                        "--until", "Nowhere")
+    assert bad_stage.returncode == 2 and "--until" in bad_stage.stderr

@@ -1,0 +1,240 @@
+"""ExampleGen: parsing of each format, the split rule, quarantine reasons and reconciled counts."""
+import gzip
+import json
+import os
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from components import example_gen as eg
+from components import features
+from components.errors import UserInputError
+from conftest import read_split
+
+SETTINGS = eg.ExampleGenSettings()
+
+
+def write(path, content, mode="w"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+        f.write(content)
+    return path
+
+
+def parsed(record):
+    """A RawRecord reduced to what the tests compare."""
+    if record.error:
+        return (os.path.basename(record.source), record.line, "error", record.error[0])
+    return (os.path.basename(record.source), record.line,
+            tuple(sorted((k, str(v)) for k, v in record.fields.items())))
+
+
+def read_with_beam(items, settings=SETTINGS):
+    return beam.Create(items) | beam.FlatMap(eg.read_records, settings) | beam.Map(parsed)
+
+
+# ---------------------------------------------------------------------------- parsing per format
+
+
+def test_csv_parsing_quotes_multiline_and_bad_rows(tmp_path):
+    path = write(tmp_path / "a.csv", 'text,label,id\n'
+                                     '"hello, world",pos,1\n'
+                                     '\n'
+                                     '"two\nlines",neg,2\n'
+                                     '"bad"quote,neg,3\n'
+                                     'only,two\n')
+    with TestPipeline() as p:
+        out = p | read_with_beam([(str(path), "csv")])
+        assert_that(out, equal_to([
+            ("a.csv", 2, (("id", "1"), ("label", "pos"), ("text", "hello, world"))),
+            ("a.csv", 4, (("id", "2"), ("label", "neg"), ("text", "two\nlines"))),
+            ("a.csv", 6, "error", eg.UNPARSEABLE),
+            ("a.csv", 7, "error", eg.RAGGED),
+        ]))
+
+
+def test_tsv_parsing_keeps_quotes_literally(tmp_path):
+    path = write(tmp_path / "a.tsv", "label\ttext\nneg\tThe ''Conan'' \"film\"\npos\tok\n")
+    with TestPipeline() as p:
+        out = p | read_with_beam([(str(path), "tsv")])
+        assert_that(out, equal_to([
+            ("a.tsv", 2, (("label", "neg"), ("text", "The ''Conan'' \"film\""))),
+            ("a.tsv", 3, (("label", "pos"), ("text", "ok"))),
+        ]))
+
+
+def test_jsonl_parsing(tmp_path):
+    path = write(tmp_path / "a.jsonl", '{"text": "a b", "label": "x", "id": 7}\n'
+                                       '\n'
+                                       '{"text": "broken"\n'
+                                       '["not", "an", "object"]\n')
+    with TestPipeline() as p:
+        out = p | read_with_beam([(str(path), "jsonl")])
+        assert_that(out, equal_to([
+            ("a.jsonl", 1, (("id", "7"), ("label", "x"), ("text", "a b"))),
+            ("a.jsonl", 3, "error", eg.UNPARSEABLE),
+            ("a.jsonl", 4, "error", eg.UNPARSEABLE),
+        ]))
+
+
+def test_gzipped_csv_is_read(tmp_path):
+    path = tmp_path / "a.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("text,label\nzipped row,pos\n")
+    items = eg.discover_inputs([str(path)], SETTINGS)
+    assert items == [(str(path), "csv")]
+    with TestPipeline() as p:
+        out = p | read_with_beam(items)
+        assert_that(out, equal_to([("a.csv.gz", 2, (("label", "pos"), ("text", "zipped row")))]))
+
+
+def test_directory_per_label_and_split_layout(tmp_path):
+    write(tmp_path / "flat" / "pos" / "1.txt", "good film")
+    write(tmp_path / "flat" / "neg" / "2.txt", "bad film")
+    write(tmp_path / "flat" / "neg" / "notes.md", "ignored: not a .txt")
+    write(tmp_path / "split" / "train" / "pos" / "1.txt", "fine")
+    write(tmp_path / "split" / "test" / "neg" / "1.txt", "awful")
+    flat = eg.discover_inputs([str(tmp_path / "flat")], SETTINGS)
+    nested = eg.discover_inputs([str(tmp_path / "split")], SETTINGS)
+    assert [fmt for _, fmt in flat] == ["dir:neg:", "dir:pos:"]
+    assert [fmt for _, fmt in nested] == ["dir:neg:test", "dir:pos:train"]
+    with TestPipeline() as p:
+        out = (p | beam.Create(flat + nested) | beam.FlatMap(eg.read_records, SETTINGS)
+               | beam.Map(lambda r: (r.fields["label"], r.fields["split"], r.fields["text"])))
+        assert_that(out, equal_to([("neg", "", "bad film"), ("pos", "", "good film"),
+                                   ("neg", "test", "awful"), ("pos", "train", "fine")]))
+
+
+# ---------------------------------------------------------------------------- split rule
+
+
+def test_split_rule_marked_and_hashed():
+    def split_of(text, marked):
+        record = eg.RawRecord("s", 1, b"", fields={"text": text, "label": "a", "split": marked})
+        return eg.check_record(record, SETTINGS)[0]
+
+    assert split_of("q", "test") == features.TEST
+    assert split_of("q", "eval") == features.EVAL
+    # Unmarked and `train` rows are split by the text's hash: same text, same split.
+    texts = [f"question number {i}" for i in range(2000)]
+    unmarked = [split_of(t, "") for t in texts]
+    assert unmarked == [split_of(t, "train") for t in texts]
+    assert unmarked == [eg.hash_split(t.encode(), 0.1) for t in texts]
+    share = unmarked.count(features.EVAL) / len(texts)
+    assert 0.08 < share < 0.12, share
+    assert set(unmarked) == {features.TRAIN, features.EVAL}
+    assert eg.hash_split(b"anything", 0.0) == features.TRAIN
+
+
+def test_to_example_fn_routes_with_beam():
+    good = eg.RawRecord("f", 2, b"raw", fields={"text": "what is x ?", "label": "DESC",
+                                                "split": "test"})
+    bad = eg.RawRecord("f", 3, b"raw,,", fields={"text": " ", "label": "DESC"})
+    with TestPipeline() as p:
+        routed = p | beam.Create([good, bad]) | beam.ParDo(eg.ToExampleFn(SETTINGS)).with_outputs(
+            eg.ToExampleFn.QUARANTINE, main="examples")
+        assert_that(routed.examples | beam.Map(lambda kv: (kv[0], len(kv[1]) > 0)),
+                    equal_to([("test", True)]), label="examples")
+        assert_that(routed[eg.ToExampleFn.QUARANTINE] | beam.Map(lambda q: (q["line"], q["reason"])),
+                    equal_to([(3, eg.EMPTY_TEXT)]), label="quarantine")
+
+
+# ---------------------------------------------------------------------------- whole stage
+
+
+def test_every_quarantine_reason_and_counts_reconcile(tmp_path, in_memory_options):
+    settings = eg.ExampleGenSettings(max_text_bytes=50)
+    write(tmp_path / "in" / "rows.csv", "text,label,split\n"
+                                        "good one,a,\n"
+                                        "good two,b,test\n"
+                                        '"bad"quote,a,\n'
+                                        "ragged,a,,extra\n"
+                                        "   ,a,\n"
+                                        "no label here,,\n"
+                                        + "x" * 51 + ",a,\n"
+                                        "odd split,a,holdout\n")
+    write(tmp_path / "in" / "bytes.csv", b"text,label\ncaf\xe9 latin-1,a\nfine,b\n", mode="wb")
+    write(tmp_path / "in" / "rows.jsonl", '{"label": "a"}\n{"text": "json ok", "label": "a"}\n'
+                                          '{oops}\n')
+    write(tmp_path / "in" / "bad.jsonl", b'{"text": "\xff\xfe", "label": "a"}\n', mode="wb")
+    out = str(tmp_path / "ExampleGen" / "1")
+    counts = eg.run_example_gen([str(tmp_path / "in" / "*")], out, settings, in_memory_options)
+
+    reasons = {eg.UNPARSEABLE: 2, eg.RAGGED: 1, eg.EMPTY_TEXT: 1, eg.MISSING_LABEL: 1,
+               eg.TEXT_TOO_LONG: 1, eg.UNKNOWN_SPLIT: 1, eg.INVALID_UTF8: 2, eg.MISSING_TEXT: 1}
+    assert counts["quarantine_reasons"] == reasons
+    assert counts["quarantined"] == sum(reasons.values())
+    assert counts["written"] == 4
+    assert counts["read"] == counts["written"] + counts["quarantined"] == 14
+    with open(os.path.join(out, eg.COUNTS_FILE)) as f:
+        assert json.load(f)["read"] == 14
+
+    quarantined = eg.read_quarantine(out)
+    assert len(quarantined) == counts["quarantined"]
+    assert {q["reason"] for q in quarantined} == set(reasons)
+    for q in quarantined:
+        assert set(q) == {"source", "line", "reason", "detail", "raw"}
+        assert q["source"].endswith((".csv", ".jsonl")) and q["line"] >= 1
+    by_reason = {q["reason"]: q for q in quarantined}
+    assert by_reason[eg.RAGGED]["line"] == 5 and by_reason[eg.RAGGED]["raw"] == "ragged,a,,extra\n"
+    assert "caf\\xe9" in [q for q in quarantined
+                          if q["source"].endswith("bytes.csv")][0]["raw"]
+
+    written = [e["text"] for s in features.SPLITS for e in read_split(out, s)]
+    assert sorted(written) == ["fine", "good one", "good two", "json ok"]
+    assert [e["text"] for e in read_split(out, features.TEST)] == ["good two"]
+
+
+def test_raw_row_is_truncated_to_1_kib(tmp_path, in_memory_options):
+    write(tmp_path / "long.csv", "text,label\n" + "y" * 5000 + ",\n")
+    out = str(tmp_path / "EG")
+    eg.run_example_gen([str(tmp_path / "long.csv")], out, SETTINGS, in_memory_options)
+    [q] = eg.read_quarantine(out)
+    assert q["reason"] == eg.MISSING_LABEL
+    assert len(q["raw"].encode()) == 1024
+
+
+def test_no_test_split_when_no_row_is_marked_test(tmp_path, in_memory_options):
+    write(tmp_path / "a.csv", "text,label\n" + "".join(f"row {i},a\n" for i in range(50)))
+    out = str(tmp_path / "EG")
+    counts = eg.run_example_gen([str(tmp_path / "a.csv")], out, SETTINGS, in_memory_options)
+    assert counts["splits"][features.TEST] == 0
+    assert not os.path.exists(os.path.join(out, "Split-test"))
+    assert os.path.isdir(os.path.join(out, "Split-train"))
+
+
+def test_split_assignment_is_deterministic(tmp_path, in_memory_options):
+    rows = "".join(f"question {i} about things,{'ab'[i % 2]},{'test' if i % 7 == 0 else ''}\n"
+                   for i in range(300))
+    write(tmp_path / "a.csv", "text,label,split\n" + rows)
+    runs = []
+    for n in (1, 2):
+        out = str(tmp_path / "EG" / str(n))
+        eg.run_example_gen([str(tmp_path / "a.csv")], out, SETTINGS, in_memory_options)
+        runs.append({s: read_split(out, s) for s in features.SPLITS})
+    assert runs[0] == runs[1]
+    assert all(runs[0][s] for s in features.SPLITS)
+
+
+def test_missing_input_and_empty_glob_name_the_path(tmp_path):
+    with pytest.raises(UserInputError, match="nothing.csv"):
+        eg.discover_inputs([str(tmp_path / "nothing.csv")], SETTINGS)
+    with pytest.raises(UserInputError, match=r"\*\.jsonl"):
+        eg.discover_inputs([str(tmp_path / "*.jsonl")], SETTINGS)
+
+
+def test_missing_text_column_is_a_usage_error(tmp_path):
+    write(tmp_path / "a.csv", "sentence,label\nhi,a\n")
+    with pytest.raises(UserInputError, match="'text'.*sentence"):
+        eg.discover_inputs([str(tmp_path / "a.csv")], SETTINGS)
+    renamed = eg.ExampleGenSettings(text_key="sentence")
+    assert eg.discover_inputs([str(tmp_path / "a.csv")], renamed) == [(str(tmp_path / "a.csv"),
+                                                                         "csv")]
+
+
+def test_unknown_extension_is_a_usage_error(tmp_path):
+    write(tmp_path / "a.parquet", "x")
+    with pytest.raises(UserInputError, match="a.parquet"):
+        eg.discover_inputs([str(tmp_path / "a.parquet")], SETTINGS)
