@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--schema", help="curated schema (default schemas/schema.pbtxt)")
     run.add_argument("--allow-anomalies", action="store_true", default=None,
                      help="record blocking anomalies but go on")
+    run.add_argument("--embeddings", help="GloVe/word2vec text file (.bz2/.gz ok) for the "
+                     "embedding layer (default: random embeddings)")
+    run.add_argument("--embeddings-trainable", action="store_true", default=None,
+                     help="tune the pretrained vectors (Kim's CNN-non-static); default frozen")
     run.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -63,7 +67,9 @@ def _run(args, beam_args) -> int:
 
     config = configs.load_config(args.config, {
         "inputs": tuple(args.input), "pipeline_root": args.pipeline_root, "until": args.until,
-        "schema_path": args.schema, "allow_anomalies": args.allow_anomalies})
+        "schema_path": args.schema, "allow_anomalies": args.allow_anomalies,
+        "trainer": {"model": {"embeddings": args.embeddings,
+                              "embeddings_trainable": args.embeddings_trainable}}})
     recorder = RunRecorder(config, new_run_id(), beam_args)
     status, code = "failed", 1
     try:
@@ -110,4 +116,10 @@ def _usage(message):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Collect TensorFlow's functions while the interpreter is whole: at shutdown their
+    # destructors see half-torn-down modules and print spurious tracebacks.
+    import gc
+
+    gc.collect()
+    sys.exit(code)

@@ -11,6 +11,10 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [example_gen]
     text_key = "sentence"
     eval_ratio = 0.2
+
+    [trainer.model]
+    embeddings = "data/glove.6B.50d.txt"
+    embeddings_trainable = true
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from typing import Any, Dict, Optional
 
 from components.errors import UserInputError
 from components.example_gen import ExampleGenSettings
+from components.trainer import TrainerSettings
+from components.transform import TransformSettings
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +38,9 @@ EXAMPLE_GEN = "ExampleGen"
 STATISTICS_GEN = "StatisticsGen"
 SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
-STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR)
+TRANSFORM = "Transform"
+TRAINER = "Trainer"
+STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM, TRAINER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,8 @@ class PipelineConfig:
     allow_anomalies: bool = False
     until: str = STAGES[-1]
     example_gen: ExampleGenSettings = ExampleGenSettings()
+    transform: TransformSettings = TransformSettings()
+    trainer: TrainerSettings = TrainerSettings()
 
     def __post_init__(self):
         if self.until not in STAGES:
@@ -95,8 +105,19 @@ def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfi
                     values = json.load(f)
         except (ValueError, OSError) as e:
             raise UserInputError(f"config file {path} does not parse: {e}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    _merge(values, overrides)
     return _build(PipelineConfig, values, "")
+
+
+def _merge(values: Dict[str, Any], overrides: Dict[str, Any]) -> None:
+    """Deep-merges `overrides` (nested dicts; None means "not given") into `values`."""
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            if not isinstance(values.get(key, {}), dict):
+                raise UserInputError(f"config key {key!r} must be a table/object")
+            _merge(values.setdefault(key, {}), value)
+        elif value is not None:
+            values[key] = value
 
 
 def to_dict(config: PipelineConfig) -> Dict[str, Any]:

@@ -15,8 +15,10 @@ from components.artifacts import artifact_dir
 from components.errors import BlockingAnomaliesError
 from components.example_gen import run_example_gen
 from components.example_validator import run_example_validator
-from components.schema_gen import load_schema, run_schema_gen
+from components.schema_gen import label_classes, load_schema, run_schema_gen
 from components.statistics_gen import available_splits, run_statistics_gen
+from components.trainer import run_trainer
+from components.transform import run_transform
 from pipeline import configs
 
 
@@ -80,33 +82,23 @@ class RunRecorder:
 
 def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
                  recorder: RunRecorder) -> None:
-    """Runs the stages in order up to `config.until`; raises on a failed stage."""
-    run_id = recorder.summary["run_id"]
-    options = beam_options(beam_args)
-    root = config.pipeline_root
-    dirs = {stage: artifact_dir(root, stage, run_id) for stage in configs.STAGES}
-    last = configs.STAGES.index(config.until)
+    """Runs the stages in order up to `config.until`; raises on a failed stage.
 
-    recorder.stage(configs.EXAMPLE_GEN, dirs[configs.EXAMPLE_GEN], lambda: run_example_gen(
-        config.inputs, dirs[configs.EXAMPLE_GEN], config.example_gen, options))
-    if last < 1:
-        return
-    recorder.stage(configs.STATISTICS_GEN, dirs[configs.STATISTICS_GEN], lambda: {
-        "splits": run_statistics_gen(dirs[configs.EXAMPLE_GEN], dirs[configs.STATISTICS_GEN],
-                                     options)})
-    if last < 2:
-        return
-    schema_info = recorder.stage(configs.SCHEMA_GEN, dirs[configs.SCHEMA_GEN], lambda: dict(zip(
-        ("schema", "origin"),
-        run_schema_gen(dirs[configs.STATISTICS_GEN], dirs[configs.SCHEMA_GEN],
-                       config.schema_path))))
-    if last < 3:
-        return
+    Each stage gets the artifact directories of the stages before it and its own settings.
+    """
+    options = beam_options(beam_args)
+    dirs = {stage: artifact_dir(config.pipeline_root, stage, recorder.summary["run_id"])
+            for stage in configs.STAGES}
+    examples, stats, schema_dir = (dirs[configs.EXAMPLE_GEN], dirs[configs.STATISTICS_GEN],
+                                   dirs[configs.SCHEMA_GEN])
+
+    def schema_gen():
+        path, origin = run_schema_gen(stats, schema_dir, config.schema_path)
+        return {"schema": path, "origin": origin}
 
     def validate():
-        result = run_example_validator(
-            dirs[configs.STATISTICS_GEN], load_schema(schema_info["schema"]),
-            available_splits(dirs[configs.EXAMPLE_GEN]), dirs[configs.EXAMPLE_VALIDATOR])
+        result = run_example_validator(stats, load_schema(schema_dir), available_splits(examples),
+                                       dirs[configs.EXAMPLE_VALIDATOR])
         messages = [m for r in result.values() for m in r["messages"]]
         for m in messages:
             logging.warning("anomaly: %s", m)
@@ -119,7 +111,20 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         return {"anomalies": {s: r["messages"] for s, r in result.items()},
                 "allowed": bool(messages) and config.allow_anomalies}
 
-    recorder.stage(configs.EXAMPLE_VALIDATOR, dirs[configs.EXAMPLE_VALIDATOR], validate)
+    steps = {
+        configs.EXAMPLE_GEN: lambda: run_example_gen(config.inputs, examples, config.example_gen,
+                                                     options),
+        configs.STATISTICS_GEN: lambda: {"splits": run_statistics_gen(examples, stats, options)},
+        configs.SCHEMA_GEN: schema_gen,
+        configs.EXAMPLE_VALIDATOR: validate,
+        configs.TRANSFORM: lambda: run_transform(
+            examples, label_classes(load_schema(schema_dir)), dirs[configs.TRANSFORM],
+            config.transform, options),
+        configs.TRAINER: lambda: run_trainer(dirs[configs.TRANSFORM], dirs[configs.TRAINER],
+                                             config.trainer),
+    }
+    for stage in configs.STAGES[:configs.STAGES.index(config.until) + 1]:
+        recorder.stage(stage, dirs[stage], steps[stage])
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -140,4 +145,15 @@ def format_summary(summary: Dict[str, Any]) -> str:
         if stage["name"] == configs.EXAMPLE_VALIDATOR and details:
             n = sum(len(v) for v in details["anomalies"].values())
             lines.append(f"      anomalies: {n}" + (" (allowed)" if details["allowed"] else ""))
+        if stage["name"] == configs.TRANSFORM and details:
+            lines.append(f"      vocabulary {details['vocabulary_size']} tokens, max_len "
+                         f"{details['max_len']}, {len(details['classes'])} classes")
+        if stage["name"] == configs.TRAINER and details:
+            m = details["metrics"]
+            scores = ", ".join(f"{k.replace('_accuracy', '')} {v:.3f}"
+                               for k, v in m.items() if k.endswith("_accuracy"))
+            lines.append(f"      {details['epochs_run']} epochs (best {details['best_epoch']}), "
+                         f"{details['train_seconds']}s on {details['replicas']} replica(s); "
+                         f"accuracy {scores}")
+            lines.append(f"      model: {details['model']}")
     return "\n".join(lines)

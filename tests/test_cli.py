@@ -2,6 +2,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 from components import features
 from conftest import IN_MEMORY, only_dir, read_split, run_cli
@@ -30,17 +32,47 @@ def summary_of(root):
         return json.load(f)
 
 
-def test_clean_run_multiprocessing_writes_validated_splits(tmp_path):
+TINY_TRAINER = """
+[transform]
+max_len = 12
+
+[trainer]
+epochs = 2
+batch_size = 16
+
+[trainer.model]
+embedding_dim = 8
+num_filters = 4
+"""
+
+
+def test_clean_run_multiprocessing_end_to_end(tmp_path):
     data = write_csv(tmp_path / "q.csv", trec_like())
     root = str(tmp_path / "root")
-    proc = run_cli("run", "--input", data, "--pipeline-root", root)  # default Beam options
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TRAINER)
+    proc = run_cli("run", "--input", data, "--pipeline-root", root,
+                   "--config", str(config))  # default Beam options: multi-processing
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows read 60 = written 60" in proc.stdout
+    assert "Traceback" not in proc.stderr
     summary = summary_of(root)
     assert summary["status"] == "succeeded" and summary["exit_code"] == 0
     assert "--direct_running_mode=multi_processing" in summary["beam_args"]
     assert [s["name"] for s in summary["stages"]] == [
-        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"]
+        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer"]
+    trainer = summary["stages"][-1]["details"]
+    assert trainer["epochs_run"] == 2 and trainer["classes"] == [
+        "DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
+
+    # The exported model answers raw strings through saved_model_cli, as the README shows.
+    cli = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run",
+         "--dir", trainer["model"], "--tag_set", "serve", "--signature_def", "serving_default",
+         "--input_exprs", 'text=["How far is the moon ?","Who wrote Hamlet ?"]'],
+        capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "predicted_class" in cli.stdout and "probabilities" in cli.stdout
     eg_dir = only_dir(os.path.join(root, "ExampleGen"))
     assert len(read_split(eg_dir, features.TEST)) == 6
     assert len(read_split(eg_dir, features.TRAIN)) + len(read_split(eg_dir, features.EVAL)) == 54
@@ -69,7 +101,7 @@ def test_label_outside_domain_stops_with_exit_3(tmp_path):
     assert anomalies and any("EMOTION" in open(p).read() for p in anomalies)
 
     allowed = run_cli("run", "--input", data, "--pipeline-root", str(tmp_path / "root2"),
-                      "--allow-anomalies", *IN_MEMORY)
+                      "--allow-anomalies", "--until", "ExampleValidator", *IN_MEMORY)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "(allowed)" in allowed.stdout
 
@@ -78,7 +110,8 @@ def test_missing_schema_is_inferred_and_said(tmp_path):
     data = write_csv(tmp_path / "q.csv", trec_like(30))
     root = str(tmp_path / "root")
     proc = run_cli("run", "--input", data, "--pipeline-root", root,
-                   "--schema", str(tmp_path / "no_schema.pbtxt"), *IN_MEMORY)
+                   "--schema", str(tmp_path / "no_schema.pbtxt"), "--until", "ExampleValidator",
+                   *IN_MEMORY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "inferred" in proc.stdout and "No curated schema" in proc.stderr
     with open(os.path.join(only_dir(os.path.join(root, "SchemaGen")), "schema.pbtxt")) as f:

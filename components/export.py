@@ -1,0 +1,57 @@
+"""Export: one SavedModel with the transform graph inside, so serving sees exactly what training saw.
+
+Signatures:
+  serving_default      text: [batch] raw strings -> probabilities, predicted_class, predicted_class_id
+  serving_examples     examples: [batch] serialized tf.Example (TF Serving / RunInference) -> same
+  transform_features   examples: [batch] serialized tf.Example with label -> text_xf, label_xf
+                       (for TFMA's preprocessing_function_names, as TFX's penguin example does)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from components import features
+
+SERVING_DEFAULT = "serving_default"
+SERVING_EXAMPLES = "serving_examples"
+TRANSFORM_FEATURES = "transform_features"
+
+PROBABILITIES = "probabilities"
+PREDICTED_CLASS = "predicted_class"
+PREDICTED_CLASS_ID = "predicted_class_id"
+
+
+def export_serving_model(model, tft_output, classes: Sequence[str], export_dir: str) -> None:
+    import tensorflow as tf
+
+    from components.transform import raw_feature_spec
+
+    text_xf = features.transformed_name(features.TEXT)
+    # Attached to the model so that the transform graph and its vocabulary asset are saved too.
+    model.tft_layer = tft_output.transform_features_layer()
+    class_names = tf.constant(list(classes))
+
+    def predict(raw_features):
+        transformed = model.tft_layer(raw_features)
+        probabilities = tf.cast(model(transformed[text_xf], training=False), tf.float32)
+        class_id = tf.argmax(probabilities, axis=1)
+        return {PROBABILITIES: probabilities, PREDICTED_CLASS_ID: class_id,
+                PREDICTED_CLASS: tf.gather(class_names, class_id)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.TEXT)])
+    def serve_text(text):
+        return predict({features.TEXT: text})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(serialized):
+        return predict(tf.io.parse_example(serialized, raw_feature_spec(with_label=False)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(serialized):
+        return model.tft_layer(tf.io.parse_example(serialized, raw_feature_spec(with_label=True)))
+
+    tf.saved_model.save(model, export_dir, signatures={
+        SERVING_DEFAULT: serve_text.get_concrete_function(),
+        SERVING_EXAMPLES: serve_examples.get_concrete_function(),
+        TRANSFORM_FEATURES: transform_features.get_concrete_function(),
+    })

@@ -1,0 +1,134 @@
+"""The TextCNN of Kim (2014), built with tf_keras, and pretrained embedding matrices."""
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import gzip
+import io
+import logging
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from components import features
+from components.errors import UserInputError
+
+POOLINGS = ("max_over_time", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """Hyperparameters of the network; defaults are the seed's, Kim's where the seed has none."""
+
+    embedding_dim: int = 128
+    mask_zero: bool = False  # zero the padding positions' vectors before the convolutions
+    filter_sizes: tuple = (3, 4, 5)
+    num_filters: int = 100
+    pooling: str = "max_over_time"  # Kim's one max per filter; "seed": MaxPooling1D(2, 1) + Flatten
+    # Fraction of units DROPPED. The seed calls this `dropout_keep_prob`, but passes it to
+    # Keras' Dropout, whose argument is the drop rate: 0.5 either way.
+    dropout_rate: float = 0.5
+    max_norm: float = 3.0  # Kim's L2 max-norm constraint on the output layer's weights; 0: off
+    embeddings: Optional[str] = None  # GloVe/word2vec text file (.bz2/.gz ok)
+    embeddings_trainable: bool = False  # False: Kim's CNN-static (the seed's frozen vectors)
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise UserInputError(f"trainer.model.pooling must be one of {', '.join(POOLINGS)}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise UserInputError("trainer.model.dropout_rate is the fraction dropped, in [0, 1)")
+        if not self.filter_sizes or any(int(k) < 1 for k in self.filter_sizes):
+            raise UserInputError("trainer.model.filter_sizes must be positive kernel sizes")
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    if path.endswith(".bz2"):
+        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", errors="replace")
+    if path.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, seed: int
+                          ) -> Tuple[np.ndarray, int]:
+    """Matrix [input_dim, dim] in id order: row 0 (padding) zero, token i at row i + 1.
+
+    Tokens without a vector, and the out-of-vocabulary rows, get uniform(-0.25, 0.25) as in Kim
+    (2014). Returns (matrix, number of vocabulary tokens found in the file).
+    """
+    wanted = {token: i + 1 for i, token in enumerate(vocabulary)}
+    rng = np.random.default_rng(seed)
+    matrix = None
+    found = 0
+    try:
+        with _open_text(path) as f:
+            for line_number, line in enumerate(f, start=1):
+                parts = line.rstrip().split(" ")
+                if line_number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                    continue  # word2vec text header: "<count> <dim>"
+                if matrix is None:
+                    dim = len(parts) - 1
+                    if dim < 1:
+                        raise UserInputError(f"{path}:1 is not 'word v1 v2 ...'")
+                    matrix = rng.uniform(-0.25, 0.25, (input_dim, dim)).astype(np.float32)
+                    matrix[0] = 0.0
+                row = wanted.get(parts[0])
+                if row is None:
+                    continue
+                if len(parts) - 1 != matrix.shape[1]:
+                    raise UserInputError(f"{path}:{line_number}: {len(parts) - 1} values, "
+                                         f"expected {matrix.shape[1]}")
+                matrix[row] = np.asarray(parts[1:], dtype=np.float32)
+                found += 1
+    except OSError as e:
+        raise UserInputError(f"cannot read embeddings {path}: {e}")
+    if matrix is None:
+        raise UserInputError(f"embeddings file {path} is empty")
+    logging.info("embeddings: %d of %d vocabulary tokens found in %s", found, len(vocabulary),
+                 path)
+    return matrix, found
+
+
+def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: ModelSettings,
+                  embedding_matrix: Optional[np.ndarray] = None):
+    """Embedding -> Conv1D per kernel size -> pooling -> concatenate -> dropout -> softmax."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from tf_keras import layers
+
+    ids = keras.Input(shape=(max_len,), dtype=tf.int64, name=features.transformed_name(
+        features.TEXT))
+    if embedding_matrix is not None:
+        embedding = layers.Embedding(
+            input_dim, embedding_matrix.shape[1], input_length=max_len,
+            embeddings_initializer=keras.initializers.Constant(embedding_matrix),
+            trainable=settings.embeddings_trainable, name="embedding")
+    else:
+        embedding = layers.Embedding(input_dim, settings.embedding_dim, input_length=max_len,
+                                     name="embedding")
+    x = embedding(ids)
+    if settings.mask_zero:
+        # Keras masks do not pass through Conv1D, so padding is zeroed explicitly instead.
+        dtype = x.dtype
+        not_padding = layers.Lambda(lambda t: tf.cast(tf.not_equal(t, 0), dtype)[..., None],
+                                    name="padding_mask")(ids)
+        x = layers.Multiply(name="mask_padding")([x, not_padding])
+
+    branches = []
+    for size in settings.filter_sizes:
+        conv = layers.Conv1D(settings.num_filters, int(size), padding="valid", activation="relu",
+                             strides=1, name=f"conv_{size}")(x)
+        if settings.pooling == "max_over_time":
+            pooled = layers.GlobalMaxPooling1D(name=f"max_over_time_{size}")(conv)
+        else:
+            pooled = layers.Flatten(name=f"flatten_{size}")(
+                layers.MaxPooling1D(pool_size=2, strides=1, padding="valid",
+                                    name=f"pool_{size}")(conv))
+        branches.append(pooled)
+    x = layers.Concatenate(name="concatenate")(branches) if len(branches) > 1 else branches[0]
+    x = layers.Dropout(settings.dropout_rate, name="dropout")(x)
+    constraint = keras.constraints.MaxNorm(settings.max_norm) if settings.max_norm else None
+    logits = layers.Dense(num_classes, kernel_constraint=constraint, name="logits")(x)
+    # Softmax in float32 so that mixed precision never returns half-precision probabilities.
+    probabilities = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(ids, probabilities, name="textcnn")

@@ -1,0 +1,177 @@
+"""Trainer: fits the TextCNN on the transformed splits and exports a SavedModel for raw text."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+from components import features
+from components.artifacts import staged_output
+from components.errors import UserInputError
+from components.model import ModelSettings, build_textcnn, load_embedding_matrix
+from components.transform import TRANSFORM_INFO_FILE, VOCAB_NAME, transformed_data_pattern
+
+MODEL_DIR = "model"
+LOGS_DIR = "logs"
+HISTORY_FILE = "history.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """Fitting: the seed's batch size and epochs, Adam, early stopping on Split-eval."""
+
+    model: ModelSettings = ModelSettings()
+    batch_size: int = 64  # per replica; the global batch scales with the number of replicas
+    epochs: int = 50
+    early_stopping_patience: int = 5  # epochs without a better eval accuracy; 0: no early stop
+    learning_rate: float = 0.001  # Adam's default
+    seed: int = 42
+    deterministic: bool = True  # deterministic TF ops: a CPU run is repeatable
+    mixed_precision: bool = False  # float16 compute on accelerators that support it
+    cache: bool = True  # cache the (serialized) datasets in memory after the first epoch
+    shuffle_buffer: int = 10_000
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.epochs < 1:
+            raise UserInputError("trainer.batch_size and trainer.epochs must be at least 1")
+
+
+def choose_strategy():
+    """MirroredStrategy for several GPUs, OneDeviceStrategy for one, the default on CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    return tf.distribute.get_strategy()
+
+
+def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], num_classes: int,
+                 batch_size: int, training: bool, settings: TrainerSettings):
+    """(ids, one-hot label) batches streamed from gzip TFRecords; never loaded into numpy."""
+    import tensorflow as tf
+
+    text_key = features.transformed_name(features.TEXT)
+    label_key = features.transformed_name(features.LABEL)
+    files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
+    ds = files.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if settings.cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(settings.shuffle_buffer, seed=settings.seed, reshuffle_each_iteration=True)
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        return parsed[text_key], tf.one_hot(parsed[label_key], num_classes)
+
+    return (ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def read_transform_info(transform_dir: str) -> Dict[str, Any]:
+    with open(os.path.join(transform_dir, TRANSFORM_INFO_FILE)) as f:
+        return json.load(f)
+
+
+def _log_epoch(epoch: int, logs: Optional[Dict[str, float]]) -> None:
+    logging.info("epoch %d: %s", epoch + 1,
+                 " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
+
+
+def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings
+                ) -> Dict[str, Any]:
+    """Trains, evaluates on eval (and test when present), exports `model/`; returns metrics."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tf_keras as keras
+
+    from components.export import export_serving_model
+
+    info = read_transform_info(transform_dir)
+    tft_output = tft.TFTransformOutput(transform_dir)
+    classes = info["classes"]
+    num_classes = len(classes)
+    feature_spec = tft_output.transformed_feature_spec()
+
+    keras.utils.set_random_seed(settings.seed)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if settings.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = choose_strategy()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = settings.batch_size * replicas
+
+    embedding_matrix, embeddings_found = None, None
+    if settings.model.embeddings:
+        vocabulary = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+                      for t in tft_output.vocabulary_by_name(VOCAB_NAME)]
+        embedding_matrix, embeddings_found = load_embedding_matrix(
+            settings.model.embeddings, vocabulary, info["input_dim"], settings.seed)
+
+    datasets = {split: make_dataset(transformed_data_pattern(transform_dir, split), feature_spec,
+                                    num_classes, global_batch, split == features.TRAIN, settings)
+                for split in info["splits"]}
+    if features.EVAL not in datasets:
+        raise UserInputError("the Transform output has no Split-eval for early stopping")
+
+    with staged_output(output_dir) as tmp:
+        with strategy.scope():
+            model = build_textcnn(info["input_dim"], info["max_len"], num_classes,
+                                  settings.model, embedding_matrix)
+            model.compile(loss="categorical_crossentropy",
+                          optimizer=keras.optimizers.Adam(settings.learning_rate),
+                          metrics=["accuracy"])
+        callbacks = [keras.callbacks.TensorBoard(os.path.join(tmp, LOGS_DIR)),
+                     keras.callbacks.LambdaCallback(on_epoch_end=_log_epoch)]
+        if settings.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=settings.early_stopping_patience,
+                restore_best_weights=True))
+        start = time.monotonic()
+        history = model.fit(datasets[features.TRAIN], validation_data=datasets[features.EVAL],
+                            epochs=settings.epochs, callbacks=callbacks, verbose=0)
+        seconds = time.monotonic() - start
+        metrics = {f"{split}_{name}": float(value)
+                   for split, ds in datasets.items()
+                   for name, value in zip(model.metrics_names, model.evaluate(ds, verbose=0))}
+        export_serving_model(model, tft_output, classes, os.path.join(tmp, MODEL_DIR))
+        epochs_run = len(history.history["loss"])
+        result = {
+            "metrics": metrics,
+            "epochs_run": epochs_run,
+            "best_epoch": (int(max(range(epochs_run),
+                                   key=lambda i: history.history["val_accuracy"][i])) + 1),
+            "train_seconds": round(seconds, 1),
+            "replicas": replicas,
+            "strategy": type(strategy).__name__,
+            "global_batch_size": global_batch,
+            "parameters": int(model.count_params()),
+            "input_dim": info["input_dim"],
+            "classes": classes,
+            "embeddings_found": embeddings_found,
+            "settings": dataclasses.asdict(settings),
+        }
+        with open(os.path.join(tmp, HISTORY_FILE), "w") as f:
+            json.dump({"history": {k: [float(v) for v in vs]
+                                   for k, vs in history.history.items()}, **result},
+                      f, indent=2, sort_keys=True)
+    if settings.mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
+    result["model"] = os.path.join(output_dir, MODEL_DIR)
+    return result
+
+
+def load_history(trainer_dir: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(trainer_dir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
