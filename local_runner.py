@@ -116,10 +116,4 @@ def _usage(message):
 
 
 if __name__ == "__main__":
-    code = main()
-    # Collect TensorFlow's functions while the interpreter is whole: at shutdown their
-    # destructors see half-torn-down modules and print spurious tracebacks.
-    import gc
-
-    gc.collect()
-    sys.exit(code)
+    sys.exit(main())
