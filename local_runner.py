@@ -4,8 +4,11 @@
   python local_runner.py data NAME --out DIR
   python local_runner.py run --input GLOB --pipeline-root DIR [--config FILE] [--until STAGE]
                              [Beam flags, passed unchanged to PipelineOptions]
+  python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
+                               --output DIR [Beam flags]
 
-Exit codes: 0 success, 2 bad usage/config/input, 3 blocking data anomalies, 1 anything else.
+Exit codes: 0 success, 2 bad usage/config/input, 3 blocking data anomalies, 4 model not blessed
+(not pushed), 1 anything else.
 """
 import os
 import sys
@@ -45,7 +48,22 @@ def _parser() -> argparse.ArgumentParser:
                      "embedding layer (default: random embeddings)")
     run.add_argument("--embeddings-trainable", action="store_true", default=None,
                      help="tune the pretrained vectors (Kim's CNN-non-static); default frozen")
+    run.add_argument("--serving-dir", help="where blessed models are pushed (default serving)")
     run.add_argument("-v", "--verbose", action="store_true")
+
+    score = sub.add_parser("score", help="score files with a pushed model; unknown flags go to "
+                                         "Beam")
+    score.add_argument("--model", required=True, help="SERVING_DIR/MODEL_NAME")
+    score.add_argument("--version", type=int, help="a pushed version (default: the newest)")
+    score.add_argument("--input", action="append", required=True,
+                       help="file, glob or directory; repeat for several")
+    score.add_argument("--output", required=True, help="an empty or new directory")
+    score.add_argument("--config", help="JSON or TOML file (its example_gen table is used)")
+    score.add_argument("--schema", help="schema whose SERVING environment the data must match "
+                                        "(default schemas/schema.pbtxt)")
+    score.add_argument("--csv", action="store_true", help="also write CSV shards")
+    score.add_argument("--allow-anomalies", action="store_true")
+    score.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
@@ -69,7 +87,8 @@ def _run(args, beam_args) -> int:
         "inputs": tuple(args.input), "pipeline_root": args.pipeline_root, "until": args.until,
         "schema_path": args.schema, "allow_anomalies": args.allow_anomalies,
         "trainer": {"model": {"embeddings": args.embeddings,
-                              "embeddings_trainable": args.embeddings_trainable}}})
+                              "embeddings_trainable": args.embeddings_trainable}},
+        "pusher": {"serving_dir": args.serving_dir}})
     recorder = RunRecorder(config, new_run_id(), beam_args)
     status, code = "failed", 1
     try:
@@ -77,13 +96,35 @@ def _run(args, beam_args) -> int:
         status, code = "succeeded", 0
     except BaseException as e:
         code = getattr(e, "exit_code", 1)
-        status = "blocked by anomalies" if code == 3 else "failed"
+        status = {3: "blocked by anomalies", 4: "not blessed"}.get(code, "failed")
         raise
     finally:
         recorder.finish(status, code)
         print(format_summary(recorder.summary))
         print(f"summary: {recorder.path}")
     return code
+
+
+def _score(args, beam_args) -> int:
+    from components.schema_gen import load_schema
+    from components.scorer import ScoreSettings, run_score
+    from pipeline import configs
+    from pipeline.pipeline import beam_options
+
+    config = configs.load_config(args.config, {"schema_path": args.schema})
+    summary = run_score(args.model, args.version, args.input, args.output,
+                        load_schema(config.schema_path), config.example_gen,
+                        ScoreSettings(write_csv=args.csv,
+                                      allow_anomalies=args.allow_anomalies),
+                        beam_options(beam_args))
+    print(f"scored with {summary['model']}: rows read {summary['read']} = scored "
+          f"{summary['scored']} + quarantined {summary['quarantined']}")
+    for reason, n in sorted(summary["quarantine_reasons"].items()):
+        print(f"  quarantined {n}: {reason}")
+    if summary["labelled"]:
+        print(f"  accuracy on the {summary['labelled']} labelled rows: {summary['accuracy']:.4f}")
+    print(f"predictions: {args.output}/predictions/  summary: {args.output}/summary.json")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -98,6 +139,8 @@ def main(argv=None) -> int:
             if unknown:
                 raise _usage(f"unknown arguments: {' '.join(unknown)}")
             return _data(args)
+        if args.command == "score":
+            return _score(args, unknown)
         return _run(args, unknown)
     except Exception as e:  # map the project's errors to exit codes, with a readable message
         code = getattr(e, "exit_code", None)
@@ -116,4 +159,11 @@ def _usage(message):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Everything is written and closed by now. Interpreter teardown would run TensorFlow's
+    # function destructors against half-torn-down modules and print spurious tracebacks
+    # (TF 2.16), so the process ends without it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

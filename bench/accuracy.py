@@ -28,13 +28,13 @@ SCHEMAS = {"trec": "schemas/schema.pbtxt", "mr": "schemas/mr.pbtxt"}
 GLOVE = "glove.6B.50d.txt"
 
 
-def variant_settings(name: str, glove: str, seed: int) -> TrainerSettings:
+def variant_settings(name: str, glove: str, seed: int, model_options: dict) -> TrainerSettings:
     if name == "random":
-        model = ModelSettings()
+        model = ModelSettings(**model_options)
     elif name == "static":
-        model = ModelSettings(embeddings=glove, embeddings_trainable=False)
+        model = ModelSettings(embeddings=glove, embeddings_trainable=False, **model_options)
     elif name == "nonstatic":
-        model = ModelSettings(embeddings=glove, embeddings_trainable=True)
+        model = ModelSettings(embeddings=glove, embeddings_trainable=True, **model_options)
     else:
         raise SystemExit(f"unknown variant {name}")
     return TrainerSettings(model=model, seed=seed)
@@ -66,8 +66,11 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data-dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--work-dir", default="/tmp/textcnn-bench")
+    parser.add_argument("--model", action="append", default=[], metavar="KEY=JSON",
+                        help="a ModelSettings field for every run, e.g. mask_zero=true")
     parser.add_argument("--out", default=None, help="JSON results (default WORK_DIR/accuracy.json)")
     args = parser.parse_args()
+    model_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.model)}
 
     results = []
     for name in args.datasets.split(","):
@@ -76,7 +79,8 @@ def main():
             for seed in range(1, args.seeds + 1):
                 out = os.path.join(args.work_dir, name, "bench", f"{variant}-seed{seed}-"
                                    f"{int(time.time())}")
-                settings = variant_settings(variant, os.path.join(args.data_dir, GLOVE), seed)
+                settings = variant_settings(variant, os.path.join(args.data_dir, GLOVE), seed,
+                                            model_options)
                 r = run_trainer(transform_dir, out, settings)
                 row = {"dataset": name, "variant": variant, "seed": seed,
                        "test_accuracy": r["metrics"]["test_accuracy"],
@@ -99,7 +103,8 @@ def main():
                   + " ".join(f"{a:.3f}" for a in accs))
     out = args.out or os.path.join(args.work_dir, "accuracy.json")
     with open(out, "w") as f:
-        json.dump({"runs": results, "summary": summary}, f, indent=2)
+        json.dump({"runs": results, "summary": summary, "model_options": model_options}, f,
+                  indent=2)
     print(f"\nwrote {out}")
 
 

@@ -6,6 +6,7 @@ never leaves a half-written artifact at the path a later stage reads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from typing import Iterator
@@ -34,3 +35,17 @@ def staged_output(final_dir: str) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.rename(tmp, final_dir)
+
+
+def fingerprint_dir(path: str) -> str:
+    """sha256 over the names and bytes of every file under `path`, in sorted order."""
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode("utf-8") + b"\0")
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()

@@ -3,8 +3,9 @@
 Signatures:
   serving_default      text: [batch] raw strings -> probabilities, predicted_class, predicted_class_id
   serving_examples     examples: [batch] serialized tf.Example (TF Serving / RunInference) -> same
-  transform_features   examples: [batch] serialized tf.Example with label -> text_xf, label_xf
-                       (for TFMA's preprocessing_function_names, as TFX's penguin example does)
+  transform_features   examples: [batch] serialized tf.Example with label -> text_xf, label_xf,
+                       text_length_bucket (for TFMA's preprocessing_function_names, as TFX's
+                       penguin example does; the bucket is a feature for slicing only)
 """
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ TRANSFORM_FEATURES = "transform_features"
 PROBABILITIES = "probabilities"
 PREDICTED_CLASS = "predicted_class"
 PREDICTED_CLASS_ID = "predicted_class_id"
+LENGTH_BUCKET = "text_length_bucket"
+# Whitespace-separated words: 1-5, 6-10, 11-20, 21-40, over 40.
+LENGTH_BOUNDARIES = (5, 10, 20, 40)
+LENGTH_NAMES = ("01-05", "06-10", "11-20", "21-40", "41+")
+
+
+def length_bucket(text):
+    """Batch of raw strings -> the name of each one's length bucket (in words)."""
+    import tensorflow as tf
+
+    words = tf.strings.split(text).row_lengths()
+    index = tf.searchsorted(tf.constant(LENGTH_BOUNDARIES, tf.int64), words, side="left")
+    return tf.gather(tf.constant(LENGTH_NAMES), index)
 
 
 def export_serving_model(model, tft_output, classes: Sequence[str], export_dir: str) -> None:
@@ -48,7 +62,10 @@ def export_serving_model(model, tft_output, classes: Sequence[str], export_dir: 
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(serialized):
-        return model.tft_layer(tf.io.parse_example(serialized, raw_feature_spec(with_label=True)))
+        raw = tf.io.parse_example(serialized, raw_feature_spec(with_label=True))
+        transformed = dict(model.tft_layer(raw))
+        transformed[LENGTH_BUCKET] = length_bucket(raw[features.TEXT])
+        return transformed
 
     tf.saved_model.save(model, export_dir, signatures={
         SERVING_DEFAULT: serve_text.get_concrete_function(),

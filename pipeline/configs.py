@@ -25,7 +25,9 @@ import typing
 from typing import Any, Dict, Optional
 
 from components.errors import UserInputError
+from components.evaluator import EvaluatorSettings
 from components.example_gen import ExampleGenSettings
+from components.pusher import PusherSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
 
@@ -40,7 +42,10 @@ SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
 TRANSFORM = "Transform"
 TRAINER = "Trainer"
-STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM, TRAINER)
+EVALUATOR = "Evaluator"
+PUSHER = "Pusher"
+STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM, TRAINER,
+          EVALUATOR, PUSHER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,8 @@ class PipelineConfig:
     example_gen: ExampleGenSettings = ExampleGenSettings()
     transform: TransformSettings = TransformSettings()
     trainer: TrainerSettings = TrainerSettings()
+    evaluator: EvaluatorSettings = EvaluatorSettings()
+    pusher: PusherSettings = PusherSettings()
 
     def __post_init__(self):
         if self.until not in STAGES:

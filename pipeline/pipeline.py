@@ -11,13 +11,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.artifacts import artifact_dir
+from components import features
+from components.artifacts import artifact_dir, fingerprint_dir
 from components.errors import BlockingAnomaliesError
+from components.evaluator import run_evaluator
 from components.example_gen import run_example_gen
 from components.example_validator import run_example_validator
 from components.schema_gen import label_classes, load_schema, run_schema_gen
 from components.statistics_gen import available_splits, run_statistics_gen
-from components.trainer import run_trainer
+from components.pusher import latest_version_dir, run_pusher
+from components.trainer import MODEL_DIR, run_trainer
 from components.transform import run_transform
 from pipeline import configs
 
@@ -122,9 +125,56 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
             config.transform, options),
         configs.TRAINER: lambda: run_trainer(dirs[configs.TRANSFORM], dirs[configs.TRAINER],
                                              config.trainer),
+        configs.EVALUATOR: lambda: run_evaluator(
+            examples, os.path.join(dirs[configs.TRAINER], MODEL_DIR),
+            label_classes(load_schema(schema_dir)), latest_version_dir(model_base),
+            dirs[configs.EVALUATOR], config.evaluator, options),
+        configs.PUSHER: lambda: run_pusher(
+            dirs[configs.EVALUATOR], os.path.join(dirs[configs.TRAINER], MODEL_DIR),
+            push_metadata(config, recorder, dirs), config.pusher, dirs[configs.PUSHER]),
     }
+    model_base = os.path.join(config.pusher.serving_dir, config.pusher.model_name)
     for stage in configs.STAGES[:configs.STAGES.index(config.until) + 1]:
         recorder.stage(stage, dirs[stage], steps[stage])
+
+
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-validation",
+            "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam")
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=configs.PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def push_metadata(config: configs.PipelineConfig, recorder: RunRecorder,
+                  dirs: Dict[str, str]) -> Dict[str, Any]:
+    """What a pushed version records about how it was made."""
+    from importlib import metadata as importlib_metadata
+
+    stages = {s["name"]: s.get("details") or {} for s in recorder.summary["stages"]}
+    transform = stages.get(configs.TRANSFORM, {})
+    evaluation = stages.get(configs.EVALUATOR, {})
+    examples = dirs[configs.EXAMPLE_GEN]
+    return {
+        "run_id": recorder.summary["run_id"],
+        "metrics": (evaluation.get("metrics") or {}).get("Overall"),
+        "evaluated_on": evaluation.get("split"),
+        "data_fingerprints": {s: fingerprint_dir(os.path.join(examples,
+                                                              features.split_dir_name(s)))
+                              for s in available_splits(examples)},
+        "vocabulary_size": transform.get("vocabulary_size"),
+        "classes": transform.get("classes"),
+        "config": configs.to_dict(config),
+        "packages": {p: importlib_metadata.version(p) for p in PACKAGES},
+        "git_commit": _git_commit(),
+    }
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -156,4 +206,16 @@ def format_summary(summary: Dict[str, Any]) -> str:
                          f"{details['train_seconds']}s on {details['replicas']} replica(s); "
                          f"accuracy {scores}")
             lines.append(f"      model: {details['model']}")
+        if stage["name"] == configs.EVALUATOR and details:
+            overall = details["metrics"].get("Overall", {})
+            acc, f1 = (overall.get(k) or float("nan") for k in ("sparse_categorical_accuracy",
+                                                                 "macro_f1"))
+            lines.append(f"      {'BLESSED' if details['blessed'] else 'NOT BLESSED'} on "
+                         f"Split-{details['split']}: accuracy {acc:.3f}, macro-F1 {f1:.3f}"
+                         + (f" (baseline {details['baseline']})" if details["baseline"] else
+                            " (no baseline)"))
+            for failure in details["failures"]:
+                lines.append(f"      failed: {failure}")
+        if stage["name"] == configs.PUSHER and details:
+            lines.append(f"      pushed version {details['version']}: {details['path']}")
     return "\n".join(lines)

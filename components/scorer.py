@@ -1,0 +1,240 @@
+"""Bulk offline scoring with Beam's RunInference on a pushed model.
+
+Two Beam jobs: the first reads the inputs with ExampleGen's readers (a label is optional),
+quarantines unusable rows, writes tf.Examples and their TFDV statistics; the statistics are
+validated against the schema's SERVING environment; the second runs the model's raw-text
+signature through RunInference (batched, the model loaded once per worker) and writes JSONL
+(and optionally CSV) shards. Rows read = rows scored + rows quarantined, or the job fails.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, \
+    RunInference
+
+from components import example_gen as eg
+from components import export, features
+from components.errors import BlockingAnomaliesError, UserInputError
+
+PREDICTIONS_DIR = "predictions"
+EXAMPLES_DIR = ".examples"
+STATS_FILE = "FeatureStats.pb"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    min_batch_size: int = 1
+    max_batch_size: int = 256
+    write_csv: bool = False
+    allow_anomalies: bool = False
+
+
+class RawTextModelHandler(ModelHandler[str, PredictionResult, Any]):
+    """Runs the SavedModel's `serving_default` (raw strings) on a batch of texts."""
+
+    def __init__(self, model_dir: str, min_batch_size: int = 1, max_batch_size: int = 256):
+        self._model_dir = model_dir
+        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def load_model(self):
+        import components  # noqa: F401  (legacy Keras before TensorFlow, on the worker too)
+        import tensorflow as tf
+
+        return tf.saved_model.load(self._model_dir)
+
+    def run_inference(self, batch: Sequence[str], model, inference_args=None
+                      ) -> Iterable[PredictionResult]:
+        import tensorflow as tf
+
+        out = model.signatures[export.SERVING_DEFAULT](text=tf.constant(list(batch)))
+        probabilities = out[export.PROBABILITIES].numpy()
+        predicted = out[export.PREDICTED_CLASS].numpy()
+        return [PredictionResult(text, {"probabilities": p.tolist(),
+                                        "predicted_class": c.decode("utf-8")})
+                for text, p, c in zip(batch, probabilities, predicted)]
+
+    def batch_elements_kwargs(self):
+        return self._batch
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+
+def _to_scoring_example(record: eg.RawRecord, settings: eg.ExampleGenSettings):
+    """(id, serialized tf.Example) or a quarantine record; the id defaults to source:line."""
+    _, values, problem = eg.check_record(record, settings)
+    if problem:
+        return beam.pvalue.TaggedOutput("quarantine", eg.quarantine_record(record, *problem))
+    if features.ID not in values:
+        values[features.ID] = f"{record.source}:{record.line}".encode("utf-8")
+    return eg.to_tf_example(values)
+
+
+@beam.ptransform_fn
+def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir: str):
+    import tensorflow_data_validation as tfdv
+    from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
+
+    records = (pipeline
+               | "CreateWorkItems" >> beam.Create(items)
+               | "ReadRecords" >> beam.FlatMap(eg.read_records, settings)
+               | "Redistribute" >> beam.Reshuffle())
+    routed = records | "Check" >> beam.Map(_to_scoring_example, settings).with_outputs(
+        "quarantine", main="examples")
+    examples, quarantined = routed.examples, routed.quarantine
+    _ = examples | "WriteExamples" >> beam.io.WriteToTFRecord(
+        os.path.join(work_dir, EXAMPLES_DIR, "examples"), file_name_suffix=".gz",
+        compression_type=CompressionTypes.GZIP)
+    _ = (quarantined
+         | "QuarantineToJson" >> beam.Map(json.dumps, sort_keys=True, ensure_ascii=False)
+         | "WriteQuarantine" >> beam.io.WriteToText(
+             os.path.join(work_dir, eg.QUARANTINE_DIR, "quarantine"), file_name_suffix=".jsonl"))
+    _ = (examples
+         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+         | "ToRecordBatch" >> beam.Map(lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b))
+         | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
+         | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
+             os.path.join(work_dir, STATS_FILE)))
+    keys = ((records | "KeyRead" >> beam.Map(lambda _: "read")),
+            (examples | "KeyOk" >> beam.Map(lambda _: "split:score")),
+            (quarantined | "KeyBad" >> beam.Map(lambda q: f"quarantine:{q['reason']}"))
+            ) | "FlattenKeys" >> beam.Flatten()
+    _ = (keys
+         | "Count" >> beam.combiners.Count.PerElement()
+         | "Collect" >> beam.combiners.ToList()
+         | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
+         | "WriteCounts" >> beam.io.WriteToText(os.path.join(work_dir, eg.COUNTS_FILE),
+                                               shard_name_template=""))
+
+
+def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:
+    """((id, label or None), text): the key rides along RunInference untouched."""
+    import tensorflow as tf
+
+    f = tf.train.Example.FromString(serialized).features.feature
+    label = (f[features.LABEL].bytes_list.value[0].decode("utf-8")
+             if features.LABEL in f else None)
+    return ((f[features.ID].bytes_list.value[0].decode("utf-8"), label),
+            f[features.TEXT].bytes_list.value[0].decode("utf-8"))
+
+
+def _format(keyed: Tuple[Tuple[str, Optional[str]], PredictionResult], classes: Sequence[str],
+            version: str) -> Dict[str, Any]:
+    (row_id, label), result = keyed
+    row = {"id": row_id, "predicted_class": result.inference["predicted_class"],
+           "probabilities": dict(zip(classes, result.inference["probabilities"])),
+           "model_version": version}
+    if label is not None:
+        row["label"] = label
+    return row
+
+
+def _to_csv(row: Dict[str, Any], classes: Sequence[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(
+        [row["id"], row["predicted_class"]] + [f"{row['probabilities'][c]:.6g}" for c in classes]
+        + [row["model_version"]])
+    return buf.getvalue()
+
+
+def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
+    from components.pusher import versions
+
+    found = versions(model_base)
+    if not found:
+        raise UserInputError(f"{model_base} holds no pushed version (<int>/saved_model.pb)")
+    if version is None:
+        version = found[-1]
+    elif version not in found:
+        raise UserInputError(f"{model_base} has no version {version}; it has "
+                             f"{', '.join(map(str, found))}")
+    return os.path.join(model_base, str(version)), str(version)
+
+
+def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], output_dir: str,
+              schema, reader: eg.ExampleGenSettings, settings: ScoreSettings, beam_options
+              ) -> Dict[str, Any]:
+    """Scores `inputs` with a pushed version; returns the summary also written to the output."""
+    import tensorflow_data_validation as tfdv
+
+    model_dir, version_name = resolve_model(model_base, version)
+    with open(os.path.join(model_dir, "metadata.json")) as f:
+        classes = json.load(f)["classes"]
+    reader = dataclasses.replace(reader, require_label=False)
+    items = eg.discover_inputs(inputs, reader)
+    if os.path.exists(output_dir) and os.listdir(output_dir):
+        raise UserInputError(f"output directory {output_dir} is not empty")
+
+    with beam.Pipeline(options=beam_options) as p:
+        _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir)
+    with open(os.path.join(output_dir, eg.COUNTS_FILE)) as f:
+        counts = eg.summarize_counts(json.load(f))
+
+    anomalies = []
+    if counts["written"]:
+        stats = tfdv.load_stats_binary(os.path.join(output_dir, STATS_FILE))
+        result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
+        from components.example_validator import describe_anomalies, is_blocking
+
+        tfdv.write_anomalies_text(result, os.path.join(output_dir, "anomalies.pbtxt"))
+        anomalies = describe_anomalies("score", result)
+        if is_blocking(result) and not settings.allow_anomalies:
+            raise BlockingAnomaliesError(
+                "the scoring data does not match the schema's SERVING environment:\n  "
+                + "\n  ".join(anomalies) + "\nFix the data, or pass --allow-anomalies.")
+
+    handler = KeyedModelHandler(RawTextModelHandler(model_dir, settings.min_batch_size,
+                                                    settings.max_batch_size))
+    with beam.Pipeline(options=beam_options) as p:
+        rows = (p
+                | "ReadExamples" >> beam.io.ReadFromTFRecord(
+                    os.path.join(output_dir, EXAMPLES_DIR, "*"))
+                | "Parse" >> beam.Map(_parse_example)
+                | "RunInference" >> RunInference(handler)
+                | "Format" >> beam.Map(_format, classes, version_name))
+        _ = (rows
+             | "ToJson" >> beam.Map(json.dumps, ensure_ascii=False)
+             | "WriteJsonl" >> beam.io.WriteToText(
+                 os.path.join(output_dir, PREDICTIONS_DIR, "predictions"),
+                 file_name_suffix=".jsonl"))
+        # Rows scored, and how many of those with a label were predicted right.
+        _ = (rows
+             | "Tally" >> beam.Map(lambda r: (1, int("label" in r),
+                                              int(r.get("label") == r["predicted_class"])))
+             | "SumTally" >> beam.CombineGlobally(
+                 lambda ts: tuple(map(sum, zip(*ts))) if ts else (0, 0, 0))
+             | "TallyToJson" >> beam.Map(json.dumps)
+             | "WriteTally" >> beam.io.WriteToText(os.path.join(output_dir, ".scored"),
+                                                   shard_name_template=""))
+        if settings.write_csv:
+            header = ",".join(["id", "predicted_class"] + [f"p_{c}" for c in classes]
+                              + ["model_version"])
+            _ = (rows
+                 | "ToCsv" >> beam.Map(_to_csv, classes)
+                 | "WriteCsv" >> beam.io.WriteToText(
+                     os.path.join(output_dir, PREDICTIONS_DIR, "predictions"),
+                     file_name_suffix=".csv", header=header))
+    with open(os.path.join(output_dir, ".scored")) as f:
+        scored, labelled, correct = json.load(f)
+    os.remove(os.path.join(output_dir, ".scored"))
+    shutil.rmtree(os.path.join(output_dir, EXAMPLES_DIR))  # an intermediate copy of the input
+    summary = {"model": model_dir, "version": version_name, "read": counts["read"],
+               "scored": scored, "quarantined": counts["quarantined"],
+               "quarantine_reasons": counts["quarantine_reasons"], "anomalies": anomalies,
+               "classes": classes, "labelled": labelled,
+               "accuracy": correct / labelled if labelled else None}
+    if summary["read"] != summary["scored"] + summary["quarantined"]:
+        raise RuntimeError(f"scoring counts do not reconcile: {summary}")
+    with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    return summary
