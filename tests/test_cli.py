@@ -43,6 +43,9 @@ batch_size = 16
 [trainer.model]
 embedding_dim = 8
 num_filters = 4
+
+[evaluator]
+min_accuracy = 0.0  # two epochs of a tiny model: the floor is not what this test is about
 """
 
 
@@ -51,7 +54,8 @@ def test_clean_run_multiprocessing_end_to_end(tmp_path):
     root = str(tmp_path / "root")
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TRAINER)
-    proc = run_cli("run", "--input", data, "--pipeline-root", root,
+    serving = str(tmp_path / "serving")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--serving-dir", serving,
                    "--config", str(config))  # default Beam options: multi-processing
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows read 60 = written 60" in proc.stdout
@@ -59,8 +63,12 @@ def test_clean_run_multiprocessing_end_to_end(tmp_path):
     assert summary["status"] == "succeeded" and summary["exit_code"] == 0
     assert "--direct_running_mode=multi_processing" in summary["beam_args"]
     assert [s["name"] for s in summary["stages"]] == [
-        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer"]
-    trainer = summary["stages"][-1]["details"]
+        "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer",
+        "Evaluator", "Pusher"]
+    pushed = summary["stages"][-1]["details"]
+    assert os.path.dirname(pushed["path"]) == os.path.join(serving, "textcnn")
+    assert os.path.exists(os.path.join(pushed["path"], "saved_model.pb"))
+    trainer = summary["stages"][-3]["details"]
     assert trainer["epochs_run"] == 2 and trainer["classes"] == [
         "DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
 

@@ -5,7 +5,7 @@ import os
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from components import example_gen as eg
@@ -45,7 +45,7 @@ def test_csv_parsing_quotes_multiline_and_bad_rows(tmp_path):
                                      '"two\nlines",neg,2\n'
                                      '"bad"quote,neg,3\n'
                                      'only,two\n')
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         out = p | read_with_beam([(str(path), "csv")])
         assert_that(out, equal_to([
             ("a.csv", 2, (("id", "1"), ("label", "pos"), ("text", "hello, world"))),
@@ -57,7 +57,7 @@ def test_csv_parsing_quotes_multiline_and_bad_rows(tmp_path):
 
 def test_tsv_parsing_keeps_quotes_literally(tmp_path):
     path = write(tmp_path / "a.tsv", "label\ttext\nneg\tThe ''Conan'' \"film\"\npos\tok\n")
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         out = p | read_with_beam([(str(path), "tsv")])
         assert_that(out, equal_to([
             ("a.tsv", 2, (("label", "neg"), ("text", "The ''Conan'' \"film\""))),
@@ -70,7 +70,7 @@ def test_jsonl_parsing(tmp_path):
                                        '\n'
                                        '{"text": "broken"\n'
                                        '["not", "an", "object"]\n')
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         out = p | read_with_beam([(str(path), "jsonl")])
         assert_that(out, equal_to([
             ("a.jsonl", 1, (("id", "7"), ("label", "x"), ("text", "a b"))),
@@ -85,7 +85,7 @@ def test_gzipped_csv_is_read(tmp_path):
         f.write("text,label\nzipped row,pos\n")
     items = eg.discover_inputs([str(path)], SETTINGS)
     assert items == [(str(path), "csv")]
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         out = p | read_with_beam(items)
         assert_that(out, equal_to([("a.csv.gz", 2, (("label", "pos"), ("text", "zipped row")))]))
 
@@ -100,7 +100,7 @@ def test_directory_per_label_and_split_layout(tmp_path):
     nested = eg.discover_inputs([str(tmp_path / "split")], SETTINGS)
     assert [fmt for _, fmt in flat] == ["dir:neg:", "dir:pos:"]
     assert [fmt for _, fmt in nested] == ["dir:neg:test", "dir:pos:train"]
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         out = (p | beam.Create(flat + nested) | beam.FlatMap(eg.read_records, SETTINGS)
                | beam.Map(lambda r: (r.fields["label"], r.fields["split"], r.fields["text"])))
         assert_that(out, equal_to([("neg", "", "bad film"), ("pos", "", "good film"),
@@ -132,7 +132,7 @@ def test_to_example_fn_routes_with_beam():
     good = eg.RawRecord("f", 2, b"raw", fields={"text": "what is x ?", "label": "DESC",
                                                 "split": "test"})
     bad = eg.RawRecord("f", 3, b"raw,,", fields={"text": " ", "label": "DESC"})
-    with TestPipeline() as p:
+    with BeamTestPipeline() as p:
         routed = p | beam.Create([good, bad]) | beam.ParDo(eg.ToExampleFn(SETTINGS)).with_outputs(
             eg.ToExampleFn.QUARANTINE, main="examples")
         assert_that(routed.examples | beam.Map(lambda kv: (kv[0], len(kv[1]) > 0)),

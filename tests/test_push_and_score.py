@@ -1,0 +1,257 @@
+"""Evaluator, Pusher and bulk scoring, end to end through local_runner.py."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import components  # noqa: F401  (legacy Keras before TensorFlow)
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import pusher
+from conftest import IN_MEMORY, REPO, run_cli
+from test_cli import trec_like, write_csv
+
+NORMAL = """
+[transform]
+max_len = 12
+
+[trainer]
+epochs = 20
+batch_size = 16
+learning_rate = 0.01
+
+[trainer.model]
+embedding_dim = 16
+num_filters = 8
+
+[evaluator]
+min_accuracy = 0.6
+"""
+
+WEAK = """
+[transform]
+max_len = 12
+
+[trainer]
+epochs = 1
+batch_size = 16
+
+[trainer.model]
+embedding_dim = 2
+num_filters = 1
+
+[evaluator]
+min_accuracy = 0.6
+"""
+
+
+def run_pipeline(tmp, data, serving, config_text, name):
+    config = tmp / f"{name}.toml"
+    config.write_text(config_text)
+    return run_cli("run", "--input", data, "--pipeline-root", str(tmp / f"root-{name}"),
+                   "--serving-dir", serving, "--config", str(config), *IN_MEMORY)
+
+
+@pytest.fixture(scope="module")
+def first_push(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("push")
+    data = write_csv(tmp / "q.csv", trec_like(120))
+    serving = str(tmp / "serving")
+    proc = run_pipeline(tmp, data, serving, NORMAL, "v1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, data, serving, proc
+
+
+def evaluation_of(root):
+    [path] = glob.glob(os.path.join(root, "Evaluator", "*", "evaluation.json"))
+    with open(path) as f:
+        return json.load(f), os.path.dirname(path)
+
+
+def test_first_run_is_evaluated_and_pushed(first_push):
+    tmp, _, serving, proc = first_push
+    result, eval_dir = evaluation_of(tmp / "root-v1")
+    assert result["blessed"] and os.path.exists(os.path.join(eval_dir, "BLESSED"))
+    assert result["split"] == "test" and result["baseline"] is None
+    overall = result["metrics"]["Overall"]
+    assert overall["example_count"] == 12
+    assert overall["sparse_categorical_accuracy"] >= 0.6
+    matrix = np.array(overall["confusion_matrix"])
+    assert matrix.shape == (6, 6) and matrix.sum() == 12
+    assert np.isclose(np.trace(matrix) / 12, overall["sparse_categorical_accuracy"])
+    assert 0 <= overall["macro_f1"] <= 1 and "precision/class_4" in overall
+    slices = set(result["metrics"])
+    assert {"label:NUM", "label:ABBR", "label:DESC"} <= slices  # the labels of Split-test
+    assert any(s.startswith("text_length_bucket:") for s in slices)
+
+    [version] = pusher.versions(os.path.join(serving, "textcnn"))
+    assert f"pushed version {version}" in proc.stdout
+    with open(os.path.join(serving, "textcnn", str(version), "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["version"] == version
+    assert meta["classes"] == ["DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
+    assert meta["metrics"]["sparse_categorical_accuracy"] == overall[
+        "sparse_categorical_accuracy"]
+    assert set(meta["data_fingerprints"]) == {"train", "eval", "test"}
+    assert meta["vocabulary_size"] > 0 and meta["packages"]["tensorflow"] == "2.16.2"
+    assert meta["config"]["trainer"]["epochs"] == 20 and "git_commit" in meta
+
+
+def test_pushed_version_loads(first_push):
+    _, _, serving, _ = first_push
+    version_dir = pusher.latest_version_dir(os.path.join(serving, "textcnn"))
+    loaded = tf.saved_model.load(version_dir)
+    out = loaded.signatures["serving_default"](text=tf.constant(["How far is the moon ?"]))
+    assert out["probabilities"].shape == (1, 6)
+    show = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--dir",
+         version_dir, "--all"], capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr[-2000:]
+    assert "serving_default" in show.stdout and "serving_examples" in show.stdout
+
+
+def test_weaker_model_is_not_pushed_then_normal_run_pushes_a_newer_version(first_push):
+    tmp, data, serving, _ = first_push
+    base = os.path.join(serving, "textcnn")
+    [v1] = pusher.versions(base)
+    weak = run_pipeline(tmp, data, serving, WEAK, "weak")
+    assert weak.returncode == 4, weak.stderr[-3000:]
+    assert "not blessed" in weak.stderr and "sparse_categorical_accuracy" in weak.stderr
+    assert "change_threshold" in weak.stderr  # it names the threshold against the baseline
+    result, eval_dir = evaluation_of(tmp / "root-weak")
+    assert not result["blessed"] and os.path.exists(os.path.join(eval_dir, "NOT_BLESSED"))
+    assert result["baseline"] == os.path.join(base, str(v1))
+    assert result["baseline_metrics"]["Overall"]["sparse_categorical_accuracy"] >= 0.6
+    assert pusher.versions(base) == [v1]
+
+    again = run_pipeline(tmp, data, serving, NORMAL, "v2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    versions = pusher.versions(base)
+    assert len(versions) == 2 and versions[0] == v1 and versions[1] > v1
+
+
+def test_score_reconciles_and_matches_the_serving_signature(first_push, tmp_path):
+    _, _, serving, _ = first_push
+    base = os.path.join(serving, "textcnn")
+    version = pusher.versions(base)[0]
+    texts = ["How far is the moon number 3 ?", "Who wrote Hamlet number 5 ?",
+             "Where is Rome number 8 ?"]
+    with open(tmp_path / "in.jsonl", "w") as f:
+        f.write(json.dumps({"text": texts[0], "id": "a"}) + "\n")
+        f.write(json.dumps({"text": "   ", "id": "blank"}) + "\n")
+        f.write(json.dumps({"text": texts[1]}) + "\n")
+        f.write("{not json\n")
+        f.write(json.dumps({"text": texts[2], "id": "c", "label": "LOC"}) + "\n")
+    out = str(tmp_path / "scored")
+    proc = run_cli("score", "--model", base, "--version", str(version), "--input",
+                   str(tmp_path / "in.jsonl"), "--output", out, "--csv", *IN_MEMORY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rows read 5 = scored 3 + quarantined 2" in proc.stdout
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["read"] == summary["scored"] + summary["quarantined"] == 5
+    assert summary["labelled"] == 1
+    rows = [json.loads(line) for p in sorted(glob.glob(os.path.join(out, "predictions",
+                                                                      "*.jsonl")))
+            for line in open(p)]
+    quarantined = [json.loads(line) for p in glob.glob(os.path.join(out, "quarantine", "*"))
+                   for line in open(p)]
+    assert len(rows) + len(quarantined) == 5
+    assert sorted(q["reason"] for q in quarantined) == ["empty_text", "unparseable_row"]
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"a", f"{tmp_path / 'in.jsonl'}:3", "c"}
+    assert all(r["model_version"] == str(version) for r in rows)
+
+    direct = tf.saved_model.load(os.path.join(base, str(version))).signatures[
+        "serving_default"](text=tf.constant(texts))
+    for row_id, i in (("a", 0), (f"{tmp_path / 'in.jsonl'}:3", 1), ("c", 2)):
+        got = [by_id[row_id]["probabilities"][c] for c in summary["classes"]]
+        np.testing.assert_allclose(got, direct["probabilities"].numpy()[i], rtol=1e-5)
+        assert by_id[row_id]["predicted_class"] == direct["predicted_class"].numpy()[i].decode()
+    csv_lines = [line for p in glob.glob(os.path.join(out, "predictions", "*.csv"))
+                 for line in open(p)]
+    assert csv_lines[0].startswith("id,predicted_class,p_DESC") and len(csv_lines) == 4
+
+
+# ------------------------------------------------------------------------- atomic push (unit)
+
+
+def make_model(path):
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return x * 2.0
+
+    tf.saved_model.save(Tiny(), path)
+    # Pad the model with a few more files so that a copy takes long enough to be interrupted.
+    for i in range(20):
+        with open(os.path.join(path, "assets", f"pad{i}.bin") if os.path.isdir(
+                os.path.join(path, "assets")) else os.path.join(path, f"pad{i}.bin"), "wb") as f:
+            f.write(os.urandom(1024))
+    return path
+
+
+def test_push_is_atomic_when_the_process_is_killed(tmp_path):
+    model = make_model(str(tmp_path / "model"))
+    serving = str(tmp_path / "serving")
+    started = tmp_path / "copying"
+    script = f"""
+import shutil, time, sys
+sys.path.insert(0, {REPO!r})
+import components.pusher as p
+real = shutil.copy2
+def slow(src, dst, *a, **k):
+    open({str(started)!r}, "w").close()
+    time.sleep(0.3)
+    return real(src, dst, *a, **k)
+p.shutil.copy2 = slow
+p.push({model!r}, {{"run_id": "x"}}, p.PusherSettings(serving_dir={serving!r}))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    base = os.path.join(serving, "textcnn")
+    leftovers = os.listdir(base)
+    assert leftovers and all(name.startswith(".tmp-") for name in leftovers)
+    for name in leftovers:  # nothing TF Serving would pick up, nothing loadable
+        assert not os.path.exists(os.path.join(base, name, "saved_model.pb"))
+        with pytest.raises(Exception):
+            tf.saved_model.load(os.path.join(base, name))
+    assert pusher.versions(base) == []
+
+    # The next push clears the leftovers and publishes a complete, loadable version.
+    pushed = pusher.push(model, {"run_id": "y"}, pusher.PusherSettings(serving_dir=serving))
+    assert os.listdir(base) == [str(pushed["version"])]
+    assert float(tf.saved_model.load(pushed["path"])(tf.constant([2.0]))[0]) == 4.0
+
+
+def test_versions_only_increase_and_retention_keeps_the_newest(tmp_path):
+    model = make_model(str(tmp_path / "model"))
+    settings = pusher.PusherSettings(serving_dir=str(tmp_path / "serving"), keep_versions=2)
+    base = os.path.join(settings.serving_dir, settings.model_name)
+    os.makedirs(os.path.join(base, str(int(time.time()) + 1000)))  # a version from the future
+    pushed = [pusher.push(model, {}, settings)["version"] for _ in range(3)]
+    assert pushed == sorted(pushed) and len(set(pushed)) == 3
+    assert pushed[0] > int(time.time()) + 1000
+    assert pusher.versions(base) == pushed[1:]
+
+
+def test_not_blessed_is_not_pushed(tmp_path):
+    evaluator_dir = tmp_path / "Evaluator"
+    evaluator_dir.mkdir()
+    (evaluator_dir / "NOT_BLESSED").touch()
+    (evaluator_dir / "evaluation.json").write_text(json.dumps({"failures": ["accuracy low"]}))
+    with pytest.raises(pusher.ModelNotBlessedError, match="accuracy low"):
+        pusher.run_pusher(str(evaluator_dir), "unused", {}, pusher.PusherSettings(
+            serving_dir=str(tmp_path / "serving")), str(tmp_path / "Pusher"))
+    assert not os.path.exists(tmp_path / "serving" / "textcnn") or not os.listdir(
+        tmp_path / "serving" / "textcnn")
