@@ -422,10 +422,6 @@ class ToExampleFn(beam.DoFn):
 # The Beam graph and the driver.
 
 
-def _merge_counts(pairs: Iterable[Tuple[str, int]]) -> Dict[str, int]:
-    return dict(sorted(pairs))
-
-
 @beam.ptransform_fn
 def IngestRecords(pipeline, items: List[Tuple[str, str]], settings: ExampleGenSettings,
                   output_dir: str):
@@ -448,25 +444,40 @@ def IngestRecords(pipeline, items: List[Tuple[str, str]], settings: ExampleGenSe
             | f"Write[{split}]" >> beam.io.WriteToTFRecord(
                 os.path.join(output_dir, features.split_dir_name(split), "data_tfrecord"),
                 file_name_suffix=".gz", compression_type=CompressionTypes.GZIP))
-    _ = (
+    _ = quarantined | "WriteQuarantine" >> WriteQuarantine(output_dir)
+    _ = (records, examples | "KeySplit" >> beam.Map(lambda kv: f"split:{kv[0]}"),
+         quarantined) | "WriteCounts" >> WriteCounts(output_dir)
+
+
+@beam.ptransform_fn
+def WriteQuarantine(quarantined, output_dir: str):
+    """Quarantine records as JSON lines under `output_dir/quarantine/`."""
+    return (
         quarantined
-        | "QuarantineToJson" >> beam.Map(json.dumps, sort_keys=True, ensure_ascii=False)
-        | "WriteQuarantine" >> beam.io.WriteToText(
+        | "ToJson" >> beam.Map(json.dumps, sort_keys=True, ensure_ascii=False)
+        | "Write" >> beam.io.WriteToText(
             os.path.join(output_dir, QUARANTINE_DIR, "quarantine"), file_name_suffix=".jsonl"))
 
-    # Tallies taken at two different points, so that reconciling them is a real check.
-    count_keys = (
+
+@beam.ptransform_fn
+def WriteCounts(pcolls, output_dir: str):
+    """Writes `counts.json` from (records read, output keys like "split:train", quarantined).
+
+    The tallies are taken at different points of the graph, so reconciling them is a real check.
+    """
+    records, written_keys, quarantined = pcolls
+    keys = (
         (records | "KeyRead" >> beam.Map(lambda _: "read")),
-        (examples | "KeySplit" >> beam.Map(lambda kv: f"split:{kv[0]}")),
+        written_keys,
         (quarantined | "KeyQuarantine" >> beam.Map(lambda q: f"quarantine:{q['reason']}")),
-    ) | "FlattenCountKeys" >> beam.Flatten()
-    _ = (
-        count_keys
+    ) | "Flatten" >> beam.Flatten()
+    return (
+        keys
         | "Count" >> beam.combiners.Count.PerElement()
-        | "CollectCounts" >> beam.combiners.ToList()
-        | "CountsToJson" >> beam.Map(lambda pairs: json.dumps(_merge_counts(pairs)))
-        | "WriteCounts" >> beam.io.WriteToText(os.path.join(output_dir, COUNTS_FILE),
-                                              shard_name_template=""))
+        | "Collect" >> beam.combiners.ToList()
+        | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
+        | "Write" >> beam.io.WriteToText(os.path.join(output_dir, COUNTS_FILE),
+                                         shard_name_template=""))
 
 
 def summarize_counts(raw_counts: Dict[str, int]) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ import io
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -95,26 +95,15 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
     _ = examples | "WriteExamples" >> beam.io.WriteToTFRecord(
         os.path.join(work_dir, EXAMPLES_DIR, "examples"), file_name_suffix=".gz",
         compression_type=CompressionTypes.GZIP)
-    _ = (quarantined
-         | "QuarantineToJson" >> beam.Map(json.dumps, sort_keys=True, ensure_ascii=False)
-         | "WriteQuarantine" >> beam.io.WriteToText(
-             os.path.join(work_dir, eg.QUARANTINE_DIR, "quarantine"), file_name_suffix=".jsonl"))
+    _ = quarantined | "WriteQuarantine" >> eg.WriteQuarantine(work_dir)
     _ = (examples
          | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
          | "ToRecordBatch" >> beam.Map(lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b))
          | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
          | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, STATS_FILE)))
-    keys = ((records | "KeyRead" >> beam.Map(lambda _: "read")),
-            (examples | "KeyOk" >> beam.Map(lambda _: "split:score")),
-            (quarantined | "KeyBad" >> beam.Map(lambda q: f"quarantine:{q['reason']}"))
-            ) | "FlattenKeys" >> beam.Flatten()
-    _ = (keys
-         | "Count" >> beam.combiners.Count.PerElement()
-         | "Collect" >> beam.combiners.ToList()
-         | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
-         | "WriteCounts" >> beam.io.WriteToText(os.path.join(work_dir, eg.COUNTS_FILE),
-                                               shard_name_template=""))
+    _ = (records, examples | "KeyOk" >> beam.Map(lambda _: "split:score"),
+         quarantined) | "WriteCounts" >> eg.WriteCounts(work_dir)
 
 
 def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:

@@ -34,6 +34,22 @@ def read_split(examples_dir, split):
     return sorted(out, key=lambda d: json.dumps(d, sort_keys=True))
 
 
+def write_examples(examples_dir, rows_by_split):
+    """An ExampleGen-like artifact: Split-<s>/*.gz of tf.Examples from (text, label) rows."""
+    import tensorflow as tf
+
+    from components import features
+    from components.example_gen import to_tf_example
+
+    for split, rows in rows_by_split.items():
+        split_dir = os.path.join(str(examples_dir), features.split_dir_name(split))
+        os.makedirs(split_dir)
+        with tf.io.TFRecordWriter(os.path.join(split_dir, "data.gz"), "GZIP") as w:
+            for text, label in rows:
+                w.write(to_tf_example({features.TEXT: text.encode(),
+                                       features.LABEL: label.encode()}))
+
+
 def only_dir(parent):
     names = [n for n in os.listdir(parent) if not n.startswith(".")]
     assert len(names) == 1, names

@@ -10,6 +10,7 @@ import tensorflow as tf
 from components import export, features
 from components import transform as tr
 from components.example_gen import to_tf_example
+from conftest import write_examples
 from components.model import ModelSettings, build_textcnn, load_embedding_matrix
 from components.trainer import TrainerSettings, run_trainer
 
@@ -86,12 +87,7 @@ def make_transformed(tmp_path, in_memory_options, n=60):
         text = TEMPLATES[label].format(WORDS[(i // 3) % len(WORDS)] + ("s" * (i // 30)))
         split = "test" if i % 10 == 0 else "eval" if i % 10 == 1 else "train"
         texts.setdefault(split, []).append((text, label))
-    for split, rows in texts.items():
-        os.makedirs(examples / f"Split-{split}")
-        with tf.io.TFRecordWriter(str(examples / f"Split-{split}" / "d.gz"), "GZIP") as w:
-            for text, label in rows:
-                w.write(to_tf_example({features.TEXT: text.encode(),
-                                       features.LABEL: label.encode()}))
+    write_examples(examples, texts)
     out = str(tmp_path / "Transform")
     tr.run_transform(str(examples), CLASSES, out, tr.TransformSettings(max_len=8),
                      in_memory_options)

@@ -6,7 +6,6 @@ import tensorflow as tf
 from tensorflow_transform.beam import tft_unit
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-from components import features
 from components import transform as tr
 
 CLASSES = ["pos", "neg"]
@@ -72,18 +71,13 @@ def test_tokenizer_options():
 
 
 def test_stage_analyses_train_only_and_transforms_every_split(tmp_path, in_memory_options):
-    from components.example_gen import to_tf_example
+    from conftest import write_examples
 
     examples = tmp_path / "ExampleGen"
     rows = {"train": [("alpha beta", "pos"), ("beta gamma", "neg")] * 3,
             "eval": [("alpha delta", "pos")],
             "test": [("epsilon beta", "neg")]}
-    for split, items in rows.items():
-        os.makedirs(examples / f"Split-{split}")
-        with tf.io.TFRecordWriter(str(examples / f"Split-{split}" / "data.gz"), "GZIP") as w:
-            for text, label in items:
-                w.write(to_tf_example({features.TEXT: text.encode(),
-                                       features.LABEL: label.encode()}))
+    write_examples(examples, rows)
     out = str(tmp_path / "Transform")
     info = tr.run_transform(str(examples), CLASSES, out, tr.TransformSettings(max_len=3),
                             in_memory_options)
