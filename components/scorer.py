@@ -167,10 +167,12 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     with beam.Pipeline(options=beam_options) as p:
         _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir)
     with open(os.path.join(output_dir, eg.COUNTS_FILE)) as f:
-        counts = eg.summarize_counts(json.load(f))
+        raw_counts = json.load(f)
+    counts = eg.summarize_counts(raw_counts)
+    usable = raw_counts.get("split:score", 0)
 
     anomalies = []
-    if counts["written"]:
+    if usable:
         stats = tfdv.load_stats_binary(os.path.join(output_dir, STATS_FILE))
         result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
         from components.example_validator import describe_anomalies, is_blocking

@@ -255,3 +255,19 @@ def test_not_blessed_is_not_pushed(tmp_path):
             serving_dir=str(tmp_path / "serving")), str(tmp_path / "Pusher"))
     assert not os.path.exists(tmp_path / "serving" / "textcnn") or not os.listdir(
         tmp_path / "serving" / "textcnn")
+
+
+def test_score_validates_against_the_serving_environment(first_push, tmp_path):
+    _, _, serving, _ = first_push
+    data = write_csv(tmp_path / "in.csv", [("Who wrote Hamlet ?", "HUM"),
+                                           ("What is love ?", "EMOTION")], header="text,label")
+    blocked = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
+                      "--output", str(tmp_path / "blocked"), *IN_MEMORY)
+    assert blocked.returncode == 3, blocked.stderr[-3000:]
+    assert "'label'" in blocked.stderr and "SERVING" in blocked.stderr
+    assert not glob.glob(str(tmp_path / "blocked" / "predictions" / "*"))
+
+    allowed = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
+                      "--output", str(tmp_path / "allowed"), "--allow-anomalies", *IN_MEMORY)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert "rows read 2 = scored 2 + quarantined 0" in allowed.stdout
