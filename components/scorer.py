@@ -99,7 +99,10 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
     _ = (examples
          | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
          | "ToRecordBatch" >> beam.Map(lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b))
-         | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
+         # The serving features only: a label, when the input has one, is carried along for
+         # reporting accuracy and is not part of the SERVING environment.
+         | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
+             feature_allowlist=[features.TEXT, features.ID]))
          | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, STATS_FILE)))
     _ = (records, examples | "KeyOk" >> beam.Map(lambda _: "split:score"),

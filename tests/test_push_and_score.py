@@ -261,13 +261,26 @@ def test_score_validates_against_the_serving_environment(first_push, tmp_path):
     _, _, serving, _ = first_push
     data = write_csv(tmp_path / "in.csv", [("Who wrote Hamlet ?", "HUM"),
                                            ("What is love ?", "EMOTION")], header="text,label")
+    # A schema whose SERVING environment requires a feature the scoring data does not have.
+    with open(os.path.join(REPO, "schemas", "schema.pbtxt")) as f:
+        schema = f.read()
+    strict = tmp_path / "strict.pbtxt"
+    strict.write_text(schema + 'feature {\n  name: "lang"\n  type: BYTES\n'
+                      '  presence {\n    min_fraction: 1.0\n    min_count: 1\n  }\n}\n')
     blocked = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
-                      "--output", str(tmp_path / "blocked"), *IN_MEMORY)
+                      "--output", str(tmp_path / "blocked"), "--schema", str(strict), *IN_MEMORY)
     assert blocked.returncode == 3, blocked.stderr[-3000:]
-    assert "'label'" in blocked.stderr and "SERVING" in blocked.stderr
+    assert "'lang'" in blocked.stderr and "SERVING" in blocked.stderr
     assert not glob.glob(str(tmp_path / "blocked" / "predictions" / "*"))
 
     allowed = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
-                      "--output", str(tmp_path / "allowed"), "--allow-anomalies", *IN_MEMORY)
+                      "--output", str(tmp_path / "allowed"), "--schema", str(strict),
+                      "--allow-anomalies", *IN_MEMORY)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "rows read 2 = scored 2 + quarantined 0" in allowed.stdout
+
+    # Labels are optional and not validated for scoring (any value is only compared for accuracy).
+    plain = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
+                    "--output", str(tmp_path / "plain"), *IN_MEMORY)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "accuracy on the 2 labelled rows" in plain.stdout
