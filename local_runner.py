@@ -137,7 +137,9 @@ def main(argv=None) -> int:
     try:
         if args.command == "data":
             if unknown:
-                raise _usage(f"unknown arguments: {' '.join(unknown)}")
+                from components.errors import UserInputError
+
+                raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
             return _data(args)
         if args.command == "score":
             return _score(args, unknown)
@@ -150,12 +152,6 @@ def main(argv=None) -> int:
             return 1
         print(f"error: {e}", file=sys.stderr)
         return code
-
-
-def _usage(message):
-    from components.errors import UserInputError
-
-    return UserInputError(message)
 
 
 if __name__ == "__main__":

@@ -334,9 +334,14 @@ def read_records(item: Tuple[str, str], settings: ExampleGenSettings) -> Iterato
 # Checks, split assignment and tf.Example encoding.
 
 
+def stable_bucket(data: bytes, buckets: int) -> int:
+    """A bucket in [0, buckets) from a sha256 of `data`: the same on every machine and run."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % buckets
+
+
 def hash_split(text: bytes, eval_ratio: float) -> str:
     """Train or eval by a stable hash of the text: the same text always lands in the same split."""
-    bucket = int.from_bytes(hashlib.sha256(text).digest()[:8], "big") % 10_000
+    bucket = stable_bucket(text, 10_000)
     return features.EVAL if bucket < round(eval_ratio * 10_000) else features.TRAIN
 
 
@@ -480,8 +485,10 @@ def WriteCounts(pcolls, output_dir: str):
                                          shard_name_template=""))
 
 
-def summarize_counts(raw_counts: Dict[str, int]) -> Dict[str, Any]:
-    splits = {s: raw_counts.get(f"split:{s}", 0) for s in features.SPLITS}
+def summarize_counts(raw_counts: Dict[str, int], splits: Sequence[str] = features.SPLITS
+                     ) -> Dict[str, Any]:
+    """Totals from the raw tallies; `splits` names the outputs the rows were written to."""
+    splits = {s: raw_counts.get(f"split:{s}", 0) for s in splits}
     reasons = {k.split(":", 1)[1]: v for k, v in raw_counts.items() if k.startswith("quarantine:")}
     return {
         "read": raw_counts.get("read", 0),

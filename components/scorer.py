@@ -24,11 +24,13 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from components import example_gen as eg
 from components import export, features
 from components.errors import BlockingAnomaliesError, UserInputError
+from components.pusher import METADATA_FILE, versions
 
 PREDICTIONS_DIR = "predictions"
 EXAMPLES_DIR = ".examples"
 STATS_FILE = "FeatureStats.pb"
 SUMMARY_FILE = "summary.json"
+SCORE_SPLIT = "score"  # the one output of the ingest step, in the counts' "split:<name>" keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +107,7 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
              feature_allowlist=[features.TEXT, features.ID]))
          | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, STATS_FILE)))
-    _ = (records, examples | "KeyOk" >> beam.Map(lambda _: "split:score"),
+    _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
          quarantined) | "WriteCounts" >> eg.WriteCounts(work_dir)
 
 
@@ -140,8 +142,6 @@ def _to_csv(row: Dict[str, Any], classes: Sequence[str]) -> str:
 
 
 def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
-    from components.pusher import versions
-
     found = versions(model_base)
     if not found:
         raise UserInputError(f"{model_base} holds no pushed version (<int>/saved_model.pb)")
@@ -160,7 +160,7 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     import tensorflow_data_validation as tfdv
 
     model_dir, version_name = resolve_model(model_base, version)
-    with open(os.path.join(model_dir, "metadata.json")) as f:
+    with open(os.path.join(model_dir, METADATA_FILE)) as f:
         classes = json.load(f)["classes"]
     reader = dataclasses.replace(reader, require_label=False)
     items = eg.discover_inputs(inputs, reader)
@@ -170,18 +170,16 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     with beam.Pipeline(options=beam_options) as p:
         _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir)
     with open(os.path.join(output_dir, eg.COUNTS_FILE)) as f:
-        raw_counts = json.load(f)
-    counts = eg.summarize_counts(raw_counts)
-    usable = raw_counts.get("split:score", 0)
+        counts = eg.summarize_counts(json.load(f), splits=(SCORE_SPLIT,))
 
     anomalies = []
-    if usable:
+    if counts["written"]:
         stats = tfdv.load_stats_binary(os.path.join(output_dir, STATS_FILE))
         result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
         from components.example_validator import describe_anomalies, is_blocking
 
         tfdv.write_anomalies_text(result, os.path.join(output_dir, "anomalies.pbtxt"))
-        anomalies = describe_anomalies("score", result)
+        anomalies = describe_anomalies(SCORE_SPLIT, result)
         if is_blocking(result) and not settings.allow_anomalies:
             raise BlockingAnomaliesError(
                 "the scoring data does not match the schema's SERVING environment:\n  "

@@ -20,6 +20,7 @@ import zipfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 from components.errors import UserInputError
+from components.example_gen import stable_bucket
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textcnn-pipeline", "wheels")
 
@@ -110,7 +111,7 @@ def normalise_key(text: str) -> str:
 
 
 def stable_percent(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100
+    return stable_bucket(text.encode("utf-8"), 100)
 
 
 def build_mr(wheels: Dict[str, str]) -> List[Row]:
