@@ -6,6 +6,7 @@
                              [Beam flags, passed unchanged to PipelineOptions]
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
                                --output DIR [Beam flags]
+  python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
 
 Exit codes: 0 success, 2 bad usage/config/input, 3 blocking data anomalies, 4 model not blessed
 (not pushed), 1 anything else.
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline-root", required=True)
     run.add_argument("--config", help="JSON or TOML file mirroring pipeline/configs.py")
     run.add_argument("--until", help="last stage to run (default: the last one built)")
-    run.add_argument("--schema", help="curated schema (default schemas/schema.pbtxt)")
+    run.add_argument("--schema", help="curated schema file (default schemas/schema.pbtxt), or "
+                                      "`infer` to infer one from the data")
     run.add_argument("--allow-anomalies", action="store_true", default=None,
                      help="record blocking anomalies but go on")
     run.add_argument("--embeddings", help="GloVe/word2vec text file (.bz2/.gz ok) for the "
@@ -60,10 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--output", required=True, help="an empty or new directory")
     score.add_argument("--config", help="JSON or TOML file (its example_gen table is used)")
     score.add_argument("--schema", help="schema whose SERVING environment the data must match "
-                                        "(default schemas/schema.pbtxt)")
+                                        "(default: the one pushed with the model)")
     score.add_argument("--csv", action="store_true", help="also write CSV shards")
     score.add_argument("--allow-anomalies", action="store_true")
     score.add_argument("-v", "--verbose", action="store_true")
+
+    report = sub.add_parser("report", help="write report.html for a recorded run")
+    report.add_argument("pipeline_root")
+    report.add_argument("--run", help="a run id under PIPELINE_ROOT/runs (default: the newest)")
     return parser
 
 
@@ -102,18 +108,35 @@ def _run(args, beam_args) -> int:
         recorder.finish(status, code)
         print(format_summary(recorder.summary))
         print(f"summary: {recorder.path}")
+        _write_report(os.path.dirname(recorder.path))
     return code
 
 
+def _write_report(run_dir: str) -> None:
+    """Writes the run's report.html; failing to render it is a warning, never the run's result."""
+    try:
+        from pipeline.report import write_report
+
+        print(f"report: {write_report(run_dir)}")
+    except Exception as e:
+        print(f"warning: could not write the run report: {e}", file=sys.stderr)
+
+
+def _report(args) -> int:
+    from pipeline.report import find_run_dir, write_report
+
+    print(f"report: {write_report(find_run_dir(args.pipeline_root, args.run))}")
+    return 0
+
+
 def _score(args, beam_args) -> int:
-    from components.schema_gen import load_schema
     from components.scorer import ScoreSettings, run_score
     from pipeline import configs
     from pipeline.pipeline import beam_options
 
-    config = configs.load_config(args.config, {"schema_path": args.schema})
-    summary = run_score(args.model, args.version, args.input, args.output,
-                        load_schema(config.schema_path), config.example_gen,
+    config = configs.load_config(args.config, {})
+    summary = run_score(args.model, args.version, args.input, args.output, args.schema,
+                        config.schema_path, config.example_gen,
                         ScoreSettings(write_csv=args.csv,
                                       allow_anomalies=args.allow_anomalies),
                         beam_options(beam_args))
@@ -127,28 +150,48 @@ def _score(args, beam_args) -> int:
     return 0
 
 
+def _configure_console(verbose: bool) -> None:
+    """Progress lines always; library warnings, C++ logs and worker chatter only with -v."""
+    from components import PROGRESS_LOGGER
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    if not verbose:
+        # TensorFlow has not been imported yet: this reaches its C++ logging here and in the
+        # Beam worker processes, which inherit the environment.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        for name in ("tensorflow", "absl", "apache_beam.io.tfrecordio",  # "no python-snappy"
+                     "apache_beam.runners.portability.local_job_service"):  # relayed worker logs
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv=None) -> int:
     args, unknown = _parser().parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "verbose", False):  # worker log lines relayed by the DirectRunner
-        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
-            logging.ERROR)
+    verbose = getattr(args, "verbose", False)
+    _configure_console(verbose)
     try:
-        if args.command == "data":
+        if args.command in ("data", "report"):
             if unknown:
                 from components.errors import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
-            return _data(args)
+            return _data(args) if args.command == "data" else _report(args)
         if args.command == "score":
             return _score(args, unknown)
         return _run(args, unknown)
     except Exception as e:  # map the project's errors to exit codes, with a readable message
         code = getattr(e, "exit_code", None)
         if code is None:
-            logging.exception("unexpected error")
-            print(f"error: {e}", file=sys.stderr)
+            if verbose:
+                logging.exception("unexpected error")
+            print(f"error: {e}" + ("" if verbose else "\n(run with -v for the details)"),
+                  file=sys.stderr)
             return 1
         print(f"error: {e}", file=sys.stderr)
         return code

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -42,6 +43,13 @@ UNKNOWN_SPLIT = "unknown_split"
 RAW_LIMIT_BYTES = 1024
 QUARANTINE_DIR = "quarantine"
 COUNTS_FILE = "counts.json"
+QUARANTINE_SAMPLE = 5  # quarantine records shown in the counts (and the run report)
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as spreadsheet programs write "CSV UTF-8"
+# Python's csv module refuses fields over 131,072 characters unless told otherwise. A field up to
+# max_text_bytes must parse (check_record then judges its size); the parser's own limit is far
+# above that and only bounds what a runaway quoted field can hold in memory.
+_CSV_FIELD_LIMIT_FACTOR = 16
+_CSV_MIN_FIELD_LIMIT = 16 << 20
 
 # Values of the split column and the split they send a row to. Empty means "assign by hash".
 _MARKED_SPLITS = {
@@ -164,14 +172,27 @@ def open_binary(path: str) -> io.BufferedReader:
         FileSystems.open(path, compression_type=CompressionTypes.AUTO)), 1 << 20)
 
 
-def _read_header(path: str, delimiter: str) -> List[str]:
+def _read_header(path: str, delimiter: str, max_text_bytes: int) -> List[str]:
     with open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        # utf-8-sig: a byte-order mark before the first column name is not part of it.
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
         reader = csv.reader(text, delimiter=delimiter, **_quoting(delimiter))
+        _allow_fields_up_to(max_text_bytes)
         for row in reader:
             if row:
                 return row
     return []
+
+
+def _csv_field_limit(max_text_bytes: int) -> int:
+    return max(_CSV_MIN_FIELD_LIMIT, _CSV_FIELD_LIMIT_FACTOR * max_text_bytes)
+
+
+def _allow_fields_up_to(max_text_bytes: int) -> None:
+    """Raises the csv module's (process-wide) field limit so that no usable row is refused."""
+    limit = _csv_field_limit(max_text_bytes)
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
 
 
 def _quoting(delimiter: str) -> Dict[str, Any]:
@@ -204,7 +225,8 @@ def discover_inputs(inputs: Sequence[str], settings: ExampleGenSettings) -> List
         for path in paths:
             fmt = settings.input_format if settings.input_format != "auto" else detect_format(path)
             if fmt in ("csv", "tsv"):
-                header = _read_header(path, "," if fmt == "csv" else "\t")
+                header = _read_header(path, "," if fmt == "csv" else "\t",
+                                      settings.max_text_bytes)
                 if header:  # an empty file holds no rows; nothing to check
                     required = [settings.text_key] + ([settings.label_key]
                                                       if settings.require_label else [])
@@ -249,10 +271,12 @@ def _has_invalid_utf8(values: Iterable[str]) -> bool:
     return False
 
 
-def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord]:
+def read_delimited(path: str, delimiter: str, max_text_bytes: int) -> Iterator[RawRecord]:
+    _allow_fields_up_to(max_text_bytes)
     with open_binary(path) as raw_stream:
-        # surrogateescape keeps invalid bytes visible per row instead of failing the file.
-        text = io.TextIOWrapper(raw_stream, encoding="utf-8", errors="surrogateescape",
+        # surrogateescape keeps invalid bytes visible per row instead of failing the file;
+        # utf-8-sig drops a byte-order mark at the start of the file.
+        text = io.TextIOWrapper(raw_stream, encoding="utf-8-sig", errors="surrogateescape",
                                 newline="")
         recorder = _LineRecorder(text)
         reader = csv.reader(iter(recorder), delimiter=delimiter, **_quoting(delimiter))
@@ -265,7 +289,10 @@ def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord]:
             except StopIteration:
                 break
             except csv.Error as e:
-                row, error = None, (UNPARSEABLE, str(e))
+                row, error = None, ((TEXT_TOO_LONG, f"a field is over the parser's limit of "
+                                                    f"{_csv_field_limit(max_text_bytes)} characters")
+                                    if "field larger than field limit" in str(e)
+                                    else (UNPARSEABLE, str(e)))
             start, prev_line = prev_line + 1, reader.line_num
             raw = recorder.take()
             if row is not None and not row:
@@ -286,6 +313,8 @@ def read_delimited(path: str, delimiter: str) -> Iterator[RawRecord]:
 def read_jsonl(path: str) -> Iterator[RawRecord]:
     with open_binary(path) as stream:
         for number, raw in enumerate(stream, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue  # a blank line holds no record
             try:
@@ -309,7 +338,7 @@ def read_text_file(path: str, label: str, split: str, settings: ExampleGenSettin
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         raw = f.read()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         yield RawRecord(path, 0, raw, error=(INVALID_UTF8, "file is not valid UTF-8"))
         return
@@ -320,10 +349,8 @@ def read_text_file(path: str, label: str, split: str, settings: ExampleGenSettin
 
 def read_records(item: Tuple[str, str], settings: ExampleGenSettings) -> Iterator[RawRecord]:
     path, fmt = item
-    if fmt == "csv":
-        return read_delimited(path, ",")
-    if fmt == "tsv":
-        return read_delimited(path, "\t")
+    if fmt in ("csv", "tsv"):
+        return read_delimited(path, "," if fmt == "csv" else "\t", settings.max_text_bytes)
     if fmt == "jsonl":
         return read_jsonl(path)
     label, split = fmt[len("dir:"):].rsplit(":", 1)
@@ -514,16 +541,29 @@ def run_example_gen(inputs: Sequence[str], output_dir: str, settings: ExampleGen
             if counts["splits"][split] == 0:
                 shutil.rmtree(os.path.join(tmp, features.split_dir_name(split)))
         counts["inputs"] = sorted({p for p, _ in items}) if len(items) <= 100 else len(items)
+        counts["quarantine_sample"] = list(itertools.islice(iter_quarantine(tmp),
+                                                            QUARANTINE_SAMPLE))
         with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
             json.dump(counts, f, indent=2, sort_keys=True)
+    if not counts["written"]:
+        # Published all the same: the quarantine records are what the user needs to read.
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(counts["quarantine_reasons"].items()))
+        raise UserInputError(
+            f"no usable rows in {', '.join(inputs)}: read {counts['read']}, quarantined "
+            f"{counts['quarantined']}" + (f" ({reasons})" if reasons else "")
+            + (f"; see {os.path.join(output_dir, QUARANTINE_DIR)}/" if counts["quarantined"]
+               else "; the inputs hold no records"), details=counts)
     return counts
+
+
+def iter_quarantine(output_dir: str) -> Iterator[Dict[str, Any]]:
+    """The quarantine records of an ExampleGen artifact, file by file, lazily."""
+    qdir = os.path.join(output_dir, QUARANTINE_DIR)
+    for name in sorted(os.listdir(qdir)) if os.path.isdir(qdir) else []:
+        with open(os.path.join(qdir, name), encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f if line.strip())
 
 
 def read_quarantine(output_dir: str) -> List[Dict[str, Any]]:
     """All quarantine records of an ExampleGen artifact."""
-    out = []
-    qdir = os.path.join(output_dir, QUARANTINE_DIR)
-    for name in sorted(os.listdir(qdir)) if os.path.isdir(qdir) else []:
-        with open(os.path.join(qdir, name), encoding="utf-8") as f:
-            out += [json.loads(line) for line in f if line.strip()]
-    return out
+    return list(iter_quarantine(output_dir))

@@ -1,14 +1,27 @@
 """ExampleValidator: each split's statistics against the schema; blocking anomalies stop the run."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Dict, List, Sequence
 
 from components import features
 from components.artifacts import staged_output
-from components.statistics_gen import load_statistics
+from components.errors import UserInputError
+from components.statistics_gen import load_statistics, value_counts
 
 ANOMALIES_FILE = "anomalies.pbtxt"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleValidatorSettings:
+    # A class with fewer training examples than this gets a warning (not a stop): the model
+    # can hardly learn it, and its eval/test scores rest on a handful of documents.
+    min_train_examples_per_class: int = 5
+
+    def __post_init__(self):
+        if self.min_train_examples_per_class < 0:
+            raise UserInputError("example_validator.min_train_examples_per_class must be >= 0")
 
 
 def describe_anomalies(split: str, anomalies) -> List[str]:
@@ -52,3 +65,15 @@ def run_example_validator(stats_dir: str, schema, splits: Sequence[str], output_
             result[split] = {"blocking": is_blocking(anomalies),
                              "messages": describe_anomalies(split, anomalies)}
     return result
+
+
+def rare_class_warnings(stats_dir: str, classes: Sequence[str],
+                        settings: ExampleValidatorSettings) -> List[str]:
+    """One line per class with fewer training examples than the settings ask for."""
+    counts = value_counts(load_statistics(stats_dir, features.TRAIN), features.LABEL)
+    if counts is None:  # more distinct labels than the statistics keep: nothing to compare
+        return []
+    return [f"class {c!r} has {counts.get(c, 0)} training example(s), fewer than "
+            f"{settings.min_train_examples_per_class}: expect poor recall on it and noisy "
+            "eval/test scores for it"
+            for c in classes if counts.get(c, 0) < settings.min_train_examples_per_class]

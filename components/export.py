@@ -35,18 +35,24 @@ def length_bucket(text):
     return tf.gather(tf.constant(LENGTH_NAMES), index)
 
 
-def export_serving_model(model, tft_output, classes: Sequence[str], export_dir: str) -> None:
+def export_serving_model(model, tft_output, classes: Sequence[str], max_len: int,
+                         export_dir: str) -> None:
     import tensorflow as tf
 
-    from components.transform import raw_feature_spec
+    from components.transform import dense_token_ids, raw_feature_spec
 
     text_xf = features.transformed_name(features.TEXT)
     # Attached to the model so that the transform graph and its vocabulary asset are saved too.
     model.tft_layer = tft_output.transform_features_layer()
     class_names = tf.constant(list(classes))
 
+    def transform(raw_features):
+        transformed = dict(model.tft_layer(raw_features))
+        transformed[text_xf] = dense_token_ids(transformed[text_xf], max_len)
+        return transformed
+
     def predict(raw_features):
-        transformed = model.tft_layer(raw_features)
+        transformed = transform(raw_features)
         probabilities = tf.cast(model(transformed[text_xf], training=False), tf.float32)
         class_id = tf.argmax(probabilities, axis=1)
         return {PROBABILITIES: probabilities, PREDICTED_CLASS_ID: class_id,
@@ -63,7 +69,7 @@ def export_serving_model(model, tft_output, classes: Sequence[str], export_dir: 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(serialized):
         raw = tf.io.parse_example(serialized, raw_feature_spec(with_label=True))
-        transformed = dict(model.tft_layer(raw))
+        transformed = transform(raw)
         transformed[LENGTH_BUCKET] = length_bucket(raw[features.TEXT])
         return transformed
 

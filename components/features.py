@@ -4,6 +4,10 @@ TEXT = "text"
 LABEL = "label"
 ID = "id"
 
+# Per-document statistics the Transform outputs beside the model's inputs.
+TOKENS = "text_tokens"  # tokens before truncation
+OOV_TOKENS = "text_oov_tokens"  # of those, out of vocabulary
+
 # Splits as TFX names them; the directory of split `s` is `Split-<s>`.
 TRAIN = "train"
 EVAL = "eval"

@@ -116,6 +116,9 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
                                     name="padding_mask")(ids)
         x = layers.Multiply(name="mask_padding")([x, not_padding])
 
+    widest = max(int(k) for k in settings.filter_sizes)
+    if max_len < widest:  # a "valid" convolution needs at least `widest` positions
+        x = layers.ZeroPadding1D((0, widest - max_len), name="pad_to_widest_filter")(x)
     branches = []
     for size in settings.filter_sizes:
         conv = layers.Conv1D(settings.num_filters, int(size), padding="valid", activation="relu",

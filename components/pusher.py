@@ -72,8 +72,13 @@ def _copy_model(src: str, dst: str) -> None:
     shutil.copy2(os.path.join(src, SAVED_MODEL_PB), os.path.join(dst, SAVED_MODEL_PB))
 
 
-def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings) -> Dict[str, Any]:
-    """Pushes `model_dir` as a new version; returns {"version", "path", "removed"}."""
+def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
+         extra_files: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Pushes `model_dir` as a new version; returns {"version", "path", "removed"}.
+
+    `extra_files` ({name: source path}) are copied beside the model, e.g. the schema that the
+    model's inputs were validated against, for scoring to validate against.
+    """
     base = os.path.join(settings.serving_dir, settings.model_name)
     os.makedirs(base, exist_ok=True)
     for name in os.listdir(base):  # leftovers of interrupted pushes
@@ -85,6 +90,8 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings) -> 
         os.makedirs(tmp)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(dict(metadata, version=version), f, indent=2, sort_keys=True, default=str)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, os.path.join(tmp, name))
         _copy_model(model_dir, tmp)
         final = os.path.join(base, str(version))
         os.rename(tmp, final)
@@ -101,7 +108,8 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings) -> 
 
 
 def run_pusher(evaluator_dir: str, model_dir: str, metadata: Dict[str, Any],
-               settings: PusherSettings, output_dir: str) -> Dict[str, Any]:
+               settings: PusherSettings, output_dir: str,
+               extra_files: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Pushes the candidate only when the Evaluator wrote BLESSED; else ModelNotBlessedError.
 
     `output_dir` (the Pusher's artifact) records where the version went, in `pushed.json`.
@@ -119,7 +127,7 @@ def run_pusher(evaluator_dir: str, model_dir: str, metadata: Dict[str, Any],
             + "\n  ".join(failures or ["(the Evaluator gave no reason)"])
             + f"\nSee {evaluator_dir}/{RESULT_FILE}.")
     with staged_output(output_dir) as tmp:
-        pushed = push(model_dir, metadata, settings)
+        pushed = push(model_dir, metadata, settings, extra_files)
         with open(os.path.join(tmp, PUSHED_FILE), "w") as f:
             json.dump(pushed, f, indent=2)
     return pushed

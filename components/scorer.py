@@ -14,7 +14,7 @@ import io
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -25,6 +25,8 @@ from components import example_gen as eg
 from components import export, features
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.pusher import METADATA_FILE, versions
+from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, is_integer_class,
+                                   load_schema)
 
 PREDICTIONS_DIR = "predictions"
 EXAMPLES_DIR = ".examples"
@@ -83,7 +85,8 @@ def _to_scoring_example(record: eg.RawRecord, settings: eg.ExampleGenSettings):
 
 
 @beam.ptransform_fn
-def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir: str):
+def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir: str,
+                     validated_features: Sequence[str]):
     import tensorflow_data_validation as tfdv
     from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 
@@ -101,10 +104,8 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
     _ = (examples
          | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
          | "ToRecordBatch" >> beam.Map(lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b))
-         # The serving features only: a label, when the input has one, is carried along for
-         # reporting accuracy and is not part of the SERVING environment.
          | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
-             feature_allowlist=[features.TEXT, features.ID]))
+             feature_allowlist=list(validated_features)))
          | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, STATS_FILE)))
     _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
@@ -124,12 +125,19 @@ def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:
 
 def _format(keyed: Tuple[Tuple[str, Optional[str]], PredictionResult], classes: Sequence[str],
             version: str) -> Dict[str, Any]:
+    """One output row. Classes that are all integers ("0", "1") are written as JSON numbers,
+    as such labels usually come in; other class names as strings."""
     (row_id, label), result = keyed
-    row = {"id": row_id, "predicted_class": result.inference["predicted_class"],
+    as_number = all(is_integer_class(c) for c in classes)
+
+    def value(name: str):
+        return int(name) if as_number and is_integer_class(name) else name
+
+    row = {"id": row_id, "predicted_class": value(result.inference["predicted_class"]),
            "probabilities": dict(zip(classes, result.inference["probabilities"])),
            "model_version": version}
     if label is not None:
-        row["label"] = label
+        row["label"] = value(label)
     return row
 
 
@@ -153,13 +161,39 @@ def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
     return os.path.join(model_base, str(version)), str(version)
 
 
+def _validated_features(schema) -> List[str]:
+    """The serving features: the text, and the id when the schema declares one (scoring gives
+    rows without an id `source:line`, which a schema without `id` knows nothing of). A label,
+    when the input has one, is carried along for reporting accuracy only."""
+    declared = {f.name for f in schema.feature}
+    return [features.TEXT] + ([features.ID] if features.ID in declared else [])
+
+
+def resolve_schema(model_dir: str, schema_path: Optional[str], fallback: str) -> str:
+    """The schema to validate against: the one given, else the one pushed with the model."""
+    if schema_path is None:
+        pushed = os.path.join(model_dir, SCHEMA_FILE)
+        schema_path = pushed if os.path.exists(pushed) else fallback
+    check_schema_path(schema_path)
+    if schema_path == INFER:
+        raise UserInputError("scoring validates the data against a schema file; `infer` is "
+                             "for training runs")
+    return schema_path
+
+
 def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], output_dir: str,
-              schema, reader: eg.ExampleGenSettings, settings: ScoreSettings, beam_options
-              ) -> Dict[str, Any]:
-    """Scores `inputs` with a pushed version; returns the summary also written to the output."""
+              schema_path: Optional[str], fallback_schema: str, reader: eg.ExampleGenSettings,
+              settings: ScoreSettings, beam_options) -> Dict[str, Any]:
+    """Scores `inputs` with a pushed version; returns the summary also written to the output.
+
+    The data is validated against `schema_path`, or when None the schema pushed with the
+    model, or `fallback_schema`.
+    """
     import tensorflow_data_validation as tfdv
 
     model_dir, version_name = resolve_model(model_base, version)
+    schema_path = resolve_schema(model_dir, schema_path, fallback_schema)
+    schema = load_schema(schema_path)
     with open(os.path.join(model_dir, METADATA_FILE)) as f:
         classes = json.load(f)["classes"]
     reader = dataclasses.replace(reader, require_label=False)
@@ -168,7 +202,8 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
         raise UserInputError(f"output directory {output_dir} is not empty")
 
     with beam.Pipeline(options=beam_options) as p:
-        _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir)
+        _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir,
+                                                        _validated_features(schema))
     with open(os.path.join(output_dir, eg.COUNTS_FILE)) as f:
         counts = eg.summarize_counts(json.load(f), splits=(SCORE_SPLIT,))
 
@@ -220,7 +255,8 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
         scored, labelled, correct = json.load(f)
     os.remove(os.path.join(output_dir, ".scored"))
     shutil.rmtree(os.path.join(output_dir, EXAMPLES_DIR))  # an intermediate copy of the input
-    summary = {"model": model_dir, "version": version_name, "read": counts["read"],
+    summary = {"model": model_dir, "version": version_name, "schema": schema_path,
+               "read": counts["read"],
                "scored": scored, "quarantined": counts["quarantined"],
                "quarantine_reasons": counts["quarantine_reasons"], "anomalies": anomalies,
                "classes": classes, "labelled": labelled,

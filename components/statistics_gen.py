@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
 
@@ -44,6 +44,25 @@ def run_statistics_gen(examples_dir: str, output_dir: str, beam_options) -> Dict
         for split in splits:
             paths[split] = os.path.join(output_dir, features.split_dir_name(split), STATS_FILE)
     return paths
+
+
+def value_counts(stats, feature_name: str) -> Optional[Dict[str, int]]:
+    """{value: count} of a string feature from its rank histogram, most frequent first.
+
+    None when the feature is absent, or when it has more distinct values than the histogram
+    holds (TFDV keeps `StatsOptions.num_rank_histogram_buckets` of them, 1000 by default).
+    """
+    for dataset in stats.datasets:
+        for feature in dataset.features:
+            if feature.path.step == [feature_name] or feature.name == feature_name:
+                if not feature.HasField("string_stats"):
+                    return None
+                string_stats = feature.string_stats
+                buckets = string_stats.rank_histogram.buckets
+                if string_stats.unique > len(buckets):
+                    return None
+                return {b.label: int(round(b.sample_count)) for b in buckets}
+    return None
 
 
 def load_statistics(stats_dir: str, split: str):

@@ -8,11 +8,12 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from components import features
+from components import PROGRESS_LOGGER, features
 from components.artifacts import staged_output
 from components.errors import UserInputError
 from components.model import ModelSettings, build_textcnn, load_embedding_matrix
-from components.transform import TRANSFORM_INFO_FILE, VOCAB_NAME, transformed_data_pattern
+from components.transform import (TRANSFORM_INFO_FILE, VOCAB_NAME, dense_token_ids,
+                                  transformed_data_pattern)
 
 MODEL_DIR = "model"
 LOGS_DIR = "logs"
@@ -51,8 +52,8 @@ def choose_strategy():
     return tf.distribute.get_strategy()
 
 
-def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], num_classes: int,
-                 batch_size: int, training: bool, settings: TrainerSettings):
+def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
+                 num_classes: int, batch_size: int, training: bool, settings: TrainerSettings):
     """(ids, one-hot label) batches streamed from gzip TFRecords; never loaded into numpy."""
     import tensorflow as tf
 
@@ -67,9 +68,12 @@ def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], num_classes: i
     if training:
         ds = ds.shuffle(settings.shuffle_buffer, seed=settings.seed, reshuffle_each_iteration=True)
 
+    spec = {k: feature_spec[k] for k in (text_key, label_key)}
+
     def parse(serialized):
-        parsed = tf.io.parse_example(serialized, feature_spec)
-        return parsed[text_key], tf.one_hot(parsed[label_key], num_classes)
+        parsed = tf.io.parse_example(serialized, spec)
+        return (dense_token_ids(parsed[text_key], max_len),
+                tf.one_hot(parsed[label_key], num_classes))
 
     return (ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
@@ -80,9 +84,26 @@ def read_transform_info(transform_dir: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-def _log_epoch(epoch: int, logs: Optional[Dict[str, float]]) -> None:
-    logging.info("epoch %d: %s", epoch + 1,
-                 " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())))
+class _EpochProgress:
+    """Keras callback: one progress line per epoch (loss, accuracies, seconds)."""
+
+    def __init__(self, epochs: int):
+        import tf_keras as keras
+
+        self.epochs = epochs
+        self.callback = keras.callbacks.LambdaCallback(on_epoch_begin=self._begin,
+                                                       on_epoch_end=self._end)
+        self._start = 0.0
+
+    def _begin(self, epoch: int, logs=None) -> None:
+        self._start = time.monotonic()
+
+    def _end(self, epoch: int, logs: Optional[Dict[str, float]]) -> None:
+        logs = logs or {}
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "  epoch %d/%d: loss %.4f, accuracy %.4f, eval accuracy %.4f, %.1fs", epoch + 1,
+            self.epochs, logs.get("loss", float("nan")), logs.get("accuracy", float("nan")),
+            logs.get("val_accuracy", float("nan")), time.monotonic() - self._start)
 
 
 def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings
@@ -117,7 +138,8 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings
             settings.model.embeddings, vocabulary, info["input_dim"], settings.seed)
 
     datasets = {split: make_dataset(transformed_data_pattern(transform_dir, split), feature_spec,
-                                    num_classes, global_batch, split == features.TRAIN, settings)
+                                    info["max_len"], num_classes, global_batch,
+                                    split == features.TRAIN, settings)
                 for split in info["splits"]}
     if features.EVAL not in datasets:
         raise UserInputError("the Transform output has no Split-eval for early stopping")
@@ -130,7 +152,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings
                           optimizer=keras.optimizers.Adam(settings.learning_rate),
                           metrics=["accuracy"])
         callbacks = [keras.callbacks.TensorBoard(os.path.join(tmp, LOGS_DIR)),
-                     keras.callbacks.LambdaCallback(on_epoch_end=_log_epoch)]
+                     _EpochProgress(settings.epochs).callback]
         if settings.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_accuracy", mode="max", patience=settings.early_stopping_patience,
@@ -142,7 +164,8 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings
         metrics = {f"{split}_{name}": float(value)
                    for split, ds in datasets.items()
                    for name, value in zip(model.metrics_names, model.evaluate(ds, verbose=0))}
-        export_serving_model(model, tft_output, classes, os.path.join(tmp, MODEL_DIR))
+        export_serving_model(model, tft_output, classes, info["max_len"],
+                             os.path.join(tmp, MODEL_DIR))
         epochs_run = len(history.history["loss"])
         result = {
             "metrics": metrics,

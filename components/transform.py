@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Union
 
 import apache_beam as beam
 
@@ -25,11 +25,15 @@ from components.statistics_gen import available_splits, split_data_pattern
 VOCAB_NAME = "text_vocab"
 TRANSFORM_INFO_FILE = "transform_info.json"  # sizes the Trainer needs, and the class list
 TRANSFORMED_PREFIX = "transformed_examples"
+TOKEN_STATS_FILE = "token_stats.json"  # per split: token-length histogram, OOV tokens
 PADDING_ID = 0
 RESERVED_IDS = 1  # the padding id, before the vocabulary
 
 # Punctuation split off as tokens of its own ("earth?" -> "earth ?"). RE2 syntax.
 _PUNCTUATION = r"([!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~])"
+
+
+AUTO = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +42,24 @@ class TransformSettings:
 
     lowercase: bool = True
     split_punctuation: bool = True
-    max_len: int = 50  # the seed's input_length: sequences are padded or truncated to it
+    # Sequences are truncated to max_len tokens (and padded to it by the Trainer and the
+    # exported model). "auto": the max_len_quantile of Split-train's token counts, capped at
+    # max_len_cap, computed by the same tf.Transform analysis as the vocabulary. A number fixes it.
+    max_len: Union[int, str] = AUTO
+    max_len_quantile: float = 0.95
+    max_len_cap: int = 400
     top_k: int = 0  # keep the k most frequent tokens; 0 keeps all
     frequency_threshold: int = 0  # drop tokens seen fewer times in Split-train; 0 or 1 keep all
     num_oov_buckets: int = 1
 
     def __post_init__(self):
-        if self.max_len < 1:
-            raise UserInputError("transform.max_len must be at least 1")
+        if self.max_len != AUTO and (isinstance(self.max_len, bool) or not isinstance(
+                self.max_len, int) or self.max_len < 1):
+            raise UserInputError(f'transform.max_len must be "{AUTO}" or a number of tokens >= 1; '
+                                 f"got {self.max_len!r}")
+        if not 0.0 < self.max_len_quantile <= 1.0 or self.max_len_cap < 1:
+            raise UserInputError("transform.max_len_quantile must be in (0, 1] and "
+                                 "transform.max_len_cap >= 1")
         if self.top_k < 0 or self.frequency_threshold < 0 or self.num_oov_buckets < 1:
             raise UserInputError("transform.top_k and frequency_threshold must be >= 0, "
                                  "num_oov_buckets >= 1")
@@ -72,8 +86,31 @@ def tokenize(text, lowercase: bool, split_punctuation: bool):
     return tf.strings.split(text)
 
 
+def length_quantile(lengths, quantile: float):
+    """The smallest length L such that a `quantile` share of `lengths` is <= L, exactly.
+
+    A tf.Transform analyzer: the exact histogram of lengths over the whole dataset
+    (`tft.count_per_key`), then the quantile read off its cumulative counts, in the graph.
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    keys, counts = tft.count_per_key(lengths, name="token_length_histogram")
+    order = tf.argsort(keys)
+    keys, cumulative = tf.gather(keys, order), tf.cumsum(tf.gather(counts, order))
+    needed = tf.math.ceil(quantile * tf.cast(cumulative[-1], tf.float64))
+    first = tf.argmax(tf.cast(cumulative, tf.float64) >= needed)  # first True
+    return keys[first]
+
+
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, Any]:
-    """tf.Transform preprocessing: `text` -> `text_xf` ids [batch, max_len], `label` -> `label_xf`.
+    """tf.Transform preprocessing.
+
+    `text` -> `text_xf`: token ids truncated to max_len, a sparse feature whose dense shape is
+    [max_len] (recorded in the transformed schema); the Trainer and the exported model pad it.
+    `text_tokens` and `text_oov_tokens`: each document's token count and out-of-vocabulary
+    count before truncation (for the length and coverage statistics).
+    `label` -> `label_xf`: the index in the class list.
 
     custom_config: the TransformSettings fields as a dict plus `classes` (the label domain).
     """
@@ -89,9 +126,20 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
                              if custom_config["frequency_threshold"] > 1 else None),
         num_oov_buckets=custom_config["num_oov_buckets"],
         vocab_filename=VOCAB_NAME)
-    max_len = custom_config["max_len"]
-    padded = (ids + RESERVED_IDS).to_tensor(default_value=PADDING_ID, shape=[None, max_len])
-    outputs = {features.transformed_name(features.TEXT): padded}
+    lengths = tokens.row_lengths()
+    if custom_config["max_len"] == AUTO:
+        max_len = tf.clip_by_value(length_quantile(lengths, custom_config["max_len_quantile"]),
+                                   1, custom_config["max_len_cap"])
+    else:
+        max_len = tf.constant(custom_config["max_len"], tf.int64)
+    truncated = (ids + RESERVED_IDS)[:, :max_len].to_sparse()
+    tft.experimental.annotate_sparse_output_shape(truncated, tf.reshape(max_len, [1]))
+    vocabulary_size = tft.experimental.get_vocabulary_size_by_name(VOCAB_NAME)
+    outputs = {
+        features.transformed_name(features.TEXT): truncated,
+        features.TOKENS: lengths,
+        features.OOV_TOKENS: tf.reduce_sum(tf.cast(ids >= vocabulary_size, tf.int64), axis=1),
+    }
 
     if features.LABEL in inputs:
         # Index in the class list, -1 for a label outside it (validation stops those earlier).
@@ -101,6 +149,23 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
             tf.reduce_any(matches, axis=1), tf.argmax(tf.cast(matches, tf.int64), axis=1),
             tf.constant(-1, tf.int64))
     return outputs
+
+
+def dense_token_ids(ids, max_len: int):
+    """`text_xf` as the model takes it: a sparse [batch, <=max_len] -> dense [batch, max_len],
+    padded with PADDING_ID."""
+    import tensorflow as tf
+
+    dense = tf.sparse.to_dense(tf.sparse.reset_shape(
+        ids, tf.stack([tf.shape(ids, out_type=tf.int64)[0], tf.constant(max_len, tf.int64)])),
+        default_value=PADDING_ID)
+    return tf.ensure_shape(dense, [None, max_len])
+
+
+def transformed_max_len(tft_output) -> int:
+    """The sequence length the transform graph truncates to (from the transformed schema)."""
+    return int(tft_output.transformed_feature_spec()[
+        features.transformed_name(features.TEXT)].size[0])
 
 
 def make_preprocessing_fn(settings: TransformSettings, classes: Sequence[str]):
@@ -151,15 +216,69 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
                         os.path.join(tmp, features.split_dir_name(split), TRANSFORMED_PREFIX),
                         file_name_suffix=".gz"))
+                _ = (
+                    batches
+                    | f"TokenStats[{split}]" >> beam.CombineGlobally(TokenStatsFn())
+                    | f"TokenStatsToJson[{split}]" >> beam.Map(json.dumps)
+                    | f"WriteTokenStats[{split}]" >> beam.io.WriteToText(
+                        os.path.join(tmp, features.split_dir_name(split), TOKEN_STATS_FILE),
+                        shard_name_template=""))
         shutil.rmtree(os.path.join(tmp, ".tft_tmp"), ignore_errors=True)
-        vocab_size = tft.TFTransformOutput(tmp).vocabulary_size_by_name(VOCAB_NAME)
+        tft_output = tft.TFTransformOutput(tmp)
+        vocab_size = tft_output.vocabulary_size_by_name(VOCAB_NAME)
+        max_len = transformed_max_len(tft_output)
         info = {"splits": list(splits), "vocabulary_size": vocab_size,
                 "input_dim": vocab_size + RESERVED_IDS + settings.num_oov_buckets,
-                "classes": list(classes), "max_len": settings.max_len,
+                "classes": list(classes), "max_len": max_len,
+                "max_len_source": AUTO if settings.max_len == AUTO else "fixed",
+                "token_lengths": {split: _read_token_stats(tmp, split, max_len)
+                                  for split in splits},
                 "settings": dataclasses.asdict(settings)}
         with open(os.path.join(tmp, TRANSFORM_INFO_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
     return info
+
+
+class TokenStatsFn(beam.CombineFn):
+    """Transformed record batches -> {histogram: {tokens: documents}, documents, tokens, oov}."""
+
+    def create_accumulator(self):
+        return {"histogram": {}, "documents": 0, "tokens": 0, "oov_tokens": 0}
+
+    def add_input(self, acc, element):
+        import numpy as np
+
+        record_batch, _ = element
+        lengths = np.asarray(record_batch.column(features.TOKENS).flatten())
+        oov = np.asarray(record_batch.column(features.OOV_TOKENS).flatten())
+        values, counts = np.unique(lengths, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            acc["histogram"][value] = acc["histogram"].get(value, 0) + count
+        acc["documents"] += len(lengths)
+        acc["tokens"] += int(lengths.sum())
+        acc["oov_tokens"] += int(oov.sum())
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            for value, count in acc["histogram"].items():
+                merged["histogram"][value] = merged["histogram"].get(value, 0) + count
+            for key in ("documents", "tokens", "oov_tokens"):
+                merged[key] += acc[key]
+        return merged
+
+    def extract_output(self, acc):
+        return dict(acc, histogram=sorted(acc["histogram"].items()))
+
+
+def _read_token_stats(transform_dir: str, split: str, max_len: int) -> Dict[str, Any]:
+    """A split's token statistics, with the documents longer than max_len counted."""
+    path = os.path.join(transform_dir, features.split_dir_name(split), TOKEN_STATS_FILE)
+    with open(path) as f:
+        stats = json.load(f)
+    stats["truncated"] = sum(n for length, n in stats["histogram"] if length > max_len)
+    return stats
 
 
 class _EncodeFn(beam.DoFn):

@@ -6,7 +6,7 @@ a stage's.
 
 A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
 
-    schema_path = "schemas/schema.pbtxt"
+    schema_path = "schemas/schema.pbtxt"   # or "infer"
 
     [example_gen]
     text_key = "sentence"
@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional
 from components.errors import UserInputError
 from components.evaluator import EvaluatorSettings
 from components.example_gen import ExampleGenSettings
+from components.example_validator import ExampleValidatorSettings
 from components.pusher import PusherSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
@@ -52,10 +53,11 @@ STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM,
 class PipelineConfig:
     pipeline_root: str = "pipeline_root"
     inputs: tuple = ()
-    schema_path: Optional[str] = DEFAULT_SCHEMA  # curated schema; inferred when the file is absent
+    schema_path: str = DEFAULT_SCHEMA  # a curated schema file, or "infer" (schema_gen.INFER)
     allow_anomalies: bool = False
     until: str = STAGES[-1]
     example_gen: ExampleGenSettings = ExampleGenSettings()
+    example_validator: ExampleValidatorSettings = ExampleValidatorSettings()
     transform: TransformSettings = TransformSettings()
     trainer: TrainerSettings = TrainerSettings()
     evaluator: EvaluatorSettings = EvaluatorSettings()

@@ -11,14 +11,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import features
+from components import PROGRESS_LOGGER, features
 from components.artifacts import artifact_dir, fingerprint_dir
-from components.errors import BlockingAnomaliesError
+from components.errors import BlockingAnomaliesError, UserInputError
 from components.evaluator import run_evaluator
 from components.example_gen import run_example_gen
-from components.example_validator import run_example_validator
-from components.schema_gen import label_classes, load_schema, run_schema_gen
-from components.statistics_gen import available_splits, run_statistics_gen
+from components.example_validator import rare_class_warnings, run_example_validator
+from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, label_classes, load_schema,
+                                   run_schema_gen)
+from components.statistics_gen import (available_splits, load_statistics, run_statistics_gen,
+                                       value_counts)
 from components.pusher import latest_version_dir, run_pusher
 from components.trainer import MODEL_DIR, run_trainer
 from components.transform import run_transform
@@ -26,14 +28,22 @@ from pipeline import configs
 
 
 def default_beam_args() -> List[str]:
-    """DirectRunner, multi-processing, one worker per core; any of these can be overridden."""
+    """DirectRunner, multi-processing, one worker per core; any of these can be overridden.
+
+    Workers import the `components` package first (a Beam plugin), whatever the runner.
+    """
     return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={os.cpu_count() or 1}"]
+            f"--direct_num_workers={os.cpu_count() or 1}", "--beam_plugin=components"]
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     # Later flags win in Beam's parser, so the user's flags go after the defaults.
     return PipelineOptions(default_beam_args() + list(beam_args))
+
+
+def progress(message: str) -> None:
+    """A line for the person watching the run (stage starts and ends)."""
+    logging.getLogger(PROGRESS_LOGGER).info("%s", message)
 
 
 def new_run_id() -> str:
@@ -57,7 +67,7 @@ class RunRecorder:
         self.path = os.path.join(config.pipeline_root, "runs", run_id, "summary.json")
 
     def stage(self, name: str, output_dir: str, fn: Callable[[], Dict[str, Any]]):
-        logging.info("%s: starting -> %s", name, output_dir)
+        progress(f"{name}: started")
         start = time.monotonic()
         entry = {"name": name, "output": output_dir}
         self.summary["stages"].append(entry)
@@ -68,9 +78,17 @@ class RunRecorder:
         except BaseException as e:
             entry["status"] = "failed"
             entry["error"] = str(e)
+            if getattr(e, "details", None) is not None:  # what the stage found before stopping
+                entry["details"] = e.details
             raise
         finally:
             entry["seconds"] = round(time.monotonic() - start, 2)
+            progress(f"{name}: {entry['status']} in {entry['seconds']:.1f}s")
+
+    def warn(self, message: str) -> None:
+        """A warning for the summary and the report, and the console."""
+        self.summary.setdefault("warnings", []).append(message)
+        logging.getLogger(PROGRESS_LOGGER).warning("warning: %s", message)
 
     def finish(self, status: str, exit_code: int) -> None:
         self.summary["status"] = status
@@ -95,29 +113,49 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     examples, stats, schema_dir = (dirs[configs.EXAMPLE_GEN], dirs[configs.STATISTICS_GEN],
                                    dirs[configs.SCHEMA_GEN])
 
+    def example_gen():
+        counts = run_example_gen(config.inputs, examples, config.example_gen, options)
+        if configs.STAGES.index(config.until) >= configs.STAGES.index(configs.TRANSFORM):
+            check_training_splits(counts, config.example_gen.eval_ratio)
+        return counts
+
+    def statistics_gen():
+        paths = run_statistics_gen(examples, stats, options)
+        return {"splits": paths,
+                "label_counts": {s: value_counts(load_statistics(stats, s), features.LABEL)
+                                 for s in paths}}
+
     def schema_gen():
-        path, origin = run_schema_gen(stats, schema_dir, config.schema_path)
-        return {"schema": path, "origin": origin}
+        path, origin = run_schema_gen(stats, available_splits(examples), schema_dir,
+                                      config.schema_path)
+        if origin == "inferred":
+            curated = os.path.join("schemas", f"{dataset_name(config.inputs)}.pbtxt")
+            progress(f"SchemaGen: inferred the schema; to curate it (then pass --schema "
+                     f"{curated}):\n    cp {path} {curated}")
+        return {"schema": path, "origin": origin,
+                "classes": label_classes(load_schema(schema_dir))}
 
     def validate():
-        result = run_example_validator(stats, load_schema(schema_dir), available_splits(examples),
+        schema = load_schema(schema_dir)
+        result = run_example_validator(stats, schema, available_splits(examples),
                                        dirs[configs.EXAMPLE_VALIDATOR])
         messages = [m for r in result.values() for m in r["messages"]]
-        for m in messages:
-            logging.warning("anomaly: %s", m)
+        warnings = rare_class_warnings(stats, label_classes(schema), config.example_validator)
+        for w in warnings:
+            recorder.warn(w)
         if any(r["blocking"] for r in result.values()) and not config.allow_anomalies:
             raise BlockingAnomaliesError(
                 "data validation found blocking anomalies (see "
                 f"{dirs[configs.EXAMPLE_VALIDATOR]}/Split-*/anomalies.pbtxt):\n  "
-                + "\n  ".join(messages)
-                + "\nFix the data or the schema, or pass --allow-anomalies to proceed knowingly.")
+                + "\n  ".join(messages) + "\n" + _how_to_go_on(messages, config.schema_path))
+        for m in messages:  # not blocking, or allowed: said once here
+            recorder.warn(f"anomaly: {m}")
         return {"anomalies": {s: r["messages"] for s, r in result.items()},
-                "allowed": bool(messages) and config.allow_anomalies}
+                "allowed": bool(messages) and config.allow_anomalies, "warnings": warnings}
 
     steps = {
-        configs.EXAMPLE_GEN: lambda: run_example_gen(config.inputs, examples, config.example_gen,
-                                                     options),
-        configs.STATISTICS_GEN: lambda: {"splits": run_statistics_gen(examples, stats, options)},
+        configs.EXAMPLE_GEN: example_gen,
+        configs.STATISTICS_GEN: statistics_gen,
         configs.SCHEMA_GEN: schema_gen,
         configs.EXAMPLE_VALIDATOR: validate,
         configs.TRANSFORM: lambda: run_transform(
@@ -131,11 +169,44 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
             dirs[configs.EVALUATOR], config.evaluator, options),
         configs.PUSHER: lambda: run_pusher(
             dirs[configs.EVALUATOR], os.path.join(dirs[configs.TRAINER], MODEL_DIR),
-            push_metadata(config, recorder, dirs), config.pusher, dirs[configs.PUSHER]),
+            push_metadata(config, recorder, dirs), config.pusher, dirs[configs.PUSHER],
+            {SCHEMA_FILE: os.path.join(schema_dir, SCHEMA_FILE)}),
     }
     model_base = os.path.join(config.pusher.serving_dir, config.pusher.model_name)
+    check_schema_path(config.schema_path)  # a typo fails now, not after the first stages
     for stage in configs.STAGES[:configs.STAGES.index(config.until) + 1]:
         recorder.stage(stage, dirs[stage], steps[stage])
+
+
+def check_training_splits(counts: Dict[str, Any], eval_ratio: float) -> None:
+    """Training needs rows in Split-train, and in Split-eval for early stopping."""
+    splits = counts["splits"]
+    if not splits[features.TRAIN]:
+        raise UserInputError(
+            f"no row went to Split-train: of {counts['written']} usable rows, "
+            + ", ".join(f"{n} {s}" for s, n in splits.items() if n)
+            + "; leave rows unmarked (or marked train) to train on them", details=counts)
+    if not splits[features.EVAL]:
+        raise UserInputError(
+            f"no row went to Split-eval (early stopping needs it): the hash split sends "
+            f"{eval_ratio:.0%} of unmarked rows there and picked none of {splits[features.TRAIN]}; "
+            "mark some rows `eval` or raise example_gen.eval_ratio", details=counts)
+
+
+def dataset_name(inputs: Sequence[str]) -> str:
+    """A name for the data from its first input: data/news.csv.gz -> news."""
+    base = os.path.basename(inputs[0].rstrip("/")) if inputs else "data"
+    name = base.split(".")[0].strip("*?[]") if not base.startswith(".") else ""
+    return name or "data"
+
+
+def _how_to_go_on(messages: Sequence[str], schema_path: str) -> str:
+    if schema_path != INFER and any(f"feature {features.LABEL!r}" in m for m in messages):
+        return (f"The labels do not match the schema {schema_path}. If this is a new dataset, "
+                f"run with `--schema {INFER}` to infer a schema from it (then curate it), or "
+                "pass --schema with a schema that lists its classes. If the data is wrong, fix "
+                "it; or pass --allow-anomalies to proceed knowingly.")
+    return "Fix the data or the schema, or pass --allow-anomalies to proceed knowingly."
 
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-validation",

@@ -59,6 +59,13 @@ def test_clean_run_multiprocessing_end_to_end(tmp_path):
                    "--config", str(config))  # default Beam options: multi-processing
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows read 60 = written 60" in proc.stdout
+    # A person reads the console: no traceback or C++ log noise (Beam workers included), a line
+    # per stage start and end, a line per epoch.
+    console = proc.stdout + proc.stderr
+    assert "Traceback" not in console and "Exception ignored" not in console
+    assert "Unable to register" not in console and "WARNING" not in console
+    assert "Transform: started" in proc.stderr and "Transform: ok in" in proc.stderr
+    assert "epoch 2/2: loss" in proc.stderr and "eval accuracy" in proc.stderr
     summary = summary_of(root)
     assert summary["status"] == "succeeded" and summary["exit_code"] == 0
     assert "--direct_running_mode=multi_processing" in summary["beam_args"]
@@ -100,7 +107,8 @@ def test_label_outside_domain_stops_with_exit_3(tmp_path):
     proc = run_cli("run", "--input", data, "--pipeline-root", root, *IN_MEMORY)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "'label'" in proc.stderr and "EMOTION" in proc.stderr
-    assert "--allow-anomalies" in proc.stderr
+    assert "--allow-anomalies" in proc.stderr and "--schema infer" in proc.stderr
+    assert proc.stderr.count("EMOTION") == 1  # said once, in the error
     summary = summary_of(root)
     assert summary["exit_code"] == 3 and summary["status"] == "blocked by anomalies"
     # The anomalies the message points to are there to read.
@@ -113,25 +121,84 @@ def test_label_outside_domain_stops_with_exit_3(tmp_path):
     assert "(allowed)" in allowed.stdout
 
 
-def test_missing_schema_is_inferred_and_said(tmp_path):
+def test_a_schema_path_that_does_not_exist_fails_before_any_stage(tmp_path):
     data = write_csv(tmp_path / "q.csv", trec_like(30))
     root = str(tmp_path / "root")
     proc = run_cli("run", "--input", data, "--pipeline-root", root,
-                   "--schema", str(tmp_path / "no_schema.pbtxt"), "--until", "ExampleValidator",
-                   *IN_MEMORY)
+                   "--schema", str(tmp_path / "shcema.pbtxt"), *IN_MEMORY)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "shcema.pbtxt does not exist" in proc.stderr and "--schema infer" in proc.stderr
+    assert not os.path.exists(os.path.join(root, "ExampleGen"))
+
+
+def test_schema_infer_runs_a_dataset_whose_classes_are_not_trecs(tmp_path):
+    rows = [(f"{topic} story number {i} about {topic}", topic, "test" if i % 10 == 0 else "")
+            for i in range(40) for topic in ("sport", "politics", "weather")]
+    data = write_csv(tmp_path / "news.csv", rows)
+    root = str(tmp_path / "root")
+    default = run_cli("run", "--input", data, "--pipeline-root", root, "--until",
+                      "ExampleValidator", *IN_MEMORY)
+    assert default.returncode == 3  # TREC's schema: the message says how to go on
+    assert "--schema infer" in default.stderr and "sport" in default.stderr
+
+    root = str(tmp_path / "root2")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--schema", "infer",
+                   "--until", "ExampleValidator", *IN_MEMORY)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "inferred" in proc.stdout and "No curated schema" in proc.stderr
-    with open(os.path.join(only_dir(os.path.join(root, "SchemaGen")), "schema.pbtxt")) as f:
-        schema = f.read()
-    assert 'not_in_environment: "SERVING"' in schema
-    # Free text never gets a domain, however few distinct texts the training split had.
+    schema_dir = only_dir(os.path.join(root, "SchemaGen"))
+    # The one command that copies the inferred schema for curation.
+    assert f"cp {schema_dir}/schema.pbtxt schemas/news.pbtxt" in proc.stderr
     from components.schema_gen import label_classes, load_schema
 
-    parsed = load_schema(only_dir(os.path.join(root, "SchemaGen")))
+    parsed = load_schema(schema_dir)
+    assert label_classes(parsed) == ["politics", "sport", "weather"]
+    # Free text never gets a domain, however few distinct texts the training split had.
     [text] = [f for f in parsed.feature if f.name == "text"]
     assert text.WhichOneof("domain_info") is None
-    assert [d.name for d in parsed.string_domain] == ["label"]
-    assert sorted(label_classes(parsed)) == sorted({label for _, label in QUESTIONS})
+    assert 'not_in_environment: "SERVING"' in open(os.path.join(schema_dir,
+                                                                "schema.pbtxt")).read()
+    assert summary_of(root)["stages"][2]["details"]["origin"] == "inferred"
+
+
+def test_rare_class_only_in_eval_and_test_is_a_warning_not_a_stop(tmp_path):
+    rows = [(f"{topic} story number {i}", topic, "") for i in range(30)
+            for topic in ("sport", "politics")]
+    rows += [("a rare story about chess", "chess", "eval"),
+             ("another rare story about chess", "chess", "test"),
+             ("one more about knitting", "knitting", "")]
+    data = write_csv(tmp_path / "rare.csv", rows)
+    root = str(tmp_path / "root")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--schema", "infer",
+                   "--until", "Transform", *IN_MEMORY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(root)
+    classes = summary["stages"][2]["details"]["classes"]
+    assert classes == ["chess", "knitting", "politics", "sport"]
+    warnings = summary["warnings"]
+    assert any("'chess' has 0 training" in w for w in warnings), warnings
+    assert not any("'sport'" in w for w in warnings)
+    assert "warning: class 'chess'" in proc.stderr
+    counts = summary["stages"][1]["details"]["label_counts"]
+    assert counts["eval"]["chess"] >= 1 and counts["test"]["chess"] == 1
+
+
+def test_input_without_usable_rows_stops_at_example_gen(tmp_path):
+    data = write_csv(tmp_path / "bad.csv", [("   ", "a", ""), ("", "b", "")])
+    root = str(tmp_path / "root")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, *IN_MEMORY)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no usable rows in" in proc.stderr and "bad.csv" in proc.stderr
+    assert "quarantined 2 (2 empty_text)" in proc.stderr
+    summary = summary_of(root)
+    assert [s["name"] for s in summary["stages"]] == ["ExampleGen"]
+    assert summary["exit_code"] == 2 and summary["stages"][0]["details"]["quarantined"] == 2
+    assert "Traceback" not in proc.stderr
+
+    only_test = write_csv(tmp_path / "test_only.csv", [("q one", "a", "test"),
+                                                       ("q two", "b", "test")])
+    proc = run_cli("run", "--input", only_test, "--pipeline-root", str(tmp_path / "r2"),
+                   *IN_MEMORY)
+    assert proc.returncode == 2 and "no row went to Split-train" in proc.stderr
 
 
 def test_until_stops_early_and_beam_flags_pass_through(tmp_path):

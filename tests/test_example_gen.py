@@ -188,7 +188,7 @@ def test_every_quarantine_reason_and_counts_reconcile(tmp_path, in_memory_option
 
 
 def test_raw_row_is_truncated_to_1_kib(tmp_path, in_memory_options):
-    write(tmp_path / "long.csv", "text,label\n" + "y" * 5000 + ",\n")
+    write(tmp_path / "long.csv", "text,label\n" + "y" * 5000 + ",\nshort,a\n")
     out = str(tmp_path / "EG")
     eg.run_example_gen([str(tmp_path / "long.csv")], out, SETTINGS, in_memory_options)
     [q] = eg.read_quarantine(out)
@@ -238,3 +238,101 @@ def test_unknown_extension_is_a_usage_error(tmp_path):
     write(tmp_path / "a.parquet", "x")
     with pytest.raises(UserInputError, match="a.parquet"):
         eg.discover_inputs([str(tmp_path / "a.parquet")], SETTINGS)
+
+
+# ---------------------------------------------------------------------------- a user's own files
+
+
+@pytest.mark.parametrize("name, content", [
+    ("bom.csv", "\ufefftext,label\nfirst row,a\nsecond row,b\n"),
+    ("bom.tsv", "\ufefftext\tlabel\nfirst row\ta\nsecond row\tb\n"),
+    ("bom.jsonl", '\ufeff{"text": "first row", "label": "a"}\n'
+                  '{"text": "second row", "label": "b"}\n'),
+])
+def test_byte_order_mark_is_not_part_of_the_data(tmp_path, name, content):
+    """Spreadsheet programs save "CSV UTF-8" with a BOM; the first column/row must survive."""
+    path = write(tmp_path / name, content)
+    items = eg.discover_inputs([str(path)], SETTINGS)  # the header check sees `text`
+    with BeamTestPipeline() as p:
+        out = p | read_with_beam(items)
+        assert_that(out, equal_to([
+            (name, 2 if name.endswith("sv") else 1, (("label", "a"), ("text", "first row"))),
+            (name, 3 if name.endswith("sv") else 2, (("label", "b"), ("text", "second row"))),
+        ]))
+
+
+def test_byte_order_mark_in_a_text_file_is_dropped(tmp_path):
+    write(tmp_path / "d" / "pos" / "1.txt", "\ufeffgood film")
+    [record] = eg.read_records(*eg.discover_inputs([str(tmp_path / "d")], SETTINGS), SETTINGS)
+    assert record.fields["text"] == "good film"
+
+
+def _long_inputs(root, text):
+    """The same two rows (one `text`, one short) in every input format."""
+    write(root / "rows.csv", f"text,label\n\"{text}\",long\nshort one,short\n")
+    write(root / "rows.tsv", f"text\tlabel\n{text}\tlong\nshort one\tshort\n")
+    write(root / "rows.jsonl", json.dumps({"text": text, "label": "long"}) + "\n"
+          + json.dumps({"text": "short one", "label": "short"}) + "\n")
+    write(root / "dir" / "long" / "1.txt", text)
+    write(root / "dir" / "short" / "1.txt", "short one")
+    return [str(root / "rows.*"), str(root / "dir")]
+
+
+def test_a_200_kb_document_is_accepted_in_every_format(tmp_path, in_memory_options):
+    # Over the csv module's default field limit (131,072), under max_text_bytes (1 MiB).
+    text = "word, " * 35_000  # 210,000 bytes, commas included (quoted in the CSV)
+    out = str(tmp_path / "EG")
+    counts = eg.run_example_gen(_long_inputs(tmp_path / "in", text), out, SETTINGS,
+                                in_memory_options)
+    assert counts["quarantined"] == 0, eg.read_quarantine(out)
+    assert counts["written"] == counts["read"] == 8
+    written = [e["text"] for s in features.SPLITS for e in read_split(out, s)]
+    assert written.count(text) == 4
+
+
+def test_a_document_over_max_text_bytes_is_too_long_in_every_format(tmp_path,
+                                                                     in_memory_options):
+    text = "x" * 1_100_000  # 1.1 MB: over the default max_text_bytes of 1 MiB
+    out = str(tmp_path / "EG")
+    counts = eg.run_example_gen(_long_inputs(tmp_path / "in", text), out, SETTINGS,
+                                in_memory_options)
+    assert counts["quarantine_reasons"] == {eg.TEXT_TOO_LONG: 4}
+    assert counts["written"] == 4 and counts["read"] == 8
+    sources = sorted(os.path.basename(q["source"]) for q in eg.read_quarantine(out))
+    assert sources == ["1.txt", "rows.csv", "rows.jsonl", "rows.tsv"]
+    # The counts carry the first quarantined rows, for the summary and the report.
+    assert [q["reason"] for q in counts["quarantine_sample"]] == [eg.TEXT_TOO_LONG] * 4
+
+
+def test_a_field_beyond_the_parsers_limit_is_too_long_not_unparseable(tmp_path,
+                                                                       in_memory_options):
+    settings = eg.ExampleGenSettings(max_text_bytes=10)
+    huge = "y" * (eg._csv_field_limit(10) + 10)
+    write(tmp_path / "a.csv", f"text,label\n{huge},a\nfine,b\n")
+    out = str(tmp_path / "EG")
+    counts = eg.run_example_gen([str(tmp_path / "a.csv")], out, settings, in_memory_options)
+    assert counts["quarantine_reasons"] == {eg.TEXT_TOO_LONG: 1} and counts["written"] == 1
+
+
+@pytest.mark.parametrize("content", ["", "text,label\n", "text,label\n   ,a\n,b\n"])
+def test_no_usable_rows_stops_at_example_gen(tmp_path, in_memory_options, content):
+    path = write(tmp_path / "a.csv", content)
+    out = str(tmp_path / "EG")
+    with pytest.raises(UserInputError, match="no usable rows in .*a.csv") as raised:
+        eg.run_example_gen([str(path)], out, SETTINGS, in_memory_options)
+    details = raised.value.details
+    assert details["written"] == 0 and details["read"] == details["quarantined"]
+    if details["quarantined"]:
+        assert "empty_text" in str(raised.value) and "quarantine" in str(raised.value)
+        assert len(eg.read_quarantine(out)) == details["quarantined"]  # there to read
+
+
+def test_integer_labels_from_json_numbers_and_csv(tmp_path, in_memory_options):
+    write(tmp_path / "a.jsonl", '{"text": "one", "label": 1}\n{"text": "zero", "label": 0}\n')
+    write(tmp_path / "b.csv", "text,label\nten,10\n")
+    out = str(tmp_path / "EG")
+    eg.run_example_gen([str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv")], out, SETTINGS,
+                       in_memory_options)
+    rows = [e for s in features.SPLITS for e in read_split(out, s)]
+    assert sorted((e["text"], e["label"]) for e in rows) == [("one", "1"), ("ten", "10"),
+                                                              ("zero", "0")]

@@ -50,6 +50,12 @@ def test_textcnn_seed_pooling_flattens_each_branch():
     assert model.get_layer("logits").kernel_constraint is None
 
 
+def test_sequences_shorter_than_the_widest_filter_are_padded():
+    model = build_textcnn(20, 2, 3, ModelSettings(embedding_dim=4, num_filters=2))
+    assert model.get_layer("pad_to_widest_filter").output.shape[1] == 5
+    assert model(tf.constant([[3, 4]], tf.int64)).shape == (1, 3)
+
+
 def test_mask_zero_zeroes_padding_vectors():
     model = build_textcnn(20, 6, 2, ModelSettings(embedding_dim=4, mask_zero=True))
     import tf_keras as keras
@@ -87,10 +93,15 @@ def make_transformed(tmp_path, in_memory_options, n=60):
         text = TEMPLATES[label].format(WORDS[(i // 3) % len(WORDS)] + ("s" * (i // 30)))
         split = "test" if i % 10 == 0 else "eval" if i % 10 == 1 else "train"
         texts.setdefault(split, []).append((text, label))
+    # Auto max_len is the 0.95 quantile of training lengths (5-6 tokens): this one is longer,
+    # and so is one in the test split, truncated alike by the Transform and the served model.
+    texts["train"].append(("how many moons and rings and planets are there ?", "NUM"))
+    texts["test"].append(("who is the king of the city by the lake ?", "HUM"))
     write_examples(examples, texts)
     out = str(tmp_path / "Transform")
-    tr.run_transform(str(examples), CLASSES, out, tr.TransformSettings(max_len=8),
-                     in_memory_options)
+    info = tr.run_transform(str(examples), CLASSES, out, tr.TransformSettings(),
+                            in_memory_options)
+    assert info["max_len"] == 6 and info["token_lengths"]["train"]["truncated"] == 1
     return out, texts
 
 
@@ -130,7 +141,10 @@ def test_training_path_equals_serving_path(trained):
         records = list(tf.data.TFRecordDataset(
             tf.io.gfile.glob(tr.transformed_data_pattern(transform_dir, split)),
             compression_type="GZIP"))
-        ids = tf.io.parse_example(tf.stack(records), spec)["text_xf"]
+        max_len = tr.transformed_max_len(tft.TFTransformOutput(transform_dir))
+        ids = tr.dense_token_ids(tf.io.parse_example(tf.stack(records), spec)["text_xf"],
+                                 max_len)
+        assert ids.shape[1] == max_len == 6
         training_path = loaded(ids, training=False).numpy()
 
         raw = tf.constant([t for t, _ in texts[split]])
