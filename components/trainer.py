@@ -178,6 +178,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings
             "global_batch_size": global_batch,
             "parameters": int(model.count_params()),
             "input_dim": info["input_dim"],
+            "max_len": info["max_len"],
             "classes": classes,
             "embeddings_found": embeddings_found,
             "settings": dataclasses.asdict(settings),
