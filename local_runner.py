@@ -190,8 +190,9 @@ def main(argv=None) -> int:
         if code is None:
             if verbose:
                 logging.exception("unexpected error")
-            print(f"error: {e}" + ("" if verbose else "\n(run with -v for the details)"),
-                  file=sys.stderr)
+            hint = "" if verbose or not hasattr(args, "verbose") else \
+                "\n(run with -v for the details)"
+            print(f"error: {e}{hint}", file=sys.stderr)
             return 1
         print(f"error: {e}", file=sys.stderr)
         return code

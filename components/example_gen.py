@@ -45,11 +45,7 @@ QUARANTINE_DIR = "quarantine"
 COUNTS_FILE = "counts.json"
 QUARANTINE_SAMPLE = 5  # quarantine records shown in the counts (and the run report)
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as spreadsheet programs write "CSV UTF-8"
-# Python's csv module refuses fields over 131,072 characters unless told otherwise. A field up to
-# max_text_bytes must parse (check_record then judges its size); the parser's own limit is far
-# above that and only bounds what a runaway quoted field can hold in memory.
-_CSV_FIELD_LIMIT_FACTOR = 16
-_CSV_MIN_FIELD_LIMIT = 16 << 20
+_CSV_FIELD_TOO_LARGE = "field larger than field limit"
 
 # Values of the split column and the split they send a row to. Empty means "assign by hash".
 _MARKED_SPLITS = {
@@ -184,15 +180,15 @@ def _read_header(path: str, delimiter: str, max_text_bytes: int) -> List[str]:
     return []
 
 
-def _csv_field_limit(max_text_bytes: int) -> int:
-    return max(_CSV_MIN_FIELD_LIMIT, _CSV_FIELD_LIMIT_FACTOR * max_text_bytes)
-
-
 def _allow_fields_up_to(max_text_bytes: int) -> None:
-    """Raises the csv module's (process-wide) field limit so that no usable row is refused."""
-    limit = _csv_field_limit(max_text_bytes)
-    if csv.field_size_limit() < limit:
-        csv.field_size_limit(limit)
+    """Sets the csv module's (process-wide) field limit so that no usable row is refused.
+
+    Python refuses fields over 131,072 characters by default. A text of max_text_bytes bytes has
+    at most that many characters, so the limit is max_text_bytes + 1 characters (the parser
+    refuses a field that reaches its limit): every usable row parses, and a runaway quoted field
+    holds at most that much in memory before it is cut off.
+    """
+    csv.field_size_limit(max_text_bytes + 1)
 
 
 def _quoting(delimiter: str) -> Dict[str, Any]:
@@ -248,18 +244,48 @@ class _LineRecorder:
     """Iterates a text stream, keeping the lines consumed since the last `take()`."""
 
     def __init__(self, stream):
-        self._stream = stream
+        self._stream = iter(stream)
         self._lines: List[str] = []
+        self.lines_read = 0
 
     def __iter__(self):
-        for line in self._stream:
-            self._lines.append(line)
-            yield line
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._stream)
+        self.lines_read += 1
+        self._lines.append(line)
+        return line
 
     def take(self) -> bytes:
         raw = "".join(self._lines).encode("utf-8", "surrogateescape")
         self._lines.clear()
         return raw
+
+    def skip_to_closing_quote(self, quotes_so_far: int) -> bool:
+        """Consumes lines until the quotes seen balance (the open quoted field ends); returns
+        False when the file ends first. The skipped lines are counted, not kept."""
+        quotes = quotes_so_far
+        for line in self._stream:
+            self.lines_read += 1
+            quotes += line.count('"')
+            if quotes % 2 == 0:
+                return True
+        return False
+
+
+def _field_too_large(recorder: _LineRecorder, raw: bytes, quoting: bool, max_text_bytes: int
+                     ) -> Tuple[str, str]:
+    """The quarantine reason for a field over the parser's limit, after resynchronising.
+
+    The parser gives up inside the field. When that field is quoted (an odd number of quotes so
+    far) its remaining lines would parse as rows of their own, so they are skipped to the
+    closing quote; a quote that never closes makes the rest of the file one unparseable record.
+    """
+    quotes = raw.count(b'"')
+    if quoting and quotes % 2 and not recorder.skip_to_closing_quote(quotes):
+        return UNPARSEABLE, "a quoted field is never closed: the rest of the file is inside it"
+    return TEXT_TOO_LONG, f"a field is over max_text_bytes ({max_text_bytes} characters)"
 
 
 def _has_invalid_utf8(values: Iterable[str]) -> bool:
@@ -279,7 +305,7 @@ def read_delimited(path: str, delimiter: str, max_text_bytes: int) -> Iterator[R
         text = io.TextIOWrapper(raw_stream, encoding="utf-8-sig", errors="surrogateescape",
                                 newline="")
         recorder = _LineRecorder(text)
-        reader = csv.reader(iter(recorder), delimiter=delimiter, **_quoting(delimiter))
+        reader = csv.reader(recorder, delimiter=delimiter, **_quoting(delimiter))
         header: Optional[List[str]] = None
         prev_line = 0
         while True:
@@ -289,12 +315,13 @@ def read_delimited(path: str, delimiter: str, max_text_bytes: int) -> Iterator[R
             except StopIteration:
                 break
             except csv.Error as e:
-                row, error = None, ((TEXT_TOO_LONG, f"a field is over the parser's limit of "
-                                                    f"{_csv_field_limit(max_text_bytes)} characters")
-                                    if "field larger than field limit" in str(e)
-                                    else (UNPARSEABLE, str(e)))
-            start, prev_line = prev_line + 1, reader.line_num
+                row, error = None, (UNPARSEABLE, str(e))
             raw = recorder.take()
+            if error and _CSV_FIELD_TOO_LARGE in error[1]:
+                error = _field_too_large(recorder, raw, delimiter != "\t", max_text_bytes)
+            start, prev_line = prev_line + 1, recorder.lines_read
+            if error and prev_line > start:  # say which lines one record took
+                error = (error[0], f"{error[1]} (lines {start}-{prev_line})")
             if row is not None and not row:
                 continue  # a blank line holds no record
             if header is None and error is None:

@@ -116,9 +116,11 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
                                     name="padding_mask")(ids)
         x = layers.Multiply(name="mask_padding")([x, not_padding])
 
-    widest = max(int(k) for k in settings.filter_sizes)
-    if max_len < widest:  # a "valid" convolution needs at least `widest` positions
-        x = layers.ZeroPadding1D((0, widest - max_len), name="pad_to_widest_filter")(x)
+    # A "valid" convolution needs `widest` positions, and the seed's pooling (window 2) two
+    # convolution outputs: very short sequences are zero-padded to that.
+    needed = max(int(k) for k in settings.filter_sizes) + (settings.pooling == "seed")
+    if max_len < needed:
+        x = layers.ZeroPadding1D((0, needed - max_len), name="pad_to_widest_filter")(x)
     branches = []
     for size in settings.filter_sizes:
         conv = layers.Conv1D(settings.num_filters, int(size), padding="valid", activation="relu",

@@ -50,13 +50,15 @@ def check_schema_path(schema_path: str) -> None:
     """A schema the user named must exist: a typo must not silently turn into inference."""
     if schema_path != INFER and not os.path.isfile(schema_path):
         raise UserInputError(f"schema {schema_path} does not exist (give a schema file, or "
-                             f"`--schema {INFER}` to infer one from the data)")
+                             f"`{INFER}` to infer one from the data)")
 
 
 def infer_schema(stats_dir: str, splits: Sequence[str]):
     """TFDV's inference on Split-train, with text/id open-ended and the label domain completed."""
     import tensorflow_data_validation as tfdv
 
+    if features.TRAIN not in splits:
+        raise UserInputError("cannot infer a schema: there is no Split-train to infer it from")
     schema = tfdv.infer_schema(load_statistics(stats_dir, features.TRAIN))
     _free_text_has_no_domain(schema)
     _id_is_optional(schema)
@@ -74,8 +76,8 @@ def _classes_seen(stats_dir: str, splits: Sequence[str]) -> List[str]:
         if counts is None:
             raise UserInputError(
                 f"cannot infer the classes: `{features.LABEL}` in Split-{split} has more "
-                "distinct values than the statistics keep (1000) or is not a string; is the "
-                "label column the right one?")
+                "distinct values than the statistics keep (1000); is the label column the right "
+                "one?")
         for value, n in counts.items():
             seen[value] = seen.get(value, 0) + n
     return sort_classes(seen)
@@ -100,8 +102,8 @@ def is_integer_class(name: str) -> bool:
 def _set_label_domain(schema, classes: Sequence[str]) -> None:
     """`label` gets a string domain named `label` holding `classes` (in that order)."""
     label = next((f for f in schema.feature if f.name == features.LABEL), None)
-    if label is None:
-        raise UserInputError(f"cannot infer the classes: Split-train has no `{features.LABEL}`")
+    if label is None or not classes:
+        raise UserInputError(f"cannot infer the classes: the data has no `{features.LABEL}`")
     if label.HasField("domain"):
         _drop_string_domain(schema, label.domain)
     _drop_string_domain(schema, features.LABEL)

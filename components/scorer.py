@@ -14,7 +14,7 @@ import io
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -123,16 +123,18 @@ def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:
             f[features.TEXT].bytes_list.value[0].decode("utf-8"))
 
 
+def class_value(classes: Sequence[str]) -> Callable[[str], Any]:
+    """How a class is written out: as a JSON number when every class is an integer ("0", "1"),
+    as such labels usually come in; else as its name. (Probability keys stay names: JSON object
+    keys are strings.)"""
+    if all(is_integer_class(c) for c in classes):
+        return lambda name: int(name) if is_integer_class(name) else name
+    return lambda name: name
+
+
 def _format(keyed: Tuple[Tuple[str, Optional[str]], PredictionResult], classes: Sequence[str],
-            version: str) -> Dict[str, Any]:
-    """One output row. Classes that are all integers ("0", "1") are written as JSON numbers,
-    as such labels usually come in; other class names as strings."""
+            version: str, value: Callable[[str], Any]) -> Dict[str, Any]:
     (row_id, label), result = keyed
-    as_number = all(is_integer_class(c) for c in classes)
-
-    def value(name: str):
-        return int(name) if as_number and is_integer_class(name) else name
-
     row = {"id": row_id, "predicted_class": value(result.inference["predicted_class"]),
            "probabilities": dict(zip(classes, result.inference["probabilities"])),
            "model_version": version}
@@ -141,12 +143,15 @@ def _format(keyed: Tuple[Tuple[str, Optional[str]], PredictionResult], classes: 
     return row
 
 
-def _to_csv(row: Dict[str, Any], classes: Sequence[str]) -> str:
+def _csv_line(values: Sequence[Any]) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(
-        [row["id"], row["predicted_class"]] + [f"{row['probabilities'][c]:.6g}" for c in classes]
-        + [row["model_version"]])
+    csv.writer(buf, lineterminator="").writerow(values)
     return buf.getvalue()
+
+
+def _to_csv(row: Dict[str, Any], classes: Sequence[str]) -> str:
+    return _csv_line([row["id"], row["predicted_class"]]
+                     + [f"{row['probabilities'][c]:.6g}" for c in classes] + [row["model_version"]])
 
 
 def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
@@ -228,7 +233,7 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
                     os.path.join(output_dir, EXAMPLES_DIR, "*"))
                 | "Parse" >> beam.Map(_parse_example)
                 | "RunInference" >> RunInference(handler)
-                | "Format" >> beam.Map(_format, classes, version_name))
+                | "Format" >> beam.Map(_format, classes, version_name, class_value(classes)))
         _ = (rows
              | "ToJson" >> beam.Map(json.dumps, ensure_ascii=False)
              | "WriteJsonl" >> beam.io.WriteToText(
@@ -244,8 +249,8 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
              | "WriteTally" >> beam.io.WriteToText(os.path.join(output_dir, ".scored"),
                                                    shard_name_template=""))
         if settings.write_csv:
-            header = ",".join(["id", "predicted_class"] + [f"p_{c}" for c in classes]
-                              + ["model_version"])
+            header = _csv_line(["id", "predicted_class"] + [f"p_{c}" for c in classes]
+                               + ["model_version"])
             _ = (rows
                  | "ToCsv" >> beam.Map(_to_csv, classes)
                  | "WriteCsv" >> beam.io.WriteToText(

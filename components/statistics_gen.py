@@ -49,8 +49,9 @@ def run_statistics_gen(examples_dir: str, output_dir: str, beam_options) -> Dict
 def value_counts(stats, feature_name: str) -> Optional[Dict[str, int]]:
     """{value: count} of a string feature from its rank histogram, most frequent first.
 
-    None when the feature is absent, or when it has more distinct values than the histogram
-    holds (TFDV keeps `StatsOptions.num_rank_histogram_buckets` of them, 1000 by default).
+    {} when the split has no such feature; None when it has more distinct values than the
+    histogram holds (TFDV keeps `StatsOptions.num_rank_histogram_buckets`, 1000 by default) or
+    is not a string.
     """
     for dataset in stats.datasets:
         for feature in dataset.features:
@@ -62,7 +63,7 @@ def value_counts(stats, feature_name: str) -> Optional[Dict[str, int]]:
                 if string_stats.unique > len(buckets):
                     return None
                 return {b.label: int(round(b.sample_count)) for b in buckets}
-    return None
+    return {}
 
 
 def load_statistics(stats_dir: str, split: str):

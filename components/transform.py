@@ -98,8 +98,11 @@ def length_quantile(lengths, quantile: float):
     keys, counts = tft.count_per_key(lengths, name="token_length_histogram")
     order = tf.argsort(keys)
     keys, cumulative = tf.gather(keys, order), tf.cumsum(tf.gather(counts, order))
-    needed = tf.math.ceil(quantile * tf.cast(cumulative[-1], tf.float64))
-    first = tf.argmax(tf.cast(cumulative, tf.float64) >= needed)  # first True
+    # ceil(quantile * total) in integers (parts per million), so that no float rounding makes
+    # it one document too many.
+    ppm = tf.constant(round(quantile * 1_000_000), tf.int64)
+    needed = (ppm * cumulative[-1] + 999_999) // 1_000_000
+    first = tf.argmax(cumulative >= needed)  # the first True
     return keys[first]
 
 

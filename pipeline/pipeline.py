@@ -30,10 +30,11 @@ from pipeline import configs
 def default_beam_args() -> List[str]:
     """DirectRunner, multi-processing, one worker per core; any of these can be overridden.
 
-    Workers import the `components` package first (a Beam plugin), whatever the runner.
+    Workers import `components.worker_setup` first (a Beam plugin), whatever the runner.
     """
     return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={os.cpu_count() or 1}", "--beam_plugin=components"]
+            f"--direct_num_workers={os.cpu_count() or 1}",
+            "--beam_plugin=components.worker_setup"]
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -129,18 +130,31 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         path, origin = run_schema_gen(stats, available_splits(examples), schema_dir,
                                       config.schema_path)
         if origin == "inferred":
-            curated = os.path.join("schemas", f"{dataset_name(config.inputs)}.pbtxt")
+            curated = os.path.join(configs.PROJECT_ROOT, "schemas",
+                                   f"{dataset_name(config.inputs)}.pbtxt")
+            if os.path.exists(curated):  # never suggest overwriting a curated schema
+                curated = curated[:-len(".pbtxt")] + f"-{recorder.summary['run_id']}.pbtxt"
+            if not os.path.relpath(curated).startswith(".."):
+                curated = os.path.relpath(curated)
             progress(f"SchemaGen: inferred the schema; to curate it (then pass --schema "
                      f"{curated}):\n    cp {path} {curated}")
         return {"schema": path, "origin": origin,
                 "classes": label_classes(load_schema(schema_dir))}
+
+    def transform():
+        info = run_transform(examples, label_classes(load_schema(schema_dir)),
+                             dirs[configs.TRANSFORM], config.transform, options)
+        check_token_counts(info, recorder.summary)
+        return info
 
     def validate():
         schema = load_schema(schema_dir)
         result = run_example_validator(stats, schema, available_splits(examples),
                                        dirs[configs.EXAMPLE_VALIDATOR])
         messages = [m for r in result.values() for m in r["messages"]]
-        warnings = rare_class_warnings(stats, label_classes(schema), config.example_validator)
+        splits = available_splits(examples)
+        warnings = (rare_class_warnings(stats, label_classes(schema), config.example_validator)
+                    if features.TRAIN in splits else [])
         for w in warnings:
             recorder.warn(w)
         if any(r["blocking"] for r in result.values()) and not config.allow_anomalies:
@@ -158,9 +172,7 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         configs.STATISTICS_GEN: statistics_gen,
         configs.SCHEMA_GEN: schema_gen,
         configs.EXAMPLE_VALIDATOR: validate,
-        configs.TRANSFORM: lambda: run_transform(
-            examples, label_classes(load_schema(schema_dir)), dirs[configs.TRANSFORM],
-            config.transform, options),
+        configs.TRANSFORM: transform,
         configs.TRAINER: lambda: run_trainer(dirs[configs.TRANSFORM], dirs[configs.TRAINER],
                                              config.trainer),
         configs.EVALUATOR: lambda: run_evaluator(
@@ -191,6 +203,16 @@ def check_training_splits(counts: Dict[str, Any], eval_ratio: float) -> None:
             f"no row went to Split-eval (early stopping needs it): the hash split sends "
             f"{eval_ratio:.0%} of unmarked rows there and picked none of {splits[features.TRAIN]}; "
             "mark some rows `eval` or raise example_gen.eval_ratio", details=counts)
+
+
+def check_token_counts(info: Dict[str, Any], summary: Dict[str, Any]) -> None:
+    """The Transform's per-split document counts equal the rows ExampleGen wrote."""
+    written = next(s["details"]["splits"] for s in summary["stages"]
+                   if s["name"] == configs.EXAMPLE_GEN)
+    transformed = {s: t["documents"] for s, t in info["token_lengths"].items()}
+    if transformed != {s: n for s, n in written.items() if n}:
+        raise RuntimeError(f"Transform counts do not reconcile with ExampleGen's: transformed "
+                           f"{transformed}, written {written}")
 
 
 def dataset_name(inputs: Sequence[str]) -> str:
@@ -251,6 +273,8 @@ def push_metadata(config: configs.PipelineConfig, recorder: RunRecorder,
 def format_summary(summary: Dict[str, Any]) -> str:
     """A short human summary: stages, durations, counts."""
     lines = [f"run {summary['run_id']}: {summary['status']}"]
+    if summary.get("warnings"):
+        lines.append(f"  {len(summary['warnings'])} warning(s), listed in the summary and report")
     for stage in summary["stages"]:
         lines.append(f"  {stage['name']:<17} {stage.get('status', '?'):<7} "
                      f"{stage.get('seconds', 0):>7.1f}s  {stage['output']}")
@@ -267,8 +291,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
             n = sum(len(v) for v in details["anomalies"].values())
             lines.append(f"      anomalies: {n}" + (" (allowed)" if details["allowed"] else ""))
         if stage["name"] == configs.TRANSFORM and details:
+            train = (details.get("token_lengths") or {}).get(features.TRAIN) or {}
+            truncated = (f", {train['truncated'] / train['documents']:.1%} of training "
+                         "documents truncated" if train.get("documents") else "")
             lines.append(f"      vocabulary {details['vocabulary_size']} tokens, max_len "
-                         f"{details['max_len']}, {len(details['classes'])} classes")
+                         f"{details['max_len']} ({details.get('max_len_source', 'fixed')}"
+                         f"{truncated}), {len(details['classes'])} classes")
         if stage["name"] == configs.TRAINER and details:
             m = details["metrics"]
             scores = ", ".join(f"{k.replace('_accuracy', '')} {v:.3f}"

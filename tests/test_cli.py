@@ -127,7 +127,7 @@ def test_a_schema_path_that_does_not_exist_fails_before_any_stage(tmp_path):
     proc = run_cli("run", "--input", data, "--pipeline-root", root,
                    "--schema", str(tmp_path / "shcema.pbtxt"), *IN_MEMORY)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "shcema.pbtxt does not exist" in proc.stderr and "--schema infer" in proc.stderr
+    assert "shcema.pbtxt does not exist" in proc.stderr and "`infer`" in proc.stderr
     assert not os.path.exists(os.path.join(root, "ExampleGen"))
 
 

@@ -304,14 +304,28 @@ def test_a_document_over_max_text_bytes_is_too_long_in_every_format(tmp_path,
     assert [q["reason"] for q in counts["quarantine_sample"]] == [eg.TEXT_TOO_LONG] * 4
 
 
-def test_a_field_beyond_the_parsers_limit_is_too_long_not_unparseable(tmp_path,
-                                                                       in_memory_options):
-    settings = eg.ExampleGenSettings(max_text_bytes=10)
-    huge = "y" * (eg._csv_field_limit(10) + 10)
-    write(tmp_path / "a.csv", f"text,label\n{huge},a\nfine,b\n")
+def test_a_runaway_quoted_field_is_one_record_and_no_row_is_invented(tmp_path,
+                                                                    in_memory_options):
+    """A quoted field over the limit spans lines: its lines must not come back as rows; a quote
+    that never closes swallows the rest of the file as one record that says so."""
+    settings = eg.ExampleGenSettings(max_text_bytes=100)
+    long_field = "".join(f"line {i} of a long, quoted text\n" for i in range(50))
+    write(tmp_path / "closed.csv", f'text,label\n"{long_field}",a\nfine,b\n"short tail,c\n')
+    write(tmp_path / "open.csv", 'text,label\nfirst,a\n"never closed,a\n'
+          + "".join(f"row {i},c\n" for i in range(40)))
     out = str(tmp_path / "EG")
-    counts = eg.run_example_gen([str(tmp_path / "a.csv")], out, settings, in_memory_options)
-    assert counts["quarantine_reasons"] == {eg.TEXT_TOO_LONG: 1} and counts["written"] == 1
+    counts = eg.run_example_gen([str(tmp_path / "*.csv")], out, settings, in_memory_options)
+    assert counts["read"] == 5 and counts["written"] == 2  # "fine" and "first"
+    by_line = {(os.path.basename(q["source"]), q["line"]): q for q in eg.read_quarantine(out)}
+    assert set(by_line) == {("closed.csv", 2), ("closed.csv", 54), ("open.csv", 3)}
+    assert by_line[("closed.csv", 2)]["reason"] == eg.TEXT_TOO_LONG
+    assert "(lines 2-52)" in by_line[("closed.csv", 2)]["detail"]
+    assert by_line[("closed.csv", 54)]["reason"] == eg.UNPARSEABLE  # EOF inside the quotes
+    assert by_line[("open.csv", 3)]["reason"] == eg.UNPARSEABLE
+    assert "never closed" in by_line[("open.csv", 3)]["detail"]
+    assert "(lines 3-43)" in by_line[("open.csv", 3)]["detail"]
+    written = sorted(e["text"] for s in features.SPLITS for e in read_split(out, s))
+    assert written == ["fine", "first"]
 
 
 @pytest.mark.parametrize("content", ["", "text,label\n", "text,label\n   ,a\n,b\n"])

@@ -50,10 +50,13 @@ def test_textcnn_seed_pooling_flattens_each_branch():
     assert model.get_layer("logits").kernel_constraint is None
 
 
-def test_sequences_shorter_than_the_widest_filter_are_padded():
-    model = build_textcnn(20, 2, 3, ModelSettings(embedding_dim=4, num_filters=2))
-    assert model.get_layer("pad_to_widest_filter").output.shape[1] == 5
-    assert model(tf.constant([[3, 4]], tf.int64)).shape == (1, 3)
+@pytest.mark.parametrize("pooling, max_len, padded", [
+    ("max_over_time", 2, 5), ("max_over_time", 4, 5), ("seed", 2, 6), ("seed", 5, 6)])
+def test_sequences_shorter_than_the_widest_filter_are_padded(pooling, max_len, padded):
+    model = build_textcnn(20, max_len, 3, ModelSettings(embedding_dim=4, num_filters=2,
+                                                       pooling=pooling))
+    assert model.get_layer("pad_to_widest_filter").output.shape[1] == padded
+    assert model(tf.constant([[3, 4, 5, 6, 7][:max_len]], tf.int64)).shape == (1, 3)
 
 
 def test_mask_zero_zeroes_padding_vectors():
