@@ -148,11 +148,9 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         return info
 
     def validate():
-        schema = load_schema(schema_dir)
-        result = run_example_validator(stats, schema, available_splits(examples),
-                                       dirs[configs.EXAMPLE_VALIDATOR])
+        schema, splits = load_schema(schema_dir), available_splits(examples)
+        result = run_example_validator(stats, schema, splits, dirs[configs.EXAMPLE_VALIDATOR])
         messages = [m for r in result.values() for m in r["messages"]]
-        splits = available_splits(examples)
         warnings = (rare_class_warnings(stats, label_classes(schema), config.example_validator)
                     if features.TRAIN in splits else [])
         for w in warnings:
