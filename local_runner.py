@@ -8,8 +8,8 @@
                                --output DIR [Beam flags]
   python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
 
-Exit codes: 0 success, 2 bad usage/config/input, 3 blocking data anomalies, 4 model not blessed
-(not pushed), 1 anything else.
+Exit codes: 0 success, 2 bad usage/config/input or another run holds the pipeline root,
+3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.
 """
 import os
 import sys
@@ -87,7 +87,8 @@ def _data(args) -> int:
 
 def _run(args, beam_args) -> int:
     from pipeline import configs
-    from pipeline.pipeline import RunRecorder, format_summary, new_run_id, run_pipeline
+    from pipeline.lock import RootLock
+    from pipeline.pipeline import new_run_id
 
     config = configs.load_config(args.config, {
         "inputs": tuple(args.input), "pipeline_root": args.pipeline_root, "until": args.until,
@@ -95,7 +96,16 @@ def _run(args, beam_args) -> int:
         "trainer": {"model": {"embeddings": args.embeddings,
                               "embeddings_trainable": args.embeddings_trainable}},
         "pusher": {"serving_dir": args.serving_dir}})
-    recorder = RunRecorder(config, new_run_id(), beam_args)
+    run_id = new_run_id()
+    with RootLock(config.pipeline_root, run_id):  # one run at a time per root
+        return _run_recorded(config, beam_args, run_id)
+
+
+def _run_recorded(config, beam_args, run_id: str) -> int:
+    """Runs the pipeline; the summary and the report are written however it ends."""
+    from pipeline.pipeline import RunRecorder, format_summary, run_pipeline
+
+    recorder = RunRecorder(config, run_id, beam_args)
     status, code = "failed", 1
     try:
         run_pipeline(config, beam_args, recorder)
