@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from components import features
 from components.artifacts import staged_output
@@ -70,7 +70,7 @@ def infer_schema(stats_dir: str, splits: Sequence[str]):
 
 
 def _classes_seen(stats_dir: str, splits: Sequence[str]) -> List[str]:
-    seen: Dict[str, int] = {}
+    seen = set()
     for split in splits:
         counts = value_counts(load_statistics(stats_dir, split), features.LABEL)
         if counts is None:
@@ -78,8 +78,7 @@ def _classes_seen(stats_dir: str, splits: Sequence[str]) -> List[str]:
                 f"cannot infer the classes: `{features.LABEL}` in Split-{split} has more "
                 "distinct values than the statistics keep (1000); is the label column the right "
                 "one?")
-        for value, n in counts.items():
-            seen[value] = seen.get(value, 0) + n
+        seen.update(counts)
     return sort_classes(seen)
 
 

@@ -8,6 +8,7 @@ tokens hash to V+1..V+num_oov_buckets. The label is its index in the schema's cl
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -246,7 +247,8 @@ class TokenStatsFn(beam.CombineFn):
     """Transformed record batches -> {histogram: {tokens: documents}, documents, tokens, oov}."""
 
     def create_accumulator(self):
-        return {"histogram": {}, "documents": 0, "tokens": 0, "oov_tokens": 0}
+        return {"histogram": collections.Counter(), "documents": 0, "tokens": 0,
+                "oov_tokens": 0}
 
     def add_input(self, acc, element):
         import numpy as np
@@ -254,9 +256,7 @@ class TokenStatsFn(beam.CombineFn):
         record_batch, _ = element
         lengths = np.asarray(record_batch.column(features.TOKENS).flatten())
         oov = np.asarray(record_batch.column(features.OOV_TOKENS).flatten())
-        values, counts = np.unique(lengths, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist()):
-            acc["histogram"][value] = acc["histogram"].get(value, 0) + count
+        acc["histogram"].update(lengths.tolist())
         acc["documents"] += len(lengths)
         acc["tokens"] += int(lengths.sum())
         acc["oov_tokens"] += int(oov.sum())
@@ -265,10 +265,8 @@ class TokenStatsFn(beam.CombineFn):
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
         for acc in accumulators:
-            for value, count in acc["histogram"].items():
-                merged["histogram"][value] = merged["histogram"].get(value, 0) + count
-            for key in ("documents", "tokens", "oov_tokens"):
-                merged[key] += acc[key]
+            for key, value in acc.items():
+                merged[key] += value  # Counter + Counter for the histogram
         return merged
 
     def extract_output(self, acc):
