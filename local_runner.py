@@ -7,8 +7,10 @@
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
                                --output DIR [Beam flags]
   python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
+  python local_runner.py runs PIPELINE_ROOT
+  python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION
 
-Exit codes: 0 success, 2 bad usage/config/input or another run holds the pipeline root,
+Exit codes: 0 pushed, or nothing new to do (every stage reused), 2 bad usage/config/input or another run holds the pipeline root,
 3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.
 """
 import os
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--embeddings-trainable", action="store_true", default=None,
                      help="tune the pretrained vectors (Kim's CNN-non-static); default frozen")
     run.add_argument("--serving-dir", help="where blessed models are pushed (default serving)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="execute every stage, even when an earlier execution could be reused")
     run.add_argument("-v", "--verbose", action="store_true")
 
     score = sub.add_parser("score", help="score files with a pushed model; unknown flags go to "
@@ -70,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.html for a recorded run")
     report.add_argument("pipeline_root")
     report.add_argument("--run", help="a run id under PIPELINE_ROOT/runs (default: the newest)")
+
+    runs = sub.add_parser("runs", help="list the runs recorded in a pipeline root")
+    runs.add_argument("pipeline_root")
+
+    lineage = sub.add_parser("lineage", help="how a pushed version was made")
+    lineage.add_argument("version_dir", help="SERVING_DIR/MODEL_NAME/VERSION")
+    lineage.add_argument("--pipeline-root", help="the root that pushed it (default: the one "
+                                                  "recorded in the version's metadata.json)")
     return parser
 
 
@@ -98,17 +110,28 @@ def _run(args, beam_args) -> int:
         "pusher": {"serving_dir": args.serving_dir}})
     run_id = new_run_id()
     with RootLock(config.pipeline_root, run_id):  # one run at a time per root
-        return _run_recorded(config, beam_args, run_id)
+        return _run_recorded(config, beam_args, run_id, use_cache=not args.no_cache)
 
 
-def _run_recorded(config, beam_args, run_id: str) -> int:
-    """Runs the pipeline; the summary and the report are written however it ends."""
-    from pipeline.pipeline import RunRecorder, format_summary, run_pipeline
+def _run_recorded(config, beam_args, run_id: str, use_cache: bool = True) -> int:
+    """Runs the pipeline; the summary, the store and the report are updated however it ends."""
+    from pipeline import configs
+    from pipeline.metadata import MetadataStore
+    from pipeline.orchestrator import clean_stale_temporaries
+    from pipeline.pipeline import RunRecorder, format_summary, git_commit, progress, run_pipeline
 
+    store = MetadataStore(config.pipeline_root)
+    for dead in store.mark_dead_runs():  # the lock is ours: a "running" run there died
+        progress(f"run {dead} ended without finishing (killed?); its completed stages will be "
+                 "reused")
+    clean_stale_temporaries(config.pipeline_root)
     recorder = RunRecorder(config, run_id, beam_args)
+    store.start_run(configs.PIPELINE_NAME, run_id, {
+        "config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
+        "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path})
     status, code = "failed", 1
     try:
-        run_pipeline(config, beam_args, recorder)
+        run_pipeline(config, beam_args, recorder, store, use_cache)
         status, code = "succeeded", 0
     except BaseException as e:
         code = getattr(e, "exit_code", 1)
@@ -116,6 +139,7 @@ def _run_recorded(config, beam_args, run_id: str) -> int:
         raise
     finally:
         recorder.finish(status, code)
+        store.finish_run(run_id, status, code)
         print(format_summary(recorder.summary))
         print(f"summary: {recorder.path}")
         _write_report(os.path.dirname(recorder.path))
@@ -136,6 +160,20 @@ def _report(args) -> int:
     from pipeline.report import find_run_dir, write_report
 
     print(f"report: {write_report(find_run_dir(args.pipeline_root, args.run))}")
+    return 0
+
+
+def _runs(args) -> int:
+    from pipeline.lineage import format_runs
+
+    print(format_runs(args.pipeline_root))
+    return 0
+
+
+def _lineage(args) -> int:
+    from pipeline.lineage import format_lineage
+
+    print(format_lineage(args.version_dir, args.pipeline_root))
     return 0
 
 
@@ -186,12 +224,13 @@ def main(argv=None) -> int:
     verbose = getattr(args, "verbose", False)
     _configure_console(verbose)
     try:
-        if args.command in ("data", "report"):
+        if args.command in ("data", "report", "runs", "lineage"):
             if unknown:
                 from components.errors import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
-            return _data(args) if args.command == "data" else _report(args)
+            return {"data": _data, "report": _report, "runs": _runs,
+                    "lineage": _lineage}[args.command](args)
         if args.command == "score":
             return _score(args, unknown)
         return _run(args, unknown)

@@ -18,3 +18,7 @@ class BlockingAnomaliesError(Exception):
     """Data validation found anomalies that stop the run (exit code 3)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, details=None):
+        super().__init__(message)
+        self.details = details

@@ -4,9 +4,14 @@ Every record read ends up in exactly one place: a split (`Split-train`, `Split-e
 `Split-test`) or `quarantine/` with a reason. `counts.json` holds the tallies, and the driver
 refuses to publish the artifact unless rows read = rows written + rows quarantined.
 
-Files are parsed one per worker call, streaming (a quoted CSV field may span lines, so a file
-cannot be cut at arbitrary byte offsets); the records are then reshuffled so that everything
-after parsing runs in parallel even for a single input file.
+The unit of work is an input unit: one data file (CSV, TSV, JSONL), or one directory of `.txt`
+files. A unit is parsed by one worker call, streaming (a quoted CSV field may span lines, so a file
+cannot be cut at byte offsets), into its own directory: its split TFRecords in input order, its
+quarantine records in line order, and its tallies. Many units are parsed in parallel. The
+artifact is then assembled from the unit directories, which the caller names: a unit whose
+directory is already published is not parsed again, so a folder that grows by a file a day costs
+one file's parse (the caller keys the directories by content, see `unit_fingerprint`). The output
+depends only on the units' contents, never on the order workers ran in.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import itertools
 import json
 import os
 import shutil
+import uuid
+from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -25,7 +32,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from components import features
-from components.artifacts import staged_output
+from components.artifacts import file_sha256, staged_output
 from components.errors import UserInputError
 
 FORMATS = ("csv", "tsv", "jsonl", "dir")
@@ -142,6 +149,18 @@ def _list_text_dir(root: str) -> List[Tuple[str, str, str]]:
     return out
 
 
+_DATA_EXTENSIONS = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".ndjson")
+
+
+def _data_files_in(directory: str) -> List[str]:
+    """The data files of a folder without subfolders (hidden files ignored); [] otherwise."""
+    names = [n for n in sorted(os.listdir(directory)) if not n.startswith(".")]
+    if any(os.path.isdir(os.path.join(directory, n)) for n in names):
+        return []
+    return [os.path.join(directory, n) for n in names
+            if _strip_compression(n).lower().endswith(_DATA_EXTENSIONS)]
+
+
 class _RawReader(io.RawIOBase):
     """Adapts a Beam file handle (possibly decompressing) to the `io` stack."""
 
@@ -207,7 +226,10 @@ def discover_inputs(inputs: Sequence[str], settings: ExampleGenSettings) -> List
         raise UserInputError("no input given: pass --input GLOB")
     items: List[Tuple[str, str]] = []
     for pattern in inputs:
-        if os.path.isdir(pattern):
+        data_files = _data_files_in(pattern) if os.path.isdir(pattern) else None
+        if data_files:  # a folder of CSV/TSV/JSONL files, e.g. one that grows by a file a day
+            pattern = os.path.join(pattern, "*")
+        elif os.path.isdir(pattern):
             if settings.input_format not in ("auto", "dir"):
                 raise UserInputError(
                     f"{pattern} is a directory but example_gen.input_format is "
@@ -216,6 +238,8 @@ def discover_inputs(inputs: Sequence[str], settings: ExampleGenSettings) -> List
             continue
         matches = FileSystems.match([pattern])[0].metadata_list
         paths = sorted(m.path for m in matches if not os.path.isdir(m.path))
+        if data_files:
+            paths = data_files
         if not paths:
             raise UserInputError(f"input {pattern} matches no file")
         for path in paths:
@@ -458,54 +482,191 @@ def to_tf_example(values: Dict[str, bytes]) -> bytes:
 
     feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
                for k, v in sorted(values.items())}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
-class ToExampleFn(beam.DoFn):
-    """RawRecord -> (split, serialized tf.Example), or a quarantine record on the side output."""
+# ----------------------------------------------------------------------------------------------
+# Input units, the Beam graph and the driver.
 
-    QUARANTINE = "quarantine"
+UNIT_DATA_FILE = "data.tfrecord.gz"
+UNIT_QUARANTINE_FILE = "quarantine.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputUnit:
+    """What one worker call parses: a data file, or a directory of `.txt` files."""
+
+    name: str  # the file, or the directory
+    items: Tuple[Tuple[str, str], ...]  # (path, format) work items, in reading order
+
+
+def plan_units(inputs: Sequence[str], settings: ExampleGenSettings) -> List[InputUnit]:
+    """The input units of `inputs`, each once, in input order (errors as `discover_inputs`)."""
+    units: Dict[str, List[Tuple[str, str]]] = {}
+    for pattern in inputs:
+        for path, fmt in discover_inputs([pattern], settings):
+            name = pattern.rstrip("/") if fmt.startswith("dir:") else path
+            items = units.setdefault(name, [])
+            if (path, fmt) not in items:
+                items.append((path, fmt))
+    return [InputUnit(name, tuple(items)) for name, items in units.items()]
+
+
+def unit_fingerprint(unit: InputUnit, file_hashes: Optional[Sequence[str]] = None) -> str:
+    """sha256 over each item's path, format and content: what the unit's records depend on.
+
+    `file_hashes` are the items' `file_sha256`, when the caller has them already.
+    """
+    hashes = file_hashes if file_hashes is not None else [file_sha256(p) for p, _ in unit.items]
+    h = hashlib.sha256()
+    for (path, fmt), content in zip(unit.items, hashes):
+        h.update(f"{path}\0{fmt}\0{content}\0".encode("utf-8"))
+    return h.hexdigest()
+
+
+def is_parsed(unit_dir: str) -> bool:
+    """A unit directory is published (renamed into place) only when complete."""
+    return FileSystems.exists(os.path.join(unit_dir, COUNTS_FILE))
+
+
+class ParseUnitFn(beam.DoFn):
+    """(unit, unit_dir) -> writes the unit's records under unit_dir; yields (name, tallies).
+
+    Records are written in input order, quarantine records in line order, into a temporary
+    sibling renamed into place at the end: a retried bundle or a killed worker never leaves a
+    partial unit, and a unit parsed twice gives the same bytes.
+    """
 
     def __init__(self, settings: ExampleGenSettings):
         self._settings = settings
 
-    def process(self, record: RawRecord):
-        split, values, problem = check_record(record, self._settings)
-        if problem:
-            yield beam.pvalue.TaggedOutput(self.QUARANTINE, quarantine_record(record, *problem))
-        else:
-            yield split, to_tf_example(values)
+    def process(self, element):
+        import tensorflow as tf
+
+        unit, unit_dir = element
+        if is_parsed(unit_dir):  # a retried bundle: already done
+            yield unit.name, _load_json(os.path.join(unit_dir, COUNTS_FILE))
+            return
+        tmp = f"{unit_dir.rstrip('/')}.tmp-{uuid.uuid4().hex}"
+        tallies: Counter = Counter()
+        writers: Dict[str, Any] = {}
+        quarantine = None
+        try:
+            for item in unit.items:
+                for record in read_records(item, self._settings):
+                    tallies["read"] += 1
+                    split, values, problem = check_record(record, self._settings)
+                    if problem:
+                        if quarantine is None:
+                            quarantine = _open_text(os.path.join(tmp, QUARANTINE_DIR,
+                                                                 UNIT_QUARANTINE_FILE))
+                        quarantine.write(json.dumps(quarantine_record(record, *problem),
+                                                    sort_keys=True, ensure_ascii=False) + "\n")
+                        tallies[f"quarantine:{problem[0]}"] += 1
+                        continue
+                    if split not in writers:
+                        split_dir = os.path.join(tmp, features.split_dir_name(split))
+                        tf.io.gfile.makedirs(split_dir)
+                        writers[split] = tf.io.TFRecordWriter(
+                            os.path.join(split_dir, UNIT_DATA_FILE),
+                            tf.io.TFRecordOptions(compression_type="GZIP"))
+                    writers[split].write(to_tf_example(values))
+                    tallies[f"split:{split}"] += 1
+            for writer in writers.values():
+                writer.close()
+            if quarantine is not None:
+                quarantine.close()
+            with _open_text(os.path.join(tmp, COUNTS_FILE)) as f:
+                json.dump(dict(sorted(tallies.items())), f)
+            if is_parsed(unit_dir):  # another attempt finished first: same content
+                tf.io.gfile.rmtree(tmp)
+            else:
+                tf.io.gfile.rename(tmp, unit_dir)
+        except BaseException:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.rmtree(tmp)
+            raise
+        yield unit.name, dict(tallies)
 
 
-# ----------------------------------------------------------------------------------------------
-# The Beam graph and the driver.
+def _open_text(path: str):
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    return tf.io.gfile.GFile(path, "w")
 
 
-@beam.ptransform_fn
-def IngestRecords(pipeline, items: List[Tuple[str, str]], settings: ExampleGenSettings,
-                  output_dir: str):
-    """Reads, checks, splits and writes the records of `items` under `output_dir`."""
-    records = (
-        pipeline
-        | "CreateWorkItems" >> beam.Create(items)
-        | "ReadRecords" >> beam.FlatMap(read_records, settings)
-        | "Redistribute" >> beam.Reshuffle())
-    routed = records | "CheckAndEncode" >> beam.ParDo(ToExampleFn(settings)).with_outputs(
-        ToExampleFn.QUARANTINE, main="examples")
-    examples, quarantined = routed.examples, routed[ToExampleFn.QUARANTINE]
+def _load_json(path: str) -> Any:
+    import tensorflow as tf
 
-    by_split = examples | "PartitionBySplit" >> beam.Partition(
-        lambda kv, n: features.SPLITS.index(kv[0]), len(features.SPLITS))
-    for split, pcoll in zip(features.SPLITS, by_split):
-        _ = (
-            pcoll
-            | f"Values[{split}]" >> beam.Values()
-            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                os.path.join(output_dir, features.split_dir_name(split), "data_tfrecord"),
-                file_name_suffix=".gz", compression_type=CompressionTypes.GZIP))
-    _ = quarantined | "WriteQuarantine" >> WriteQuarantine(output_dir)
-    _ = (records, examples | "KeySplit" >> beam.Map(lambda kv: f"split:{kv[0]}"),
-         quarantined) | "WriteCounts" >> WriteCounts(output_dir)
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def parse_units(units: Sequence[Tuple[InputUnit, str]], settings: ExampleGenSettings,
+                beam_options) -> None:
+    """Parses each (unit, unit_dir) not yet published, in one Beam pipeline."""
+    todo = [(u, d) for u, d in units if not is_parsed(d)]
+    if not todo:
+        return
+    with beam.Pipeline(options=beam_options) as p:
+        _ = (p
+             | "CreateUnits" >> beam.Create(todo)
+             | "Distribute" >> beam.Reshuffle()
+             | "ParseUnits" >> beam.ParDo(ParseUnitFn(settings)))
+
+
+def assemble_examples(units: Sequence[Tuple[InputUnit, str]], output_dir: str,
+                      parsed: Sequence[str] = ()) -> Dict[str, Any]:
+    """Builds the Examples artifact at `output_dir` from parsed unit directories.
+
+    Each unit's split file becomes `Split-<s>/part-<unit dir name>.gz` (a hard link where the
+    filesystem allows, else a copy), so the artifact depends only on the units. Returns the
+    counts, with `units_parsed`/`units_reused` telling which units `parsed` names were parsed
+    by this run.
+    """
+    tallies: Counter = Counter()
+    for _, unit_dir in units:
+        tallies.update(_load_json(os.path.join(unit_dir, COUNTS_FILE)))
+    counts = summarize_counts(dict(tallies))
+    if counts["read"] != counts["written"] + counts["quarantined"]:
+        raise RuntimeError(f"ExampleGen counts do not reconcile: {counts}")
+    with staged_output(output_dir) as tmp:
+        for _, unit_dir in units:
+            part = f"part-{os.path.basename(unit_dir.rstrip('/'))}"
+            for split in features.SPLITS:
+                source = os.path.join(unit_dir, features.split_dir_name(split), UNIT_DATA_FILE)
+                if FileSystems.exists(source):
+                    _link_or_copy(source, os.path.join(tmp, features.split_dir_name(split),
+                                                       f"{part}.gz"))
+            source = os.path.join(unit_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE)
+            if FileSystems.exists(source):
+                _link_or_copy(source, os.path.join(tmp, QUARANTINE_DIR, f"{part}.jsonl"))
+        names = [u.name for u, _ in units]
+        counts["inputs"] = names if len(names) <= 100 else len(names)
+        counts["units_parsed"] = sum(1 for n in names if n in set(parsed))
+        counts["units_reused"] = len(names) - counts["units_parsed"]
+        counts["quarantine_sample"] = list(itertools.islice(
+            (q for _, d in units for q in _iter_jsonl(
+                os.path.join(d, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))), QUARANTINE_SAMPLE))
+        with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
+            json.dump(counts, f, indent=2, sort_keys=True)
+    return counts
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _iter_jsonl(path: str) -> Iterator[Dict[str, Any]]:
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f if line.strip())
 
 
 @beam.ptransform_fn
@@ -554,24 +715,21 @@ def summarize_counts(raw_counts: Dict[str, int], splits: Sequence[str] = feature
 
 
 def run_example_gen(inputs: Sequence[str], output_dir: str, settings: ExampleGenSettings,
-                    beam_options) -> Dict[str, Any]:
-    """Runs ExampleGen into `output_dir` (published only when complete); returns the counts."""
-    items = discover_inputs(inputs, settings)
-    with staged_output(output_dir) as tmp:
-        with beam.Pipeline(options=beam_options) as p:
-            _ = p | "IngestRecords" >> IngestRecords(items, settings, tmp)
-        with open(os.path.join(tmp, COUNTS_FILE)) as f:
-            counts = summarize_counts(json.load(f))
-        if counts["read"] != counts["written"] + counts["quarantined"]:
-            raise RuntimeError(f"ExampleGen counts do not reconcile: {counts}")
-        for split in features.SPLITS:  # a split no row went to is not an artifact
-            if counts["splits"][split] == 0:
-                shutil.rmtree(os.path.join(tmp, features.split_dir_name(split)))
-        counts["inputs"] = sorted({p for p, _ in items}) if len(items) <= 100 else len(items)
-        counts["quarantine_sample"] = list(itertools.islice(iter_quarantine(tmp),
-                                                            QUARANTINE_SAMPLE))
-        with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
-            json.dump(counts, f, indent=2, sort_keys=True)
+                    beam_options, unit_dirs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Runs ExampleGen into `output_dir` (published only when complete); returns the counts.
+
+    `unit_dirs` ({unit name: directory}) says where each input unit's parsed records live;
+    units whose directory is already published are not parsed again. Without it (or for a unit
+    it does not name) the unit is parsed into `output_dir/.units/`.
+    """
+    units = plan_units(inputs, settings)
+    local_units = os.path.join(output_dir + ".units")
+    placed = [(u, (unit_dirs or {}).get(u.name)
+               or os.path.join(local_units, unit_fingerprint(u)[:32])) for u in units]
+    parsed = [u.name for u, d in placed if not is_parsed(d)]
+    parse_units(placed, settings, beam_options)
+    counts = assemble_examples(placed, output_dir, parsed)
+    shutil.rmtree(local_units, ignore_errors=True)
     if not counts["written"]:
         # Published all the same: the quarantine records are what the user needs to read.
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(counts["quarantine_reasons"].items()))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from components import features
 from components.artifacts import staged_output
@@ -18,10 +18,26 @@ class ExampleValidatorSettings:
     # A class with fewer training examples than this gets a warning (not a stop): the model
     # can hardly learn it, and its eval/test scores rest on a handful of documents.
     min_train_examples_per_class: int = 5
+    # Drift between the training data of the previous run and of this one (components/drift.py):
+    # the largest change of a class's share (TFDV's L-infinity distance), and the Jensen-Shannon
+    # divergence of the text lengths in tokens. 0 turns a comparison off. Drift over a threshold
+    # stops the run when drift_blocking is set, else it is a warning.
+    drift_label_linf: float = 0.1
+    drift_text_length_jsd: float = 0.1
+    drift_blocking: bool = True
 
     def __post_init__(self):
         if self.min_train_examples_per_class < 0:
             raise UserInputError("example_validator.min_train_examples_per_class must be >= 0")
+        for name in ("drift_label_linf", "drift_text_length_jsd"):
+            check_threshold(f"example_validator.{name}", getattr(self, name))
+
+
+def check_threshold(name: str, value: float) -> None:
+    """A distance threshold: a number >= 0 (0 turns its comparison off)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise UserInputError(f"{name} must be a number >= 0 (0 turns the comparison off); "
+                             f"got {value!r}")
 
 
 def describe_anomalies(split: str, anomalies) -> List[str]:
@@ -49,10 +65,19 @@ def is_blocking(anomalies) -> bool:
     return any(i.severity == anomalies_pb2.AnomalyInfo.ERROR for i in infos)
 
 
-def run_example_validator(stats_dir: str, schema, splits: Sequence[str], output_dir: str
-                          ) -> Dict[str, dict]:
-    """Writes `Split-<s>/anomalies.pbtxt`; returns {split: {"blocking": bool, "messages": [...]}}."""
+def run_example_validator(stats_dir: str, schema, splits: Sequence[str], output_dir: str,
+                          previous_stats_dir: Optional[str] = None,
+                          settings: ExampleValidatorSettings = ExampleValidatorSettings()
+                          ) -> Dict[str, Any]:
+    """Writes `Split-<s>/anomalies.pbtxt` and, given the previous training statistics,
+    `drift_anomalies.pbtxt`.
+
+    Returns {"splits": {split: {"blocking": bool, "messages": [...]}}, "drift": the drift
+    comparison (see `components.drift.check_drift`) or None}.
+    """
     import tensorflow_data_validation as tfdv
+
+    from components.drift import DRIFT_ANOMALIES_FILE, check_drift
 
     result = {}
     with staged_output(output_dir) as tmp:
@@ -64,7 +89,11 @@ def run_example_validator(stats_dir: str, schema, splits: Sequence[str], output_
             tfdv.write_anomalies_text(anomalies, os.path.join(split_dir, ANOMALIES_FILE))
             result[split] = {"blocking": is_blocking(anomalies),
                              "messages": describe_anomalies(split, anomalies)}
-    return result
+        drift = None
+        if previous_stats_dir and features.TRAIN in splits:
+            drift = check_drift(stats_dir, previous_stats_dir, settings,
+                                anomalies_path=os.path.join(tmp, DRIFT_ANOMALIES_FILE))
+    return {"splits": result, "drift": drift}
 
 
 def rare_class_warnings(stats_dir: str, classes: Sequence[str],

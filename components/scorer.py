@@ -2,9 +2,11 @@
 
 Two Beam jobs: the first reads the inputs with ExampleGen's readers (a label is optional),
 quarantines unusable rows, writes tf.Examples and their TFDV statistics; the statistics are
-validated against the schema's SERVING environment; the second runs the model's raw-text
-signature through RunInference (batched, the model loaded once per worker) and writes JSONL
-(and optionally CSV) shards. Rows read = rows scored + rows quarantined, or the job fails.
+validated against the schema's SERVING environment, and compared with the training statistics
+pushed with the model (skew: text lengths, and labels when the rows have them); the second runs
+the model's raw-text signature through RunInference (batched, the model loaded once per worker)
+and writes JSONL (and optionally CSV) shards. Rows read = rows scored + rows quarantined, or the
+job fails.
 """
 from __future__ import annotations
 
@@ -21,16 +23,20 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, \
     RunInference
 
+from components import drift
 from components import example_gen as eg
 from components import export, features
 from components.errors import BlockingAnomaliesError, UserInputError
+from components.example_validator import check_threshold, describe_anomalies, is_blocking
 from components.pusher import METADATA_FILE, versions
 from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, is_integer_class,
                                    load_schema)
+from components.statistics_gen import TEXT_LENGTH_STATS_FILE, TextLengthStatistics
 
 PREDICTIONS_DIR = "predictions"
 EXAMPLES_DIR = ".examples"
 STATS_FILE = "FeatureStats.pb"
+LABEL_STATS_FILE = "LabelStats.pb"  # the labels of labelled rows, for skew only
 SUMMARY_FILE = "summary.json"
 SCORE_SPLIT = "score"  # the one output of the ingest step, in the counts' "split:<name>" keys
 
@@ -41,6 +47,16 @@ class ScoreSettings:
     max_batch_size: int = 256
     write_csv: bool = False
     allow_anomalies: bool = False
+    # Skew against the model's training data (components/drift.py): thresholds as the
+    # ExampleValidator's drift ones (0 turns a comparison off); reported in the summary, and
+    # stopping the job (unless allow_anomalies) only when skew_blocking is set.
+    skew_label_linf: float = 0.1
+    skew_text_length_jsd: float = 0.1
+    skew_blocking: bool = False
+
+    def __post_init__(self):
+        for name in ("skew_label_linf", "skew_text_length_jsd"):
+            check_threshold(name, getattr(self, name))
 
 
 class RawTextModelHandler(ModelHandler[str, PredictionResult, Any]):
@@ -101,13 +117,22 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
         os.path.join(work_dir, EXAMPLES_DIR, "examples"), file_name_suffix=".gz",
         compression_type=CompressionTypes.GZIP)
     _ = quarantined | "WriteQuarantine" >> eg.WriteQuarantine(work_dir)
-    _ = (examples
-         | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-         | "ToRecordBatch" >> beam.Map(lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b))
+    batches = (examples
+               | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
+               | "ToRecordBatch" >> beam.Map(
+                   lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b)))
+    _ = (batches
          | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
              feature_allowlist=list(validated_features)))
          | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, STATS_FILE)))
+    _ = batches | "TextLengthStatistics" >> TextLengthStatistics(
+        os.path.join(work_dir, TEXT_LENGTH_STATS_FILE))
+    _ = (batches
+         | "LabelStatistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
+             feature_allowlist=[features.LABEL]))
+         | "WriteLabelStatistics" >> tfdv.WriteStatisticsToBinaryFile(
+             os.path.join(work_dir, LABEL_STATS_FILE)))
     _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
          quarantined) | "WriteCounts" >> eg.WriteCounts(work_dir)
 
@@ -186,13 +211,30 @@ def resolve_schema(model_dir: str, schema_path: Optional[str], fallback: str) ->
     return schema_path
 
 
+def check_skew(model_dir: str, output_dir: str, settings: ScoreSettings) -> Dict[str, Any]:
+    """The scoring data (statistics in `output_dir`) against the training statistics pushed
+    with the model: drift.check_skew's result, its anomalies in `skew_anomalies.pbtxt`.
+    Blocking skew stops the job only with `skew_blocking` and without `allow_anomalies`."""
+    result = drift.check_skew(
+        model_dir, os.path.join(output_dir, LABEL_STATS_FILE),
+        os.path.join(output_dir, TEXT_LENGTH_STATS_FILE), settings.skew_label_linf,
+        settings.skew_text_length_jsd, blocking=settings.skew_blocking,
+        anomalies_path=os.path.join(output_dir, drift.SKEW_ANOMALIES_FILE))
+    if result.get("blocking") and not settings.allow_anomalies:
+        raise BlockingAnomaliesError(
+            "the scoring data is skewed against the model's training data:\n  "
+            + "\n  ".join(result["messages"]) + "\nCheck the data, or pass --allow-anomalies.")
+    return result
+
+
 def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], output_dir: str,
               schema_path: Optional[str], fallback_schema: str, reader: eg.ExampleGenSettings,
               settings: ScoreSettings, beam_options) -> Dict[str, Any]:
     """Scores `inputs` with a pushed version; returns the summary also written to the output.
 
     The data is validated against `schema_path`, or when None the schema pushed with the
-    model, or `fallback_schema`.
+    model, or `fallback_schema`; then compared with the model's training statistics when the
+    version has them (summary["skew"], see `check_skew`).
     """
     import tensorflow_data_validation as tfdv
 
@@ -212,18 +254,17 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     with open(os.path.join(output_dir, eg.COUNTS_FILE)) as f:
         counts = eg.summarize_counts(json.load(f), splits=(SCORE_SPLIT,))
 
-    anomalies = []
+    anomalies, skew = [], {"skipped": "no rows to score"}
     if counts["written"]:
         stats = tfdv.load_stats_binary(os.path.join(output_dir, STATS_FILE))
         result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
-        from components.example_validator import describe_anomalies, is_blocking
-
         tfdv.write_anomalies_text(result, os.path.join(output_dir, "anomalies.pbtxt"))
         anomalies = describe_anomalies(SCORE_SPLIT, result)
         if is_blocking(result) and not settings.allow_anomalies:
             raise BlockingAnomaliesError(
                 "the scoring data does not match the schema's SERVING environment:\n  "
                 + "\n  ".join(anomalies) + "\nFix the data, or pass --allow-anomalies.")
+        skew = check_skew(model_dir, output_dir, settings)
 
     handler = KeyedModelHandler(RawTextModelHandler(model_dir, settings.min_batch_size,
                                                     settings.max_batch_size))
@@ -264,6 +305,7 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
                "read": counts["read"],
                "scored": scored, "quarantined": counts["quarantined"],
                "quarantine_reasons": counts["quarantine_reasons"], "anomalies": anomalies,
+               "skew": skew,
                "classes": classes, "labelled": labelled,
                "accuracy": correct / labelled if labelled else None}
     if summary["read"] != summary["scored"] + summary["quarantined"]:

@@ -18,6 +18,7 @@ from components.transform import (TRANSFORM_INFO_FILE, VOCAB_NAME, dense_token_i
 MODEL_DIR = "model"
 LOGS_DIR = "logs"
 HISTORY_FILE = "history.json"
+INTERLEAVE_CYCLE = 4  # files read at once: fixed, so the record order is the same on any machine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +55,16 @@ def choose_strategy():
 
 def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
                  num_classes: int, batch_size: int, training: bool, settings: TrainerSettings):
-    """(ids, one-hot label) batches streamed from gzip TFRecords; never loaded into numpy."""
+    """(ids, one-hot label) batches streamed from gzip TFRecords; never loaded into numpy.
+
+    The records reach the seeded shuffle in an order fixed by the files alone (`record_dataset`),
+    so the same files train the same weights on any machine.
+    """
     import tensorflow as tf
 
     text_key = features.transformed_name(features.TEXT)
     label_key = features.transformed_name(features.LABEL)
-    files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
-    ds = files.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-        cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = record_dataset(file_pattern)
     if settings.cache:
         ds = ds.cache()
     if training:
@@ -77,6 +79,21 @@ def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
 
     return (ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def record_dataset(file_pattern: str):
+    """The serialized records of the gzip TFRecord files matching `file_pattern`, in an order
+    that depends only on the files' names and contents: the files sorted by name, interleaved
+    with a fixed cycle length (AUTOTUNE would follow the machine's cores)."""
+    import tensorflow as tf
+
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    if not files:
+        raise FileNotFoundError(f"no files match {file_pattern}")
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), INTERLEAVE_CYCLE), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
 
 
 def read_transform_info(transform_dir: str) -> Dict[str, Any]:

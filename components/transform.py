@@ -14,12 +14,13 @@ import functools
 import json
 import os
 import shutil
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import apache_beam as beam
 
 from components import features
 from components.artifacts import staged_output
+from components.canonical import WriteSortedTFRecords, num_shards_for
 from components.errors import UserInputError
 from components.statistics_gen import available_splits, split_data_pattern
 
@@ -52,6 +53,9 @@ class TransformSettings:
     top_k: int = 0  # keep the k most frequent tokens; 0 keeps all
     frequency_threshold: int = 0  # drop tokens seen fewer times in Split-train; 0 or 1 keep all
     num_oov_buckets: int = 1
+    # Transformed examples are written in a canonical order, by content (components.canonical):
+    # one file per this many records of the split, each file sorted in one worker's memory.
+    records_per_shard: int = 100_000
 
     def __post_init__(self):
         if self.max_len != AUTO and (isinstance(self.max_len, bool) or not isinstance(
@@ -64,6 +68,10 @@ class TransformSettings:
         if self.top_k < 0 or self.frequency_threshold < 0 or self.num_oov_buckets < 1:
             raise UserInputError("transform.top_k and frequency_threshold must be >= 0, "
                                  "num_oov_buckets >= 1")
+        if (isinstance(self.records_per_shard, bool) or not isinstance(self.records_per_shard, int)
+                or self.records_per_shard < 1):
+            raise UserInputError("transform.records_per_shard must be a number of records >= 1; "
+                                 f"got {self.records_per_shard!r}")
 
 
 def raw_feature_spec(with_label: bool = True) -> Dict[str, Any]:
@@ -179,7 +187,11 @@ def make_preprocessing_fn(settings: TransformSettings, classes: Sequence[str]):
 
 def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                   settings: TransformSettings, beam_options) -> Dict[str, Any]:
-    """Analyses Split-train, transforms every split; writes TFRecords and the transform graph."""
+    """Analyses Split-train, transforms every split; writes TFRecords and the transform graph.
+
+    The transformed examples are written in a canonical layout (`WriteSortedTFRecords`): the
+    same records give the same files, whatever order the runner processed them in.
+    """
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import schema_utils
@@ -217,9 +229,9 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                 _ = (
                     batches
                     | f"Encode[{split}]" >> beam.ParDo(_EncodeFn(), transformed_schema)
-                    | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                    | f"Write[{split}]" >> WriteSortedTFRecords(
                         os.path.join(tmp, features.split_dir_name(split), TRANSFORMED_PREFIX),
-                        file_name_suffix=".gz"))
+                        transformed_num_shards(examples_dir, split, settings)))
                 _ = (
                     batches
                     | f"TokenStats[{split}]" >> beam.CombineGlobally(TokenStatsFn())
@@ -283,19 +295,58 @@ def _read_token_stats(transform_dir: str, split: str, max_len: int) -> Dict[str,
 
 
 class _EncodeFn(beam.DoFn):
-    """(RecordBatch, passthrough) of transformed features -> serialized tf.Examples."""
+    """(RecordBatch, passthrough) of transformed features -> serialized tf.Examples.
+
+    The encoder serializes each Example's feature map in hash-map order, which varies from
+    process to process; serializing again deterministically (map keys sorted) makes the bytes a
+    function of the features alone, as the canonical writer needs.
+    """
 
     def __init__(self):
         self._encoder = None
+        self._parse = None
 
-    def process(self, element, schema) -> List[bytes]:
+    def process(self, element, schema) -> Iterator[bytes]:
         if self._encoder is None:
+            import tensorflow as tf
             from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
             self._encoder = RecordBatchToExamplesEncoder(schema)
+            self._parse = tf.train.Example.FromString
         record_batch, _ = element
-        return self._encoder.encode(record_batch)
+        for serialized in self._encoder.encode(record_batch):
+            yield self._parse(serialized).SerializeToString(deterministic=True)
 
 
 def transformed_data_pattern(transform_dir: str, split: str) -> str:
     return os.path.join(transform_dir, features.split_dir_name(split), f"{TRANSFORMED_PREFIX}*")
+
+
+def transformed_num_shards(examples_dir: str, split: str, settings: TransformSettings) -> int:
+    """Files for a split's transformed examples: its record count (from ExampleGen's
+    `counts.json`) over `records_per_shard`; one file when the artifact has no counts.
+
+    The count comes from the input artifact, never from how its records are laid out, so the
+    same records give the same files.
+    """
+    records = read_split_count(examples_dir, split)
+    return num_shards_for(records or 0, settings.records_per_shard)
+
+
+def read_split_count(examples_dir: str, split: str) -> Optional[int]:
+    """Records of `split` in an ExampleGen artifact, from its `counts.json`; None if unknown."""
+    import tensorflow as tf
+
+    from components.example_gen import COUNTS_FILE
+
+    path = os.path.join(examples_dir, COUNTS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            counts = json.load(f)
+        except ValueError as e:
+            raise UserInputError(f"{path} is not valid JSON: {e}") from e
+    splits = counts.get("splits") if isinstance(counts, dict) else None
+    n = splits.get(split) if isinstance(splits, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None

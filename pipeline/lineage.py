@@ -1,0 +1,137 @@
+"""Questions answered from a root's ML Metadata store: which runs happened, how a version was made."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from components.errors import UserInputError
+from components import features
+from pipeline import configs
+from pipeline import metadata as meta
+
+
+_METRICS = (("sparse_categorical_accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+            ("example_count", "examples"))
+
+
+def _store(pipeline_root: str) -> meta.MetadataStore:
+    store = meta.open_existing(pipeline_root)
+    if store is None:
+        raise UserInputError(f"{pipeline_root} has no metadata store ({meta.STORE_FILE}): no run "
+                             "has been recorded there")
+    return store
+
+
+def format_runs(pipeline_root: str) -> str:
+    """One line per run: id, start, status, exit code, stages executed/reused, pushed version."""
+    runs = _store(pipeline_root).runs()
+    if not runs:
+        return f"no runs recorded in {pipeline_root}"
+    lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
+             f"{'executed':>8} {'reused':>6}  pushed"]
+    for run in runs:
+        executions = run["executions"]
+        executed = sum(1 for e in executions if e.state in ("COMPLETE", "FAILED", "RUNNING",
+                                                            "CANCELED"))
+        reused = sum(1 for e in executions if e.state == "CACHED")
+        pushed = next((f"version {a.properties.get('version')}" + (
+            f" (pushed by {e.properties.get('reused_from')})" if e.state == "CACHED" else "")
+            for e in executions for a in e.outputs.get("pushed_model", [])), "-")
+        exit_code = run.get("exit_code")
+        lines.append(f"{run['run_id']:<24} {run.get('started', '?'):<25} "
+                     f"{run.get('status', '?'):<20} "
+                     f"{'' if exit_code is None else exit_code:>4}  {executed:>8} {reused:>6}  "
+                     f"{pushed}")
+    return "\n".join(lines)
+
+
+def _root_of(version_dir: str) -> str:
+    path = os.path.join(version_dir, "metadata.json")
+    if not os.path.exists(path):
+        raise UserInputError(f"{version_dir} is not a pushed version (no metadata.json); pass "
+                             "SERVING_DIR/MODEL_NAME/VERSION")
+    with open(path) as f:
+        return json.load(f)["config"]["pipeline_root"]
+
+
+def lineage(version_dir: str, pipeline_root: Optional[str] = None) -> Dict[str, Any]:
+    """What made a pushed version: its run, and per stage what it read, did and produced."""
+    version_dir = version_dir.rstrip("/")
+    root = pipeline_root or _root_of(version_dir)
+    store = _store(root)
+    pushed = store.artifact_by_uri(version_dir, meta.PUSHED_MODEL)
+    if pushed is None:
+        raise UserInputError(f"{version_dir} was not pushed by a run recorded in {root}")
+    pusher = store.producer(pushed.id)
+    run_id = pusher.run_id
+    stages: Dict[str, Dict[str, Any]] = {}
+    for e in store.run_executions(run_id):
+        stages[e.stage] = {"state": e.state, "reused_from": e.properties.get("reused_from"),
+                           "details": e.properties.get("details") or {},
+                           "inputs": e.inputs, "outputs": e.outputs,
+                           "output_dir": e.properties.get("output_dir")}
+    run = store.run_properties(run_id)
+    config = run.get("config")
+    return {"version": pushed.properties.get("version"), "path": version_dir, "root": root,
+            "run_id": run_id, "run": run,
+            "config": json.loads(config) if isinstance(config, str) else config,
+            "stages": stages}
+
+
+def format_lineage(version_dir: str, pipeline_root: Optional[str] = None) -> str:
+    info = lineage(version_dir, pipeline_root)
+    stages = info["stages"]
+    run = info["run"]
+    lines = [f"version {info['version']} ({info['path']}) was pushed by run {info['run_id']}",
+             f"  run started {run.get('started')}, {run.get('status')} (exit "
+             f"{run.get('exit_code')}), git commit {run.get('git_commit') or 'unknown'}",
+             f"  pipeline root {info['root']}"]
+
+    def how(stage: str) -> str:
+        s = stages.get(stage, {})
+        return (f"reused from run {s['reused_from']}" if s.get("reused_from")
+                else {"COMPLETE": "executed"}.get(s.get("state"), str(s.get("state"))))
+
+    eg = stages.get(configs.EXAMPLE_GEN, {})
+    lines.append(f"inputs ({how(configs.EXAMPLE_GEN)} by ExampleGen):")
+    for artifact in eg.get("inputs", {}).get("files", []):
+        sha = artifact.properties.get("sha256") or f"{artifact.properties.get('files')} files"
+        lines.append(f"  {artifact.uri}  sha256 {sha}")
+    counts = eg.get("details", {})
+    if counts:
+        splits = ", ".join(f"{s} {counts['splits'][s]}" for s in features.SPLITS
+                           if counts.get("splits", {}).get(s))
+        lines.append(f"rows: read {counts.get('read')} = written {counts.get('written')} "
+                     f"({splits}) + quarantined {counts.get('quarantined')}")
+    schema = stages.get(configs.SCHEMA_GEN, {}).get("details", {})
+    if schema:
+        lines.append(f"schema: {schema.get('origin')} ({schema.get('schema')}), classes "
+                     f"{', '.join(map(str, schema.get('classes', [])))}")
+    transform = stages.get(configs.TRANSFORM, {}).get("details", {})
+    if transform:
+        lines.append(f"transform ({how(configs.TRANSFORM)}): vocabulary "
+                     f"{transform.get('vocabulary_size')} tokens, max_len "
+                     f"{transform.get('max_len')}")
+    trainer = stages.get(configs.TRAINER, {})
+    if trainer.get("details"):
+        d = trainer["details"]
+        lines.append(f"model ({how(configs.TRAINER)}): {d.get('model')}, {d.get('epochs_run')} "
+                     f"epochs (best {d.get('best_epoch')})")
+    evaluator = stages.get(configs.EVALUATOR, {})
+    if evaluator.get("details"):
+        d = evaluator["details"]
+        overall = (d.get("metrics") or {}).get("Overall", {})
+        lines.append(f"evaluation ({how(configs.EVALUATOR)}) on Split-{d.get('split')}: "
+                     + ", ".join(f"{name} {overall[key]:.4f}" for key, name in _METRICS
+                                 if isinstance(overall.get(key), (int, float)))
+                     + (", BLESSED" if d.get("blessed") else ", NOT BLESSED"))
+        base = (d.get("baseline_metrics") or {}).get("Overall", {})
+        if d.get("baseline"):
+            acc = base.get("sparse_categorical_accuracy")
+            lines.append(f"baseline it beat: {d['baseline']}"
+                         + (f" (accuracy {acc:.4f})" if isinstance(acc, float) else ""))
+        else:
+            lines.append("baseline it beat: none (no earlier version to compare with)")
+    lines.append("config: " + json.dumps(info["config"], sort_keys=True))
+    return "\n".join(lines)

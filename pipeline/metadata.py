@@ -1,0 +1,327 @@
+"""Lineage in ML Metadata: every stage execution of every run, in `<root>/metadata.sqlite`.
+
+Artifacts carry TFX's type names and a content fingerprint; executions carry the stage's
+parameters, its cache key, the code version, its state and what it reported; each run is a
+context (and the whole root one `pipeline` context). Only MLMD's own API is used.
+
+States: RUNNING while a stage executes, COMPLETE when its artifacts are published, FAILED when
+it raised, CACHED when a run reused an earlier execution's outputs (its output events point at
+those artifacts), CANCELED when its run died (killed) before the stage ended.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+STORE_FILE = "metadata.sqlite"
+PIPELINE_CONTEXT = "pipeline"
+RUN_CONTEXT = "pipeline_run"
+
+# TFX's artifact type names; ExternalArtifact is an input file (or folder) of ExampleGen.
+EXTERNAL = "ExternalArtifact"
+EXAMPLES = "Examples"
+STATISTICS = "ExampleStatistics"
+SCHEMA = "Schema"
+ANOMALIES = "ExampleAnomalies"
+TRANSFORM_GRAPH = "TransformGraph"
+MODEL = "Model"
+EVALUATION = "ModelEvaluation"
+BLESSING = "ModelBlessing"
+PUSHED_MODEL = "PushedModel"
+ARTIFACT_TYPES = (EXTERNAL, EXAMPLES, STATISTICS, SCHEMA, ANOMALIES, TRANSFORM_GRAPH, MODEL,
+                  EVALUATION, BLESSING, PUSHED_MODEL)
+
+
+@dataclasses.dataclass
+class Artifact:
+    """An artifact as the orchestration sees it: type, where it is, what its content hashes to."""
+
+    type_name: str
+    uri: str
+    fingerprint: str
+    properties: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    id: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Execution:
+    id: int
+    stage: str
+    state: str
+    run_id: str
+    properties: Dict[str, Any]
+    inputs: Dict[str, List[Artifact]]
+    outputs: Dict[str, List[Artifact]]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _set(props, values: Dict[str, Any]) -> None:
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            props[key].int_value = int(value)
+        elif isinstance(value, int):
+            props[key].int_value = value
+        elif isinstance(value, float):
+            props[key].double_value = value
+        elif isinstance(value, str):
+            props[key].string_value = value
+        else:
+            props[key].string_value = json.dumps(value, sort_keys=True, default=str)
+
+
+def _get(props) -> Dict[str, Any]:
+    out = {}
+    for key, value in props.items():
+        kind = value.WhichOneof("value")
+        out[key] = getattr(value, kind) if kind else None
+    return out
+
+
+class MetadataStore:
+    """The root's MLMD store (SQLite), created on first use."""
+
+    def __init__(self, pipeline_root: str):
+        from ml_metadata.metadata_store import metadata_store
+        from ml_metadata.proto import metadata_store_pb2 as pb
+
+        self._pb = pb
+        self.path = os.path.join(pipeline_root, STORE_FILE)
+        self.existed = os.path.exists(self.path)
+        os.makedirs(pipeline_root, exist_ok=True)
+        config = pb.ConnectionConfig()
+        config.sqlite.filename_uri = self.path
+        config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        self.store = metadata_store.MetadataStore(config)
+        self._artifact_types = {name: self.store.put_artifact_type(pb.ArtifactType(name=name))
+                                for name in ARTIFACT_TYPES}
+        self._type_names = {v: k for k, v in self._artifact_types.items()}
+        self._context_types = {name: self.store.put_context_type(pb.ContextType(name=name))
+                               for name in (PIPELINE_CONTEXT, RUN_CONTEXT)}
+        self._execution_types: Dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------ runs
+
+    def start_run(self, pipeline_name: str, run_id: str, properties: Dict[str, Any]) -> None:
+        pb = self._pb
+        pipeline = self.store.get_context_by_type_and_name(PIPELINE_CONTEXT, pipeline_name)
+        if pipeline is None:
+            pipeline = pb.Context(type_id=self._context_types[PIPELINE_CONTEXT],
+                                  name=pipeline_name)
+            [pipeline.id] = self.store.put_contexts([pipeline])
+        run = pb.Context(type_id=self._context_types[RUN_CONTEXT], name=run_id)
+        _set(run.custom_properties, dict(properties, status="running", started=_now()))
+        [run.id] = self.store.put_contexts([run])
+        self.store.put_parent_contexts([pb.ParentContext(child_id=run.id, parent_id=pipeline.id)])
+        self._pipeline_context, self._run_context = pipeline, run
+
+    def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
+        run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+        _set(run.custom_properties, {"status": status, "exit_code": exit_code,
+                                     "finished": _now()})
+        self.store.put_contexts([run])
+
+    def mark_dead_runs(self) -> List[str]:
+        """Runs still "running" while their root is free died: mark them and their stages.
+
+        Call with the root's lock held (so no live run is "running").
+        """
+        pb = self._pb
+        dead = []
+        for run in self.store.get_contexts_by_type(RUN_CONTEXT):
+            if _get(run.custom_properties).get("status") != "running":
+                continue
+            _set(run.custom_properties, {"status": "died", "exit_code": -9})
+            self.store.put_contexts([run])
+            executions = [e for e in self.store.get_executions_by_context(run.id)
+                          if e.last_known_state == pb.Execution.RUNNING]
+            for e in executions:
+                e.last_known_state = pb.Execution.CANCELED
+            if executions:
+                self.store.put_executions(executions)
+            dead.append(run.name)
+        return dead
+
+    def runs(self) -> List[Dict[str, Any]]:
+        """Every run, oldest first: its properties and its executions by stage."""
+        out = []
+        for run in sorted(self.store.get_contexts_by_type(RUN_CONTEXT), key=lambda c: c.id):
+            executions = [self._execution(e) for e in sorted(
+                self.store.get_executions_by_context(run.id), key=lambda e: e.id)]
+            out.append(dict(_get(run.custom_properties), run_id=run.name,
+                            executions=executions))
+        return out
+
+    # ------------------------------------------------------------------------------ executions
+
+    def _execution_type(self, stage: str) -> int:
+        if stage not in self._execution_types:
+            self._execution_types[stage] = self.store.put_execution_type(
+                self._pb.ExecutionType(name=stage))
+        return self._execution_types[stage]
+
+    def _put_artifact(self, artifact: Artifact, run_id: str) -> int:
+        if artifact.id is not None:
+            return artifact.id
+        pb = self._pb
+        a = pb.Artifact(type_id=self._artifact_types[artifact.type_name], uri=artifact.uri,
+                        state=pb.Artifact.LIVE)
+        _set(a.custom_properties, dict(artifact.properties, fingerprint=artifact.fingerprint,
+                                       run_id=run_id))
+        [artifact.id] = self.store.put_artifacts([a])
+        return artifact.id
+
+    def _put(self, stage: str, state: int, properties: Dict[str, Any],
+             inputs: Dict[str, List[Artifact]], outputs: Dict[str, List[Artifact]],
+             execution_id: Optional[int] = None) -> int:
+        pb = self._pb
+        run_id = self._run_context.name
+        e = pb.Execution(type_id=self._execution_type(stage), last_known_state=state)
+        if execution_id is not None:
+            e.id = execution_id
+            [old] = self.store.get_executions_by_id([execution_id])
+            e.custom_properties.MergeFrom(old.custom_properties)
+        _set(e.custom_properties, dict(properties, run_id=run_id))
+        pairs = []
+        for kind, artifacts in ((pb.Event.INPUT, inputs), (pb.Event.OUTPUT, outputs)):
+            for name, items in artifacts.items():
+                for index, artifact in enumerate(items):
+                    self._put_artifact(artifact, run_id)
+                    event = pb.Event(type=kind)
+                    event.path.steps.add().key = name
+                    event.path.steps.add().index = index
+                    pairs.append((pb.Artifact(id=artifact.id), event))
+        # Artifacts already stored are only referenced: put_execution must not rewrite them.
+        stored = {a.id: a for a in self.store.get_artifacts_by_id([p[0].id for p in pairs])}
+        pairs = [(stored[a.id], ev) for a, ev in pairs]
+        execution_id, _, _ = self.store.put_execution(
+            e, pairs, [self._pipeline_context, self._run_context],
+            reuse_context_if_already_exist=True)
+        return execution_id
+
+    def start_execution(self, stage: str, properties: Dict[str, Any],
+                        inputs: Dict[str, List[Artifact]]) -> int:
+        return self._put(stage, self._pb.Execution.RUNNING, dict(properties, started=_now()),
+                         inputs, {})
+
+    def complete_execution(self, execution_id: int, stage: str, details: Any,
+                           outputs: Dict[str, List[Artifact]]) -> None:
+        self._put(stage, self._pb.Execution.COMPLETE, {"details": details, "finished": _now()},
+                  {}, outputs, execution_id)
+
+    def fail_execution(self, execution_id: int, stage: str, error: str,
+                       details: Any = None) -> None:
+        self._put(stage, self._pb.Execution.FAILED,
+                  {"error": error, "details": details, "finished": _now()}, {}, {},
+                  execution_id)
+
+    def cached_execution(self, stage: str, properties: Dict[str, Any],
+                         inputs: Dict[str, List[Artifact]], source: Execution) -> int:
+        """Records that this run reused `source`'s outputs."""
+        return self._put(stage, self._pb.Execution.CACHED, dict(
+            properties, reused_from=source.run_id, reused_execution=source.id,
+            details=source.properties.get("details"), started=_now(), finished=_now()),
+            inputs, source.outputs)
+
+    def find_cached(self, stage: str, cache_key: str) -> Optional[Execution]:
+        """The newest COMPLETE execution of `stage` with `cache_key` whose outputs still exist."""
+        pb = self._pb
+        candidates = [e for e in self.store.get_executions_by_type(stage)
+                      if e.last_known_state == pb.Execution.COMPLETE
+                      and e.custom_properties["cache_key"].string_value == cache_key]
+        for e in sorted(candidates, key=lambda e: -e.id):
+            execution = self._execution(e)
+            if all(os.path.exists(a.uri) for items in execution.outputs.values() for a in items):
+                return execution
+        return None
+
+    def _execution(self, e) -> Execution:
+        pb = self._pb
+        inputs: Dict[str, List[Artifact]] = {}
+        outputs: Dict[str, List[Artifact]] = {}
+        events = self.store.get_events_by_execution_ids([e.id])
+        artifacts = {a.id: a for a in self.store.get_artifacts_by_id(
+            [ev.artifact_id for ev in events])}
+        for ev in sorted(events, key=lambda ev: [s.index for s in ev.path.steps
+                                                 if s.HasField("index")]):
+            target = inputs if ev.type == pb.Event.INPUT else outputs
+            name = next(s.key for s in ev.path.steps if s.HasField("key"))
+            target.setdefault(name, []).append(self._artifact(artifacts[ev.artifact_id]))
+        props = _get(e.custom_properties)
+        if isinstance(props.get("details"), str):
+            props["details"] = json.loads(props["details"])
+        [type_] = self.store.get_execution_types_by_id([e.type_id])
+        return Execution(e.id, type_.name, pb.Execution.State.Name(e.last_known_state),
+                         props.get("run_id"), props, inputs, outputs)
+
+    def _artifact(self, a) -> Artifact:
+        props = _get(a.custom_properties)
+        return Artifact(self._type_names.get(a.type_id, "?"), a.uri,
+                        props.pop("fingerprint", ""), props, a.id)
+
+    # ------------------------------------------------------------------------------ queries
+
+    def pushed_models(self, model_base: str) -> List[Artifact]:
+        """PushedModel artifacts under `model_base` that still exist, newest first."""
+        base = os.path.abspath(model_base) + os.sep
+        found = [self._artifact(a) for a in self.store.get_artifacts_by_type(PUSHED_MODEL)
+                 if os.path.abspath(a.uri).startswith(base)]
+        return sorted((a for a in found if os.path.exists(a.uri)), key=lambda a: -a.id)
+
+    def latest_complete(self, stage: str) -> Optional[Execution]:
+        """The newest execution of `stage` that ran to completion (not a reuse)."""
+        done = [e for e in self.store.get_executions_by_type(stage)
+                if e.last_known_state == self._pb.Execution.COMPLETE]
+        return self._execution(max(done, key=lambda e: e.id)) if done else None
+
+    def producer(self, artifact_id: int) -> Optional[Execution]:
+        """The execution that first output the artifact (not a later CACHED reference)."""
+        pb = self._pb
+        events = [ev for ev in self.store.get_events_by_artifact_ids([artifact_id])
+                  if ev.type == pb.Event.OUTPUT]
+        executions = [self._execution(e) for e in self.store.get_executions_by_id(
+            [ev.execution_id for ev in events])]
+        original = [e for e in executions if e.state != "CACHED"] or executions
+        return min(original, key=lambda e: e.id) if original else None
+
+    def artifact_by_uri(self, uri: str, type_name: str) -> Optional[Artifact]:
+        matches = [a for a in self.store.get_artifacts_by_uri(uri)
+                   if self._type_names.get(a.type_id) == type_name]
+        if not matches:  # the same directory spelled differently (relative, trailing slash)
+            target = os.path.abspath(uri)
+            matches = [a for a in self.store.get_artifacts_by_type(type_name)
+                       if os.path.abspath(a.uri) == target]
+        return self._artifact(max(matches, key=lambda a: a.id)) if matches else None
+
+    def run_executions(self, run_id: str) -> List[Execution]:
+        run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+        if run is None:
+            return []
+        return [self._execution(e) for e in sorted(self.store.get_executions_by_context(run.id),
+                                                   key=lambda e: e.id)]
+
+    def run_properties(self, run_id: str) -> Dict[str, Any]:
+        run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+        return _get(run.custom_properties) if run is not None else {}
+
+
+def stage_outputs(execution: Execution) -> Tuple[str, ...]:
+    return tuple(a.uri for items in execution.outputs.values() for a in items)
+
+
+def open_existing(pipeline_root: str) -> Optional[MetadataStore]:
+    """The root's store, or None when the root has none (never creates one)."""
+    if not os.path.exists(os.path.join(pipeline_root, STORE_FILE)):
+        return None
+    return MetadataStore(pipeline_root)
+
+
+def names(artifacts: Sequence[Artifact]) -> List[str]:
+    return [a.uri for a in artifacts]
