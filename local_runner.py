@@ -194,6 +194,13 @@ def _score(args, beam_args) -> int:
         print(f"  quarantined {n}: {reason}")
     if summary["labelled"]:
         print(f"  accuracy on the {summary['labelled']} labelled rows: {summary['accuracy']:.4f}")
+    skew = summary.get("skew") or {}
+    if skew.get("skipped"):
+        print(f"  skew: not checked ({skew['skipped']})")
+    for message in skew.get("messages", []):
+        print(f"  {message}")
+    if "messages" in skew and not skew["messages"]:
+        print("  skew: none beyond the thresholds against the model's training data")
     print(f"predictions: {args.output}/predictions/  summary: {args.output}/summary.json")
     return 0
 

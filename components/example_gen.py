@@ -78,6 +78,9 @@ class ExampleGenSettings:
     eval_ratio: float = 0.1  # share of unmarked and `train` rows sent to Split-eval
     max_text_bytes: int = 1 << 20
     require_label: bool = True
+    # Input files to parse that total at most this many bytes are parsed in this process: a Beam
+    # pipeline costs seconds to start, more than parsing a few MiB. Larger ones go to the runner.
+    in_process_max_bytes: int = 32 << 20
 
     def __post_init__(self):
         if self.input_format not in ("auto",) + FORMATS:
@@ -89,6 +92,8 @@ class ExampleGenSettings:
                 f"example_gen.eval_ratio must be in [0, 1); got {self.eval_ratio}")
         if self.max_text_bytes <= 0:
             raise UserInputError("example_gen.max_text_bytes must be positive")
+        if self.in_process_max_bytes < 0:
+            raise UserInputError("example_gen.in_process_max_bytes must be >= 0")
 
 
 @dataclasses.dataclass
@@ -606,9 +611,18 @@ def _load_json(path: str) -> Any:
 
 def parse_units(units: Sequence[Tuple[InputUnit, str]], settings: ExampleGenSettings,
                 beam_options) -> None:
-    """Parses each (unit, unit_dir) not yet published, in one Beam pipeline."""
+    """Parses each (unit, unit_dir) not yet published: in one Beam pipeline, or in this process
+    when they total at most `settings.in_process_max_bytes` (the same DoFn either way)."""
     todo = [(u, d) for u, d in units if not is_parsed(d)]
     if not todo:
+        return
+    size = sum(m.size_in_bytes for u, _ in todo for result in FileSystems.match(
+        [path for path, _ in u.items]) for m in result.metadata_list)
+    if size <= settings.in_process_max_bytes:
+        parse = ParseUnitFn(settings)
+        for element in todo:
+            for _ in parse.process(element):
+                pass
         return
     with beam.Pipeline(options=beam_options) as p:
         _ = (p

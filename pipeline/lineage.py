@@ -15,6 +15,10 @@ _METRICS = (("sparse_categorical_accuracy", "accuracy"), ("macro_f1", "macro-F1"
             ("example_count", "examples"))
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
+
+
 def _store(pipeline_root: str) -> meta.MetadataStore:
     store = meta.open_existing(pipeline_root)
     if store is None:
@@ -94,7 +98,7 @@ def format_lineage(version_dir: str, pipeline_root: Optional[str] = None) -> str
                 else {"COMPLETE": "executed"}.get(s.get("state"), str(s.get("state"))))
 
     eg = stages.get(configs.EXAMPLE_GEN, {})
-    lines.append(f"inputs ({how(configs.EXAMPLE_GEN)} by ExampleGen):")
+    lines.append(f"inputs (ExampleGen {how(configs.EXAMPLE_GEN)}):")
     for artifact in eg.get("inputs", {}).get("files", []):
         sha = artifact.properties.get("sha256") or f"{artifact.properties.get('files')} files"
         lines.append(f"  {artifact.uri}  sha256 {sha}")
@@ -123,7 +127,7 @@ def format_lineage(version_dir: str, pipeline_root: Optional[str] = None) -> str
         d = evaluator["details"]
         overall = (d.get("metrics") or {}).get("Overall", {})
         lines.append(f"evaluation ({how(configs.EVALUATOR)}) on Split-{d.get('split')}: "
-                     + ", ".join(f"{name} {overall[key]:.4f}" for key, name in _METRICS
+                     + ", ".join(f"{name} {_number(overall[key])}" for key, name in _METRICS
                                  if isinstance(overall.get(key), (int, float)))
                      + (", BLESSED" if d.get("blessed") else ", NOT BLESSED"))
         base = (d.get("baseline_metrics") or {}).get("Overall", {})

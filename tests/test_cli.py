@@ -53,7 +53,8 @@ def test_clean_run_multiprocessing_end_to_end(tmp_path):
     data = write_csv(tmp_path / "q.csv", trec_like())
     root = str(tmp_path / "root")
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY_TRAINER)
+    # ExampleGen through Beam too (small inputs are parsed in-process by default).
+    config.write_text(TINY_TRAINER + "\n[example_gen]\nin_process_max_bytes = 0\n")
     serving = str(tmp_path / "serving")
     proc = run_cli("run", "--input", data, "--pipeline-root", root, "--serving-dir", serving,
                    "--config", str(config))  # default Beam options: multi-processing

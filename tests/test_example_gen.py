@@ -146,8 +146,10 @@ def test_parse_unit_fn_writes_a_unit_and_is_idempotent(tmp_path):
 # ---------------------------------------------------------------------------- whole stage
 
 
-def test_every_quarantine_reason_and_counts_reconcile(tmp_path, in_memory_options):
-    settings = eg.ExampleGenSettings(max_text_bytes=50)
+@pytest.mark.parametrize("in_process_max_bytes", [0, 1 << 20], ids=["beam", "in-process"])
+def test_every_quarantine_reason_and_counts_reconcile(tmp_path, in_memory_options,
+                                                      in_process_max_bytes):
+    settings = eg.ExampleGenSettings(max_text_bytes=50, in_process_max_bytes=in_process_max_bytes)
     write(tmp_path / "in" / "rows.csv", "text,label,split\n"
                                         "good one,a,\n"
                                         "good two,b,test\n"
