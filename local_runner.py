@@ -108,6 +108,7 @@ def _run(args, beam_args) -> int:
         "trainer": {"model": {"embeddings": args.embeddings,
                               "embeddings_trainable": args.embeddings_trainable}},
         "pusher": {"serving_dir": args.serving_dir}})
+    config = configs.with_absolute_paths(config)
     run_id = new_run_id()
     with RootLock(config.pipeline_root, run_id):  # one run at a time per root
         return _run_recorded(config, beam_args, run_id, use_cache=not args.no_cache)

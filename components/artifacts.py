@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import os
 import shutil
-from typing import Iterator
+from typing import Iterator, Sequence
 
 
 def artifact_dir(pipeline_root: str, stage: str, execution: str) -> str:
@@ -37,12 +37,16 @@ def staged_output(final_dir: str) -> Iterator[str]:
     os.rename(tmp, final_dir)
 
 
-def fingerprint_dir(path: str) -> str:
-    """sha256 over the names and bytes of every file under `path`, in sorted order."""
+def fingerprint_dir(path: str, ignore: Sequence[str] = ()) -> str:
+    """sha256 over the names and bytes of every file under `path`, in sorted order.
+
+    Files named in `ignore` are left out (e.g. a SavedModel's graph, which records the
+    temporary paths it was built in).
+    """
     h = hashlib.sha256()
     for root, dirs, files in sorted(os.walk(path)):
         dirs.sort()
-        for name in sorted(files):
+        for name in sorted(f for f in files if f not in ignore):
             full = os.path.join(root, name)
             h.update(os.path.relpath(full, path).encode("utf-8") + b"\0")
             with open(full, "rb") as f:

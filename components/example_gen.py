@@ -531,8 +531,17 @@ def unit_fingerprint(unit: InputUnit, file_hashes: Optional[Sequence[str]] = Non
 
 
 def is_parsed(unit_dir: str) -> bool:
-    """A unit directory is published (renamed into place) only when complete."""
-    return FileSystems.exists(os.path.join(unit_dir, COUNTS_FILE))
+    """Whether a unit directory is published and complete: its tallies are there, and so is
+    the file of every split and of the quarantine they count."""
+    if not FileSystems.exists(os.path.join(unit_dir, COUNTS_FILE)):
+        return False
+    tallies = _load_json(os.path.join(unit_dir, COUNTS_FILE))
+    expected = [os.path.join(unit_dir, features.split_dir_name(k.split(":", 1)[1]),
+                             UNIT_DATA_FILE) for k, n in tallies.items()
+                if k.startswith("split:") and n]
+    if any(k.startswith("quarantine:") and n for k, n in tallies.items()):
+        expected.append(os.path.join(unit_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))
+    return all(FileSystems.exists(path) for path in expected)
 
 
 class ParseUnitFn(beam.DoFn):
@@ -554,6 +563,7 @@ class ParseUnitFn(beam.DoFn):
             yield unit.name, _load_json(os.path.join(unit_dir, COUNTS_FILE))
             return
         tmp = f"{unit_dir.rstrip('/')}.tmp-{uuid.uuid4().hex}"
+        tf.io.gfile.makedirs(tmp)
         tallies: Counter = Counter()
         writers: Dict[str, Any] = {}
         quarantine = None
@@ -582,7 +592,9 @@ class ParseUnitFn(beam.DoFn):
                 writer.close()
             if quarantine is not None:
                 quarantine.close()
-            with _open_text(os.path.join(tmp, COUNTS_FILE)) as f:
+            if not tf.io.gfile.isdir(tmp):  # removed under us (a cleanup): never publish
+                raise RuntimeError(f"temporary unit directory {tmp} disappeared while parsing")
+            with tf.io.gfile.GFile(os.path.join(tmp, COUNTS_FILE), "w") as f:
                 json.dump(dict(sorted(tallies.items())), f)
             if is_parsed(unit_dir):  # another attempt finished first: same content
                 tf.io.gfile.rmtree(tmp)
@@ -657,15 +669,18 @@ def assemble_examples(units: Sequence[Tuple[InputUnit, str]], output_dir: str,
             source = os.path.join(unit_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE)
             if FileSystems.exists(source):
                 _link_or_copy(source, os.path.join(tmp, QUARANTINE_DIR, f"{part}.jsonl"))
-        names = [u.name for u, _ in units]
+        # The file depends on the units alone: not on the input order, nor on which units
+        # this run parsed (that goes only to the returned counts).
+        ordered = sorted(units, key=lambda unit: unit[0].name)
+        names = [u.name for u, _ in ordered]
         counts["inputs"] = names if len(names) <= 100 else len(names)
-        counts["units_parsed"] = sum(1 for n in names if n in set(parsed))
-        counts["units_reused"] = len(names) - counts["units_parsed"]
         counts["quarantine_sample"] = list(itertools.islice(
-            (q for _, d in units for q in _iter_jsonl(
+            (q for _, d in ordered for q in _iter_jsonl(
                 os.path.join(d, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))), QUARANTINE_SAMPLE))
         with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
             json.dump(counts, f, indent=2, sort_keys=True)
+    counts["units_parsed"] = sum(1 for n in names if n in set(parsed))
+    counts["units_reused"] = len(names) - counts["units_parsed"]
     return counts
 
 

@@ -131,3 +131,22 @@ def _merge(values: Dict[str, Any], overrides: Dict[str, Any]) -> None:
 
 def to_dict(config: PipelineConfig) -> Dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """The config with local paths made absolute: the run records them (summary, ML Metadata,
+    cache keys), and later runs or `lineage` may start from another directory."""
+    return dataclasses.replace(
+        config, pipeline_root=_absolute(config.pipeline_root),
+        inputs=tuple(_absolute(p) for p in config.inputs),
+        schema_path=config.schema_path if config.schema_path == "infer"
+        else _absolute(config.schema_path),
+        pusher=dataclasses.replace(config.pusher,
+                                   serving_dir=_absolute(config.pusher.serving_dir)),
+        trainer=dataclasses.replace(config.trainer, model=dataclasses.replace(
+            config.trainer.model, embeddings=config.trainer.model.embeddings and _absolute(
+                config.trainer.model.embeddings))))

@@ -68,6 +68,9 @@ def lineage(version_dir: str, pipeline_root: Optional[str] = None) -> Dict[str, 
     if pushed is None:
         raise UserInputError(f"{version_dir} was not pushed by a run recorded in {root}")
     pusher = store.producer(pushed.id)
+    if pusher is None:
+        raise UserInputError(f"{version_dir} was not pushed by a run recorded in {root}: the "
+                             "store knows it only as a baseline an Evaluator compared with")
     run_id = pusher.run_id
     stages: Dict[str, Dict[str, Any]] = {}
     for e in store.run_executions(run_id):

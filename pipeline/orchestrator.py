@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from components.artifacts import fingerprint_dir
 from pipeline.metadata import Artifact, MetadataStore
@@ -29,10 +29,12 @@ PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-v
             "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam")
 _COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "components")
+# The wiring decides too (what blocks, which checks run): its source is part of the version.
+_WIRING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline.py")
 
 
 def code_version() -> str:
-    """sha256 of the stages' source files and the versions of the libraries they run on.
+    """sha256 of the stages' source files, the wiring's, and the libraries' versions.
 
     A content hash rather than a git commit: an uncommitted edit changes it, and a commit that
     touches only docs or the CLI does not.
@@ -40,7 +42,7 @@ def code_version() -> str:
     from importlib import metadata as importlib_metadata
 
     h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(_COMPONENTS_DIR, "*.py"))):
+    for path in sorted(glob.glob(os.path.join(_COMPONENTS_DIR, "*.py"))) + [_WIRING]:
         h.update(os.path.basename(path).encode() + b"\0")
         with open(path, "rb") as f:
             h.update(f.read())
@@ -56,8 +58,15 @@ def cache_key(stage: str, code: str, params: Dict[str, Any],
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def dir_artifact(type_name: str, uri: str, **properties) -> Artifact:
-    return Artifact(type_name, uri, fingerprint_dir(uri), properties)
+# A SavedModel's graph embeds the temporary paths it was built in (tf.Transform's temp_dir, the
+# asset paths), so it differs between executions on the same inputs. What it computes is fixed
+# by the code and settings, which are in the cache key; its variables, assets and data are not
+# ignored.
+SAVED_MODEL_GRAPH = ("saved_model.pb", "fingerprint.pb")
+
+
+def dir_artifact(type_name: str, uri: str, ignore: Sequence[str] = (), **properties) -> Artifact:
+    return Artifact(type_name, uri, fingerprint_dir(uri, ignore), properties)
 
 
 @dataclasses.dataclass

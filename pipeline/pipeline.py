@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -30,7 +31,8 @@ from components.transform import run_transform
 from pipeline import configs
 from pipeline import metadata as meta
 from pipeline.metadata import Artifact, MetadataStore
-from pipeline.orchestrator import PACKAGES, Orchestrator, cache_key, dir_artifact
+from pipeline.orchestrator import (PACKAGES, SAVED_MODEL_GRAPH, Orchestrator, cache_key,
+                                   dir_artifact)
 
 DRIFT_SELF = "itself"  # the drift reference is the data itself: it was accepted before
 UNITS_DIR = ".units"  # ExampleGen's parsed input units, keyed by content, settings and code
@@ -135,10 +137,15 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     last = configs.STAGES.index(config.until)
     model_base = os.path.join(config.pusher.serving_dir, config.pusher.model_name)
     check_schema_path(config.schema_path)  # a typo fails now, not after the first stages
+    embeddings = config.trainer.model.embeddings
+    if embeddings and not os.path.isfile(embeddings):
+        raise UserInputError(f"embeddings file {embeddings} does not exist")
 
     # ExampleGen: each input unit (file, or folder of .txt files) is fingerprinted by content;
     # a unit parsed before under the same settings and code is not parsed again.
-    eg_settings = dataclasses.asdict(config.example_gen)
+    # What the records depend on (in_process_max_bytes only says where the parsing runs).
+    eg_settings = {k: v for k, v in dataclasses.asdict(config.example_gen).items()
+                   if k != "in_process_max_bytes"}
     units = plan_units(config.inputs, config.example_gen)
     files = []
     for u in units:
@@ -151,21 +158,20 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     unit_dirs = {u.name: os.path.join(root, configs.EXAMPLE_GEN, UNITS_DIR, cache_key(
         "ExampleGenUnit", orchestrator.code, eg_settings, {"unit": [f]})[:32])
         for u, f in zip(units, files)}
-    check_splits = last >= configs.STAGES.index(configs.TRANSFORM)
-
-    def example_gen():
-        counts = run_example_gen(config.inputs, fresh[configs.EXAMPLE_GEN], config.example_gen,
-                                 options, unit_dirs)
-        if check_splits:
-            check_training_splits(counts, config.example_gen.eval_ratio)
-        return counts
+    if not use_cache:  # parse every file again (artifacts made from them keep their hard links)
+        for unit_dir in unit_dirs.values():
+            shutil.rmtree(unit_dir, ignore_errors=True)
 
     examples = orchestrator.run(
-        configs.EXAMPLE_GEN, fresh[configs.EXAMPLE_GEN], example_gen, {"files": files},
-        {"settings": eg_settings, "check_training_splits": check_splits},
+        configs.EXAMPLE_GEN, fresh[configs.EXAMPLE_GEN],
+        lambda: run_example_gen(config.inputs, fresh[configs.EXAMPLE_GEN], config.example_gen,
+                                options, unit_dirs),
+        {"files": files}, {"settings": eg_settings},
         lambda d, details: {"examples": [dir_artifact(meta.EXAMPLES, d,
                                                       splits=details["splits"])]})
     examples_dir = examples.output_dir
+    if last >= configs.STAGES.index(configs.TRANSFORM):
+        check_training_splits(examples.details, config.example_gen.eval_ratio)
     if last < configs.STAGES.index(configs.STATISTICS_GEN):
         return
 
@@ -204,6 +210,10 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
 
     [statistics] = stats.outputs["statistics"]
     previous = previous_statistics(store, statistics)
+    if previous is not None and not os.path.isdir(previous.uri):
+        recorder.warn(f"the drift reference {previous.uri} (the last accepted training "
+                      "statistics) no longer exists: drift is not checked in this run")
+        previous = None
 
     def validate():
         schema_proto, splits = load_schema(schema_dir), available_splits(examples_dir)
@@ -259,18 +269,19 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         configs.TRANSFORM, fresh[configs.TRANSFORM], transform,
         {"examples": examples.outputs["examples"], "schema": schema.outputs["schema"]},
         {"settings": dataclasses.asdict(config.transform)},
-        lambda d, _: {"transform_graph": [dir_artifact(meta.TRANSFORM_GRAPH, d)]})
+        lambda d, _: {"transform_graph": [dir_artifact(meta.TRANSFORM_GRAPH, d,
+                                                       SAVED_MODEL_GRAPH)]})
     if last < configs.STAGES.index(configs.TRAINER):
         return
 
-    embeddings = config.trainer.model.embeddings
     trainer = orchestrator.run(
         configs.TRAINER, fresh[configs.TRAINER],
         lambda: run_trainer(transformed.output_dir, fresh[configs.TRAINER], config.trainer),
         {"transform_graph": transformed.outputs["transform_graph"]},
         {"settings": dataclasses.asdict(config.trainer),
          "embeddings_sha256": file_sha256(embeddings) if embeddings else None},
-        lambda d, _: {"model": [dir_artifact(meta.MODEL, os.path.join(d, MODEL_DIR))]})
+        lambda d, _: {"model": [dir_artifact(meta.MODEL, os.path.join(d, MODEL_DIR),
+                                             SAVED_MODEL_GRAPH)]})
     model_dir = os.path.join(trainer.output_dir, MODEL_DIR)
     [model] = trainer.outputs["model"]
     if last < configs.STAGES.index(configs.EVALUATOR):
@@ -308,7 +319,7 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
          "schema": schema.outputs["schema"], "statistics": stats.outputs["statistics"]},
         {"settings": dataclasses.asdict(config.pusher)},
         lambda d, details: {"pushed_model": [dir_artifact(
-            meta.PUSHED_MODEL, details["path"], version=details["version"],
+            meta.PUSHED_MODEL, details["path"], SAVED_MODEL_GRAPH, version=details["version"],
             model_fingerprint=model.fingerprint)]} if details.get("pushed", True) else {})
     if push.reused_from:
         recorder.summary["nothing_new"] = True
@@ -353,7 +364,8 @@ def resolve_baseline(store: MetadataStore, model_base: str, candidate: Artifact,
                   if a.properties.get("model_fingerprint") != candidate.fingerprint]
         return others[0] if others else None
     latest = latest_version_dir(model_base)
-    return orchestrator.known(dir_artifact(meta.PUSHED_MODEL, latest)) if latest else None
+    return (orchestrator.known(dir_artifact(meta.PUSHED_MODEL, latest, SAVED_MODEL_GRAPH))
+            if latest else None)
 
 
 def _print_curation_hint(path: str, inputs: Sequence[str], run_id: str) -> None:
