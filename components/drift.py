@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 from components import features
 from components.schema_gen import sort_classes
 from components.statistics_gen import STATS_FILE, TEXT_LENGTH, TEXT_LENGTH_STATS_FILE, \
-    value_counts
+    find_feature, value_counts
 
 TRAIN_STATS_FILE = "train_FeatureStats.pb"
 TRAIN_TEXT_LENGTH_STATS_FILE = "train_TextLengthStats.pb"
@@ -151,17 +151,6 @@ def _training_side(name: str, stats_dir: str) -> Side:
                 _load(os.path.join(stats_dir, TRAIN_TEXT_LENGTH_STATS_FILE)))
 
 
-def _feature(stats, name: str):
-    """The feature's statistics in the default slice, or None."""
-    if stats is None:
-        return None
-    for dataset in stats.datasets:
-        for feature in dataset.features:
-            if list(feature.path.step) == [name] or feature.name == name:
-                return feature
-    return None
-
-
 def _label_comparison(previous: Side, current: Side, threshold: float) -> Dict[str, Any]:
     """{"previous", "current": {class: share} over the classes of both, "threshold"}, or
     {"skipped": why}."""
@@ -193,7 +182,7 @@ def _text_length_comparison(previous: Side, current: Side, threshold: float) -> 
         if side.text_length is None:
             return {"skipped": f"the {side.name} statistics have no {TEXT_LENGTH_STATS_FILE} "
                                "(made before text lengths were recorded)"}
-        feature = _feature(side.text_length, TEXT_LENGTH)
+        feature = find_feature(side.text_length, TEXT_LENGTH)
         if feature is None or not feature.num_stats.common_stats.num_non_missing:
             return {"skipped": f"the {side.name} data has no texts"}
         summaries[key] = _length_summary(feature.num_stats)
@@ -250,7 +239,7 @@ def _combined(side: Side, compared: Dict[str, Any]):
     for name, source in ((features.LABEL, side.labels), (TEXT_LENGTH, side.text_length)):
         if name in compared:
             dataset.num_examples = max(dataset.num_examples, source.datasets[0].num_examples)
-            dataset.features.add().CopyFrom(_feature(source, name))
+            dataset.features.add().CopyFrom(find_feature(source, name))
     return stats
 
 

@@ -622,12 +622,16 @@ def _load_json(path: str) -> Any:
 
 
 def parse_units(units: Sequence[Tuple[InputUnit, str]], settings: ExampleGenSettings,
-                beam_options) -> None:
+                beam_options) -> List[str]:
     """Parses each (unit, unit_dir) not yet published: in one Beam pipeline, or in this process
-    when they total at most `settings.in_process_max_bytes` (the same DoFn either way)."""
+    when they total at most `settings.in_process_max_bytes` (the same DoFn either way).
+
+    Returns the names of the units it parsed.
+    """
     todo = [(u, d) for u, d in units if not is_parsed(d)]
+    parsed = [u.name for u, _ in todo]
     if not todo:
-        return
+        return parsed
     size = sum(m.size_in_bytes for u, _ in todo for result in FileSystems.match(
         [path for path, _ in u.items]) for m in result.metadata_list)
     if size <= settings.in_process_max_bytes:
@@ -635,12 +639,13 @@ def parse_units(units: Sequence[Tuple[InputUnit, str]], settings: ExampleGenSett
         for element in todo:
             for _ in parse.process(element):
                 pass
-        return
+        return parsed
     with beam.Pipeline(options=beam_options) as p:
         _ = (p
              | "CreateUnits" >> beam.Create(todo)
              | "Distribute" >> beam.Reshuffle()
              | "ParseUnits" >> beam.ParDo(ParseUnitFn(settings)))
+    return parsed
 
 
 def assemble_examples(units: Sequence[Tuple[InputUnit, str]], output_dir: str,
@@ -679,7 +684,7 @@ def assemble_examples(units: Sequence[Tuple[InputUnit, str]], output_dir: str,
                 os.path.join(d, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))), QUARANTINE_SAMPLE))
         with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
             json.dump(counts, f, indent=2, sort_keys=True)
-    counts["units_parsed"] = sum(1 for n in names if n in set(parsed))
+    counts["units_parsed"] = len(set(parsed) & set(names))
     counts["units_reused"] = len(names) - counts["units_parsed"]
     return counts
 
@@ -755,8 +760,7 @@ def run_example_gen(inputs: Sequence[str], output_dir: str, settings: ExampleGen
     local_units = os.path.join(output_dir + ".units")
     placed = [(u, (unit_dirs or {}).get(u.name)
                or os.path.join(local_units, unit_fingerprint(u)[:32])) for u in units]
-    parsed = [u.name for u, d in placed if not is_parsed(d)]
-    parse_units(placed, settings, beam_options)
+    parsed = parse_units(placed, settings, beam_options)
     counts = assemble_examples(placed, output_dir, parsed)
     shutil.rmtree(local_units, ignore_errors=True)
     if not counts["written"]:
@@ -774,8 +778,7 @@ def iter_quarantine(output_dir: str) -> Iterator[Dict[str, Any]]:
     """The quarantine records of an ExampleGen artifact, file by file, lazily."""
     qdir = os.path.join(output_dir, QUARANTINE_DIR)
     for name in sorted(os.listdir(qdir)) if os.path.isdir(qdir) else []:
-        with open(os.path.join(qdir, name), encoding="utf-8") as f:
-            yield from (json.loads(line) for line in f if line.strip())
+        yield from _iter_jsonl(os.path.join(qdir, name))
 
 
 def read_quarantine(output_dir: str) -> List[Dict[str, Any]]:

@@ -111,17 +111,27 @@ def value_counts(stats, feature_name: str) -> Optional[Dict[str, int]]:
     histogram holds (TFDV keeps `StatsOptions.num_rank_histogram_buckets`, 1000 by default) or
     is not a string.
     """
+    feature = find_feature(stats, feature_name)
+    if feature is None:
+        return {}
+    if not feature.HasField("string_stats"):
+        return None
+    string_stats = feature.string_stats
+    buckets = string_stats.rank_histogram.buckets
+    if string_stats.unique > len(buckets):
+        return None
+    return {b.label: int(round(b.sample_count)) for b in buckets}
+
+
+def find_feature(stats, name: str):
+    """The statistics of feature `name` (by path or name), or None when absent or no stats."""
+    if stats is None:
+        return None
     for dataset in stats.datasets:
         for feature in dataset.features:
-            if feature.path.step == [feature_name] or feature.name == feature_name:
-                if not feature.HasField("string_stats"):
-                    return None
-                string_stats = feature.string_stats
-                buckets = string_stats.rank_histogram.buckets
-                if string_stats.unique > len(buckets):
-                    return None
-                return {b.label: int(round(b.sample_count)) for b in buckets}
-    return {}
+            if list(feature.path.step) == [name] or feature.name == name:
+                return feature
+    return None
 
 
 def load_statistics(stats_dir: str, split: str, name: str = STATS_FILE):

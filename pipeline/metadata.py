@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional
 
 STORE_FILE = "metadata.sqlite"
 PIPELINE_CONTEXT = "pipeline"
@@ -312,16 +312,9 @@ class MetadataStore:
         return _get(run.custom_properties) if run is not None else {}
 
 
-def stage_outputs(execution: Execution) -> Tuple[str, ...]:
-    return tuple(a.uri for items in execution.outputs.values() for a in items)
-
-
 def open_existing(pipeline_root: str) -> Optional[MetadataStore]:
     """The root's store, or None when the root has none (never creates one)."""
     if not os.path.exists(os.path.join(pipeline_root, STORE_FILE)):
         return None
     return MetadataStore(pipeline_root)
 
-
-def names(artifacts: Sequence[Artifact]) -> List[str]:
-    return [a.uri for a in artifacts]

