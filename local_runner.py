@@ -3,12 +3,14 @@
 
   python local_runner.py data NAME --out DIR
   python local_runner.py run --input GLOB --pipeline-root DIR [--config FILE] [--until STAGE]
-                             [Beam flags, passed unchanged to PipelineOptions]
+                             [--metadata-dir DIR] [Beam flags, passed on to PipelineOptions]
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
                                --output DIR [Beam flags]
+  python local_runner.py train --transform-dir DIR --output DIR [--config FILE]
+                               (one worker's Trainer; the cluster comes from TF_CONFIG)
   python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
-  python local_runner.py runs PIPELINE_ROOT
-  python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION
+  python local_runner.py runs PIPELINE_ROOT [--metadata-dir DIR]
+  python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION [--metadata-dir DIR]
 
 Exit codes: 0 pushed, or nothing new to do (every stage reused), 2 bad usage/config/input or another run holds the pipeline root,
 3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.
@@ -41,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline; unknown flags go to Beam")
     run.add_argument("--input", action="append", required=True,
                      help="file, glob or directory; repeat for several")
-    run.add_argument("--pipeline-root", required=True)
+    run.add_argument("--pipeline-root", required=True,
+                     help="a local directory, or gs://, s3://, hdfs://... on shared storage")
+    run.add_argument("--metadata-dir",
+                     help="local directory for the ML Metadata store and the run lock "
+                          "(default: the pipeline root; required when the root is a URL)")
     run.add_argument("--config", help="JSON or TOML file mirroring pipeline/configs.py")
     run.add_argument("--until", help="last stage to run (default: the last one built)")
     run.add_argument("--schema", help="curated schema file (default schemas/schema.pbtxt), or "
@@ -71,15 +77,30 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--allow-anomalies", action="store_true")
     score.add_argument("-v", "--verbose", action="store_true")
 
+    train = sub.add_parser(
+        "train", help="run only the Trainer, on this machine or as one worker of the "
+                      "multi-worker cluster that TF_CONFIG describes (start it on every worker)")
+    train.add_argument("--transform-dir", required=True,
+                       help="a Transform output, <pipeline-root>/Transform/<run_id> (shared "
+                            "storage that every worker reads)")
+    train.add_argument("--output", required=True,
+                       help="the Trainer's output directory, new; only the chief writes it")
+    train.add_argument("--config", help="JSON or TOML file (its trainer table is used)")
+    train.add_argument("-v", "--verbose", action="store_true")
+
     report = sub.add_parser("report", help="write report.html for a recorded run")
     report.add_argument("pipeline_root")
     report.add_argument("--run", help="a run id under PIPELINE_ROOT/runs (default: the newest)")
 
     runs = sub.add_parser("runs", help="list the runs recorded in a pipeline root")
     runs.add_argument("pipeline_root")
+    runs.add_argument("--metadata-dir", help="where the root's ML Metadata store is (default: "
+                                             "the pipeline root)")
 
     lineage = sub.add_parser("lineage", help="how a pushed version was made")
     lineage.add_argument("version_dir", help="SERVING_DIR/MODEL_NAME/VERSION")
+    lineage.add_argument("--metadata-dir", help="where that root's ML Metadata store is "
+                                                "(default: the one the version records)")
     lineage.add_argument("--pipeline-root", help="the root that pushed it (default: the one "
                                                   "recorded in the version's metadata.json)")
     return parser
@@ -104,28 +125,34 @@ def _run(args, beam_args) -> int:
 
     config = configs.load_config(args.config, {
         "inputs": tuple(args.input), "pipeline_root": args.pipeline_root, "until": args.until,
+        "metadata_dir": args.metadata_dir,
         "schema_path": args.schema, "allow_anomalies": args.allow_anomalies,
         "trainer": {"model": {"embeddings": args.embeddings,
                               "embeddings_trainable": args.embeddings_trainable}},
         "pusher": {"serving_dir": args.serving_dir}})
     config = configs.with_absolute_paths(config)
     run_id = new_run_id()
-    with RootLock(config.pipeline_root, run_id):  # one run at a time per root
-        return _run_recorded(config, beam_args, run_id, use_cache=not args.no_cache)
+    metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
+    # One run at a time per root: the lock lives beside the store (object storage has none).
+    with RootLock(metadata_dir, run_id, root=config.pipeline_root):
+        return _run_recorded(config, beam_args, run_id, metadata_dir,
+                             use_cache=not args.no_cache)
 
 
-def _run_recorded(config, beam_args, run_id: str, use_cache: bool = True) -> int:
+def _run_recorded(config, beam_args, run_id: str, metadata_dir: str,
+                  use_cache: bool = True) -> int:
     """Runs the pipeline; the summary, the store and the report are updated however it ends."""
+    from components import fileio
     from pipeline import configs
     from pipeline.metadata import MetadataStore
     from pipeline.orchestrator import clean_stale_temporaries
     from pipeline.pipeline import RunRecorder, format_summary, git_commit, progress, run_pipeline
 
-    store = MetadataStore(config.pipeline_root)
+    store = MetadataStore(metadata_dir)
     for dead in store.mark_dead_runs():  # the lock is ours: a "running" run there died
         progress(f"run {dead} ended without finishing (killed?); its completed stages will be "
                  "reused")
-    clean_stale_temporaries(config.pipeline_root)
+    clean_stale_temporaries(config.pipeline_root, keep=store.complete_output_dirs())
     recorder = RunRecorder(config, run_id, beam_args)
     store.start_run(configs.PIPELINE_NAME, run_id, {
         "config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
@@ -143,7 +170,7 @@ def _run_recorded(config, beam_args, run_id: str, use_cache: bool = True) -> int
         store.finish_run(run_id, status, code)
         print(format_summary(recorder.summary))
         print(f"summary: {recorder.path}")
-        _write_report(os.path.dirname(recorder.path))
+        _write_report(fileio.dirname(recorder.path))
     return code
 
 
@@ -167,14 +194,14 @@ def _report(args) -> int:
 def _runs(args) -> int:
     from pipeline.lineage import format_runs
 
-    print(format_runs(args.pipeline_root))
+    print(format_runs(args.pipeline_root, args.metadata_dir))
     return 0
 
 
 def _lineage(args) -> int:
     from pipeline.lineage import format_lineage
 
-    print(format_lineage(args.version_dir, args.pipeline_root))
+    print(format_lineage(args.version_dir, args.pipeline_root, args.metadata_dir))
     return 0
 
 
@@ -206,6 +233,41 @@ def _score(args, beam_args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    """One worker's Trainer; the cluster is TF_CONFIG's (none when it is unset)."""
+    import json
+
+    from components.errors import UserInputError
+
+    tf_config = os.environ.get("TF_CONFIG", "").strip()
+    try:
+        cluster_spec = json.loads(tf_config) if tf_config else None
+    except ValueError as e:
+        raise UserInputError(f"TF_CONFIG is not valid JSON ({e}): set it to the cluster and this "
+                             'task, e.g. {"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+                             '"task": {"type": "worker", "index": 0}}, or unset it to train on '
+                             "this machine alone")
+    # Imported after the check: TensorFlow must not start before the Trainer creates its
+    # distribution strategy (see components.trainer.choose_strategy).
+    from components.trainer import run_trainer
+    from pipeline import configs
+
+    config = configs.with_absolute_paths(configs.load_config(args.config, {}))
+    result = run_trainer(args.transform_dir, args.output, config.trainer, cluster_spec)
+    where = (f"{result['task_type']} {result['task_id']} of {result['workers']} workers"
+             if result["task_type"] is not None else "this machine")
+    print(f"trained on {where} ({result['strategy']}, {result['replicas']} replica(s), global "
+          f"batch {result['global_batch_size']}): {result['epochs_run']} epochs, best "
+          f"{result['best_epoch']}, eval accuracy {result['metrics']['eval_accuracy']:.4f}")
+    print(f"weights sha256: {result['weights_sha256']}")
+    if result["is_chief"]:
+        print(f"model: {result['model']}")
+    else:
+        print(f"not the chief: the model was also saved to {result['scratch_dir']} (now "
+              "removed; the chief exports it)")
+    return 0
+
+
 def _configure_console(verbose: bool) -> None:
     """Progress lines always; library warnings, C++ logs and worker chatter only with -v."""
     from components import PROGRESS_LOGGER
@@ -232,12 +294,12 @@ def main(argv=None) -> int:
     verbose = getattr(args, "verbose", False)
     _configure_console(verbose)
     try:
-        if args.command in ("data", "report", "runs", "lineage"):
+        if args.command in ("data", "train", "report", "runs", "lineage"):
             if unknown:
                 from components.errors import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
-            return {"data": _data, "report": _report, "runs": _runs,
+            return {"data": _data, "train": _train, "report": _report, "runs": _runs,
                     "lineage": _lineage}[args.command](args)
         if args.command == "score":
             return _score(args, unknown)

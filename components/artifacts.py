@@ -1,55 +1,40 @@
 """Artifact directories: `<root>/<Stage>/<execution>/`, published only when complete.
 
-A stage writes into a hidden temporary sibling and renames it into place at the end, so a crash
-never leaves a half-written artifact at the path a later stage reads.
+A stage writes its output through `staged_output`, which publishes it with a marker
+(`fileio.publishing`): on a local disk by renaming a hidden temporary sibling into place, on
+object storage in place with the marker written last. A crash never leaves a directory that a
+later stage takes for a complete artifact.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import shutil
-from typing import Iterator, Sequence
+from typing import Sequence
+
+from components import fileio
+
+staged_output = fileio.publishing
 
 
 def artifact_dir(pipeline_root: str, stage: str, execution: str) -> str:
-    return os.path.join(pipeline_root, stage, execution)
-
-
-@contextlib.contextmanager
-def staged_output(final_dir: str) -> Iterator[str]:
-    """Yields a temporary directory; on success renames it to `final_dir`.
-
-    On an exception the temporary directory is removed and nothing appears at `final_dir`.
-    """
-    if os.path.exists(final_dir):
-        raise FileExistsError(f"artifact already exists, refusing to overwrite: {final_dir}")
-    parent, name = os.path.split(os.path.abspath(final_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.rename(tmp, final_dir)
+    return fileio.join(pipeline_root, stage, execution)
 
 
 def fingerprint_dir(path: str, ignore: Sequence[str] = ()) -> str:
     """sha256 over the names and bytes of every file under `path`, in sorted order.
 
     Files named in `ignore` are left out (e.g. a SavedModel's graph, which records the
-    temporary paths it was built in).
+    temporary paths it was built in), and so is the publication marker.
     """
     h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(f for f in files if f not in ignore):
-            full = os.path.join(root, name)
-            h.update(os.path.relpath(full, path).encode("utf-8") + b"\0")
-            with open(full, "rb") as f:
+    skip = set(ignore) | {fileio.MARKER}
+    prefix = path.rstrip("/") + "/"
+    for root, _, files in fileio.walk(path):
+        for name in files:
+            if name in skip:
+                continue
+            full = fileio.join(root, name)
+            h.update(full[len(prefix):].encode("utf-8") + b"\0")
+            with fileio.open_file(full, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()

@@ -19,6 +19,8 @@ from typing import Iterable, List, Tuple
 
 import apache_beam as beam
 
+from components import fileio
+
 _EMPTY = None  # the placeholder each shard gets, so that empty shards are written too
 
 
@@ -64,8 +66,8 @@ class WriteSortedTFRecords(beam.PTransform):
         self.suffix = suffix
 
     def expand(self, records):
-        directory, name = os.path.split(self.file_prefix)
-        temp_dir = os.path.join(directory, f".{name}-tmp")
+        directory, name = fileio.dirname(self.file_prefix), fileio.basename(self.file_prefix)
+        temp_dir = fileio.join(directory, f".{name}-tmp")
         keyed = records | "KeyByShard" >> beam.Map(_keyed, self.num_shards)
         placeholders = (records.pipeline
                         | "Shards" >> beam.Create([(i, _EMPTY) for i in range(self.num_shards)]))
@@ -100,25 +102,22 @@ class _WriteShardFn(beam.DoFn):
         shard, values = element
         records = sorted(v for v in values if v is not _EMPTY)
         path = shard_path(self._file_prefix, shard, self._num_shards, self._suffix)
-        tf.io.gfile.makedirs(self._temp_dir)
+        fileio.makedirs(self._temp_dir)
         # A name of its own per attempt: a retried bundle never writes into another's file.
-        temp = os.path.join(self._temp_dir, f"{os.path.basename(path)}.{uuid.uuid4().hex}")
+        temp = fileio.join(self._temp_dir, f"{fileio.basename(path)}.{uuid.uuid4().hex}")
         with tf.io.TFRecordWriter(temp, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
             for _, record in records:
                 w.write(record)
         # overwrite: an earlier attempt may have renamed its (identical) file before failing.
-        tf.io.gfile.rename(temp, path, overwrite=True)
+        fileio.rename(temp, path, overwrite=True)
         yield path
 
 
 def _finalize(written: List[str], expected: List[str], temp_dir: str) -> List[str]:
     """Checks that every shard was written; removes the temporary files failed attempts left."""
-    import tensorflow as tf
-
     written = sorted(set(written))
     if written != expected:
         missing = sorted(set(expected) - set(written))
         raise RuntimeError(f"shards not written: {missing[:5]} ({len(missing)} in all)")
-    if tf.io.gfile.exists(temp_dir):
-        tf.io.gfile.rmtree(temp_dir)
+    fileio.rmtree(temp_dir)
     return written

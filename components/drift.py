@@ -10,10 +10,9 @@ between the label shares, and the Jensen-Shannon divergence between the histogra
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Dict, Optional
 
-from components import features
+from components import features, fileio
 from components.schema_gen import sort_classes
 from components.statistics_gen import STATS_FILE, TEXT_LENGTH, TEXT_LENGTH_STATS_FILE, \
     find_feature, value_counts
@@ -42,10 +41,10 @@ class Side:
 def train_statistics_files(stats_dir: str) -> Dict[str, str]:
     """{file name in a pushed version: source path} of a StatisticsGen artifact's Split-train
     statistics, for the Pusher's `extra_files`; files the artifact lacks are left out."""
-    split_dir = os.path.join(stats_dir, features.split_dir_name(features.TRAIN))
-    files = {TRAIN_STATS_FILE: os.path.join(split_dir, STATS_FILE),
-             TRAIN_TEXT_LENGTH_STATS_FILE: os.path.join(split_dir, TEXT_LENGTH_STATS_FILE)}
-    return {name: path for name, path in files.items() if os.path.exists(path)}
+    split_dir = fileio.join(stats_dir, features.split_dir_name(features.TRAIN))
+    files = {TRAIN_STATS_FILE: fileio.join(split_dir, STATS_FILE),
+             TRAIN_TEXT_LENGTH_STATS_FILE: fileio.join(split_dir, TEXT_LENGTH_STATS_FILE)}
+    return {name: path for name, path in files.items() if fileio.exists(path)}
 
 
 def check_drift(current_stats_dir: str, previous_stats_dir: str, settings,
@@ -71,8 +70,8 @@ def check_skew(model_dir: str, label_stats_path: str, text_length_stats_path: st
     {"skipped": NO_TRAINING_STATISTICS} when the version has none (pushed before they were);
     else the result of `compare_statistics`, "blocking" only when `blocking` is set.
     """
-    training = Side("training", _load(os.path.join(model_dir, TRAIN_STATS_FILE)),
-                    _load(os.path.join(model_dir, TRAIN_TEXT_LENGTH_STATS_FILE)))
+    training = Side("training", _load(fileio.join(model_dir, TRAIN_STATS_FILE)),
+                    _load(fileio.join(model_dir, TRAIN_TEXT_LENGTH_STATS_FILE)))
     if training.labels is None and training.text_length is None:
         return {"skipped": NO_TRAINING_STATISTICS}
     scoring = Side("scoring", _load(label_stats_path), _load(text_length_stats_path))
@@ -138,17 +137,17 @@ def _validate(previous: Side, current: Side, mode: str, compared: Dict[str, Dict
 def _load(path: str):
     import tensorflow_data_validation as tfdv
 
-    return tfdv.load_stats_binary(path) if os.path.exists(path) else None
+    return tfdv.load_stats_binary(path) if fileio.exists(path) else None
 
 
 def _training_side(name: str, stats_dir: str) -> Side:
     """Split-train of a StatisticsGen artifact, or the training statistics of a pushed version."""
-    split_dir = os.path.join(stats_dir, features.split_dir_name(features.TRAIN))
-    if os.path.isdir(split_dir):
-        return Side(name, _load(os.path.join(split_dir, STATS_FILE)),
-                    _load(os.path.join(split_dir, TEXT_LENGTH_STATS_FILE)))
-    return Side(name, _load(os.path.join(stats_dir, TRAIN_STATS_FILE)),
-                _load(os.path.join(stats_dir, TRAIN_TEXT_LENGTH_STATS_FILE)))
+    split_dir = fileio.join(stats_dir, features.split_dir_name(features.TRAIN))
+    if fileio.isdir(split_dir):
+        return Side(name, _load(fileio.join(split_dir, STATS_FILE)),
+                    _load(fileio.join(split_dir, TEXT_LENGTH_STATS_FILE)))
+    return Side(name, _load(fileio.join(stats_dir, TRAIN_STATS_FILE)),
+                _load(fileio.join(stats_dir, TRAIN_TEXT_LENGTH_STATS_FILE)))
 
 
 def _label_comparison(previous: Side, current: Side, threshold: float) -> Dict[str, Any]:

@@ -8,15 +8,12 @@ on accuracy and, when a pushed baseline exists, a change threshold against it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
-import apache_beam as beam
-
-from components import export, features
+from components import export, features, fileio
 from components.artifacts import staged_output
+from components.beam_pipeline import beam_pipeline
 from components.errors import UserInputError
 
 BLESSED = "BLESSED"
@@ -177,13 +174,13 @@ def run_evaluator(examples_dir: str, model_dir: str, classes: Sequence[str],
         models.append(tfma.default_eval_shared_model(baseline_dir, eval_config=config,
                                                      model_name=BASELINE))
     with staged_output(output_dir) as tmp:
-        tfma_dir = os.path.join(tmp, TFMA_DIR)
+        tfma_dir = fileio.join(tmp, TFMA_DIR)
         source = tfxio.TFExampleRecord(
             split_data_pattern(examples_dir, split),
             schema=schema_utils.schema_from_feature_spec(raw_feature_spec()),
             raw_record_column_name=tfma.ARROW_INPUT_COLUMN,
             telemetry_descriptors=["textcnn_pipeline", "Evaluator"])
-        with beam.Pipeline(options=beam_options) as p:
+        with beam_pipeline(beam_options) as p:
             _ = (p
                  | "ReadExamples" >> source.BeamSource()
                  | "ExtractEvaluateAndWrite" >> tfma.ExtractEvaluateAndWriteResults(
@@ -203,7 +200,6 @@ def run_evaluator(examples_dir: str, model_dir: str, classes: Sequence[str],
             "thresholds": dataclasses.asdict(settings),
             "failures": failures,
         }
-        with open(os.path.join(tmp, RESULT_FILE), "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-        open(os.path.join(tmp, BLESSED if ok else NOT_BLESSED), "w").close()
+        fileio.write_json(fileio.join(tmp, RESULT_FILE), result, indent=2, sort_keys=True)
+        fileio.write_text(fileio.join(tmp, BLESSED if ok else NOT_BLESSED), "")
     return result

@@ -22,7 +22,6 @@ import io
 import itertools
 import json
 import os
-import shutil
 import uuid
 from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -31,8 +30,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from components import features
+from components import features, fileio
 from components.artifacts import file_sha256, staged_output
+from components.beam_pipeline import beam_pipeline
 from components.errors import UserInputError
 
 FORMATS = ("csv", "tsv", "jsonl", "dir")
@@ -81,6 +81,9 @@ class ExampleGenSettings:
     # Input files to parse that total at most this many bytes are parsed in this process: a Beam
     # pipeline costs seconds to start, more than parsing a few MiB. Larger ones go to the runner.
     in_process_max_bytes: int = 32 << 20
+    # A line-based file (JSONL, TSV; not compressed) larger than this is read as byte ranges of
+    # about this size, each by its own worker, so one big file is read by many. 0: never split.
+    split_bytes: int = 64 << 20
 
     def __post_init__(self):
         if self.input_format not in ("auto",) + FORMATS:
@@ -94,6 +97,24 @@ class ExampleGenSettings:
             raise UserInputError("example_gen.max_text_bytes must be positive")
         if self.in_process_max_bytes < 0:
             raise UserInputError("example_gen.in_process_max_bytes must be >= 0")
+        if self.split_bytes < 0:
+            raise UserInputError("example_gen.split_bytes must be >= 0 (0: never split a file)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """A byte range of a line-based file, read by one worker (see `plan_pieces`)."""
+
+    start: int
+    end: int
+    header: Optional[Tuple[str, ...]] = None  # a TSV's column names, for ranges after the first
+
+
+class LineTally:
+    """Filled by a reader with the number of lines it consumed (blank ones included): what
+    turns the line numbers of a piece into line numbers of its file."""
+
+    lines: int = 0
 
 
 @dataclasses.dataclass
@@ -101,7 +122,7 @@ class RawRecord:
     """One record as read from a source, before any check beyond parsing."""
 
     source: str
-    line: int  # 1-based line (CSV/TSV/JSONL) where the record starts; 0 for a whole file
+    line: int  # 1-based line (CSV/TSV/JSONL) where the record starts (in its piece); 0: a file
     raw: bytes
     fields: Optional[Dict[str, Any]] = None  # None when the record could not be parsed
     error: Optional[Tuple[str, str]] = None  # (reason, detail) when it could not be parsed
@@ -119,7 +140,7 @@ def _strip_compression(path: str) -> str:
 
 
 def detect_format(path: str) -> str:
-    if FileSystems.exists(path) and os.path.isdir(path):
+    if fileio.isdir(path):
         return "dir"
     ext = os.path.splitext(_strip_compression(path))[1].lower()
     known = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
@@ -134,19 +155,19 @@ def detect_format(path: str) -> str:
 def _list_text_dir(root: str) -> List[Tuple[str, str, str]]:
     """(path, label, marked split) for DIR/<label>/*.txt or DIR/<split>/<label>/*.txt."""
     out = []
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    subdirs = [d for d in fileio.listdir(root) if fileio.isdir(fileio.join(root, d))]
     split_layout = bool(subdirs) and all(d in _MARKED_SPLITS and d for d in subdirs)
     for sub in subdirs:
         if split_layout:
-            for label in sorted(os.listdir(os.path.join(root, sub))):
-                label_dir = os.path.join(root, sub, label)
-                if os.path.isdir(label_dir):
-                    out += [(os.path.join(label_dir, f), label, sub)
-                            for f in sorted(os.listdir(label_dir)) if f.endswith(".txt")]
+            for label in fileio.listdir(fileio.join(root, sub)):
+                label_dir = fileio.join(root, sub, label)
+                if fileio.isdir(label_dir):
+                    out += [(fileio.join(label_dir, f), label, sub)
+                            for f in fileio.listdir(label_dir) if f.endswith(".txt")]
         else:
-            label_dir = os.path.join(root, sub)
-            out += [(os.path.join(label_dir, f), sub, "")
-                    for f in sorted(os.listdir(label_dir)) if f.endswith(".txt")]
+            label_dir = fileio.join(root, sub)
+            out += [(fileio.join(label_dir, f), sub, "")
+                    for f in fileio.listdir(label_dir) if f.endswith(".txt")]
     if not out:
         raise UserInputError(
             f"directory input {root} holds no DIR/<label>/*.txt (or DIR/<split>/<label>/*.txt) "
@@ -159,37 +180,73 @@ _DATA_EXTENSIONS = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".ndjson")
 
 def _data_files_in(directory: str) -> List[str]:
     """The data files of a folder without subfolders (hidden files ignored); [] otherwise."""
-    names = [n for n in sorted(os.listdir(directory)) if not n.startswith(".")]
-    if any(os.path.isdir(os.path.join(directory, n)) for n in names):
+    names = [n for n in fileio.listdir(directory) if not n.startswith(".")]
+    if any(fileio.isdir(fileio.join(directory, n)) for n in names):
         return []
-    return [os.path.join(directory, n) for n in names
+    return [fileio.join(directory, n) for n in names
             if _strip_compression(n).lower().endswith(_DATA_EXTENSIONS)]
 
 
-class _RawReader(io.RawIOBase):
-    """Adapts a Beam file handle (possibly decompressing) to the `io` stack."""
+def _is_directory(match_path: str) -> bool:
+    """Whether a path a glob matched is a directory. Object stores list objects, and a
+    "directory" there is at most an empty placeholder object named with a trailing '/'."""
+    if fileio.is_local(match_path):
+        return fileio.isdir(match_path)
+    return match_path.endswith("/")
 
-    def __init__(self, handle):
-        self._handle = handle
+
+class _LinesReader(io.RawIOBase):
+    """A raw stream over an iterator of byte strings (the lines of a byte range)."""
+
+    def __init__(self, lines: Iterator[bytes], close: Any):
+        self._lines = lines
+        self._pending = b""
+        self._close = close
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
-        data = self._handle.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
+        while not self._pending:
+            self._pending = next(self._lines, b"")
+            if not self._pending:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n], self._pending = self._pending[:n], self._pending[n:]
+        return n
 
     def close(self):
         if not self.closed:
-            self._handle.close()
+            self._close()
         super().close()
 
 
-def open_binary(path: str) -> io.BufferedReader:
-    """Opens any Beam filesystem path, decompressing by extension (.gz, .bz2, ...)."""
-    return io.BufferedReader(_RawReader(
-        FileSystems.open(path, compression_type=CompressionTypes.AUTO)), 1 << 20)
+def open_binary(path: str, piece: Optional["Piece"] = None) -> io.BufferedReader:
+    """Opens any Beam filesystem path, decompressing by extension (.gz, .bz2, ...).
+
+    With a `piece`, the stream holds the lines of the (uncompressed) file that start in the
+    piece's byte range, as Beam's splittable text source assigns them: a line belongs to the
+    range its first byte is in, so consecutive ranges read every line exactly once.
+    """
+    if piece is None:
+        return io.BufferedReader(fileio.RawStream(
+            FileSystems.open(path, compression_type=CompressionTypes.AUTO)), 1 << 20)
+    stream = io.BufferedReader(fileio.RawStream(
+        FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)), 1 << 20)
+
+    def lines():
+        position = 0
+        if piece.start > 0:  # the line running into the range belongs to the range before
+            stream.seek(piece.start - 1)
+            position = piece.start - 1 + len(stream.readline())
+        while position < piece.end:
+            line = stream.readline()
+            if not line:
+                return
+            position += len(line)
+            yield line
+
+    return io.BufferedReader(_LinesReader(lines(), stream.close), 1 << 20)
 
 
 def _read_header(path: str, delimiter: str, max_text_bytes: int) -> List[str]:
@@ -231,10 +288,11 @@ def discover_inputs(inputs: Sequence[str], settings: ExampleGenSettings) -> List
         raise UserInputError("no input given: pass --input GLOB")
     items: List[Tuple[str, str]] = []
     for pattern in inputs:
-        data_files = _data_files_in(pattern) if os.path.isdir(pattern) else None
+        is_dir = fileio.isdir(pattern)
+        data_files = _data_files_in(pattern) if is_dir else None
         if data_files:  # a folder of CSV/TSV/JSONL files, e.g. one that grows by a file a day
-            pattern = os.path.join(pattern, "*")
-        elif os.path.isdir(pattern):
+            pattern = fileio.join(pattern, "*")
+        elif is_dir:
             if settings.input_format not in ("auto", "dir"):
                 raise UserInputError(
                     f"{pattern} is a directory but example_gen.input_format is "
@@ -242,7 +300,7 @@ def discover_inputs(inputs: Sequence[str], settings: ExampleGenSettings) -> List
             items += [(p, f"dir:{label}:{split}") for p, label, split in _list_text_dir(pattern)]
             continue
         matches = FileSystems.match([pattern])[0].metadata_list
-        paths = sorted(m.path for m in matches if not os.path.isdir(m.path))
+        paths = sorted(m.path for m in matches if not _is_directory(m.path))
         if data_files:
             paths = data_files
         if not paths:
@@ -326,16 +384,18 @@ def _has_invalid_utf8(values: Iterable[str]) -> bool:
     return False
 
 
-def read_delimited(path: str, delimiter: str, max_text_bytes: int) -> Iterator[RawRecord]:
+def read_delimited(path: str, delimiter: str, max_text_bytes: int, piece: Optional[Piece] = None,
+                   tally: Optional[LineTally] = None) -> Iterator[RawRecord]:
     _allow_fields_up_to(max_text_bytes)
-    with open_binary(path) as raw_stream:
+    at_start = piece is None or piece.start == 0
+    with open_binary(path, piece) as raw_stream:
         # surrogateescape keeps invalid bytes visible per row instead of failing the file;
         # utf-8-sig drops a byte-order mark at the start of the file.
-        text = io.TextIOWrapper(raw_stream, encoding="utf-8-sig", errors="surrogateescape",
-                                newline="")
+        text = io.TextIOWrapper(raw_stream, encoding="utf-8-sig" if at_start else "utf-8",
+                                errors="surrogateescape", newline="")
         recorder = _LineRecorder(text)
         reader = csv.reader(recorder, delimiter=delimiter, **_quoting(delimiter))
-        header: Optional[List[str]] = None
+        header: Optional[List[str]] = None if at_start else list(piece.header)
         prev_line = 0
         while True:
             try:
@@ -364,12 +424,16 @@ def read_delimited(path: str, delimiter: str, max_text_bytes: int) -> Iterator[R
                 yield RawRecord(path, start, raw, error=error)
             else:
                 yield RawRecord(path, start, raw, fields=dict(zip(header, row)))
+        if tally is not None:
+            tally.lines = recorder.lines_read
 
 
-def read_jsonl(path: str) -> Iterator[RawRecord]:
-    with open_binary(path) as stream:
+def read_jsonl(path: str, piece: Optional[Piece] = None, tally: Optional[LineTally] = None
+               ) -> Iterator[RawRecord]:
+    with open_binary(path, piece) as stream:
+        number = 0
         for number, raw in enumerate(stream, start=1):
-            if number == 1 and raw.startswith(BOM):
+            if number == 1 and raw.startswith(BOM) and (piece is None or piece.start == 0):
                 raw = raw[len(BOM):]
             if not raw.strip():
                 continue  # a blank line holds no record
@@ -387,6 +451,8 @@ def read_jsonl(path: str) -> Iterator[RawRecord]:
                                                     f"{type(obj).__name__}"))
                 continue
             yield RawRecord(path, number, raw, fields=obj)
+        if tally is not None:
+            tally.lines = number
 
 
 def read_text_file(path: str, label: str, split: str, settings: ExampleGenSettings
@@ -403,12 +469,19 @@ def read_text_file(path: str, label: str, split: str, settings: ExampleGenSettin
         settings.id_key: path})
 
 
-def read_records(item: Tuple[str, str], settings: ExampleGenSettings) -> Iterator[RawRecord]:
+def read_records(item: Tuple[str, str], settings: ExampleGenSettings,
+                 piece: Optional[Piece] = None, tally: Optional[LineTally] = None
+                 ) -> Iterator[RawRecord]:
+    """The records of one work item, or of one piece of it (see `plan_pieces`).
+
+    Line numbers count from the start of the piece; `tally` gets the lines consumed.
+    """
     path, fmt = item
     if fmt in ("csv", "tsv"):
-        return read_delimited(path, "," if fmt == "csv" else "\t", settings.max_text_bytes)
+        return read_delimited(path, "," if fmt == "csv" else "\t", settings.max_text_bytes,
+                              piece, tally)
     if fmt == "jsonl":
-        return read_jsonl(path)
+        return read_jsonl(path, piece, tally)
     label, split = fmt[len("dir:"):].rsplit(":", 1)
     return read_text_file(path, label, split, settings)
 
@@ -530,26 +603,101 @@ def unit_fingerprint(unit: InputUnit, file_hashes: Optional[Sequence[str]] = Non
     return h.hexdigest()
 
 
+_SPLITTABLE = ("jsonl", "tsv")
+
+
+def _header_start(path: str, max_text_bytes: int) -> Optional[Tuple[Tuple[str, ...], int]]:
+    """(column names, byte offset of their line) of a TSV: its first row that is not blank
+    and parses, as `read_delimited` takes it; None when the file has no such row."""
+    _allow_fields_up_to(max_text_bytes)
+    with open_binary(path, Piece(0, 1 << 62)) as stream:
+        offset = 0
+        for number, line in enumerate(stream):
+            text = line.decode("utf-8-sig" if number == 0 else "utf-8", "surrogateescape")
+            try:
+                row = next(csv.reader([text], delimiter="\t", **_quoting("\t")), [])
+            except csv.Error:
+                row = []
+            if row:
+                return tuple(row), offset
+            offset += len(line)
+    return None
+
+
+def plan_pieces(unit: InputUnit, settings: ExampleGenSettings) -> List[Optional[Piece]]:
+    """How a unit is read: `[None]` in one go, or as byte-range pieces, one worker call each.
+
+    Only one big line-based file is cut: JSONL or TSV over `settings.split_bytes`, not
+    compressed (a gzip stream cannot be entered in the middle). CSV is never cut: a quoted field
+    may hold newlines, so a byte offset can fall inside a record. A TSV's header line stays in
+    the first piece and its column names travel with the others.
+    """
+    if settings.split_bytes <= 0 or len(unit.items) != 1:
+        return [None]
+    path, fmt = unit.items[0]
+    if fmt not in _SPLITTABLE or _strip_compression(path) != path:
+        return [None]
+    size = sum(m.size_in_bytes for m in FileSystems.match([path])[0].metadata_list)
+    if size <= settings.split_bytes:
+        return [None]
+    header, header_at = None, -1
+    if fmt == "tsv":
+        found = _header_start(path, settings.max_text_bytes)
+        if found is None:
+            return [None]
+        header, header_at = found
+    bounds = [0] + [b for b in range(settings.split_bytes, size, settings.split_bytes)
+                    if b > header_at] + [size]
+    return [Piece(start, end, header) for start, end in zip(bounds, bounds[1:])]
+
+
+def piece_dirs(unit_dir: str, pieces: Sequence[Optional[Piece]]) -> List[str]:
+    """Where each piece of a unit is parsed to: the unit directory itself for a unit read in
+    one go, else numbered siblings of it (each published on its own, so a crash keeps them)."""
+    if len(pieces) == 1:
+        return [unit_dir]
+    base = unit_dir.rstrip("/")
+    return [f"{base}-{i:05d}-of-{len(pieces):05d}" for i in range(len(pieces))]
+
+
+def forget_unit(unit_dir: str) -> None:
+    """Removes a parsed unit and its pieces, so that it is parsed again."""
+    base = unit_dir.rstrip("/")
+    for path in [base] + fileio.glob(f"{base}-*-of-*"):
+        fileio.rmtree(path)
+
+
 def is_parsed(unit_dir: str) -> bool:
     """Whether a unit directory is published and complete: its tallies are there, and so is
-    the file of every split and of the quarantine they count."""
-    if not FileSystems.exists(os.path.join(unit_dir, COUNTS_FILE)):
+    the file of every split and of the quarantine they count.
+
+    `counts.json` is written last, so this holds on object storage too, where a unit is
+    written in place (see `ParseUnitFn`).
+    """
+    counts = fileio.join(unit_dir, COUNTS_FILE)
+    if not fileio.exists(counts):
         return False
-    tallies = _load_json(os.path.join(unit_dir, COUNTS_FILE))
-    expected = [os.path.join(unit_dir, features.split_dir_name(k.split(":", 1)[1]),
-                             UNIT_DATA_FILE) for k, n in tallies.items()
+    tallies = _load_json(counts)
+    expected = [fileio.join(unit_dir, features.split_dir_name(k.split(":", 1)[1]),
+                            UNIT_DATA_FILE) for k, n in tallies.items()
                 if k.startswith("split:") and n]
     if any(k.startswith("quarantine:") and n for k, n in tallies.items()):
-        expected.append(os.path.join(unit_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))
-    return all(FileSystems.exists(path) for path in expected)
+        expected.append(fileio.join(unit_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))
+    return all(fileio.exists(path) for path in expected)
 
 
 class ParseUnitFn(beam.DoFn):
-    """(unit, unit_dir) -> writes the unit's records under unit_dir; yields (name, tallies).
+    """(unit, unit_dir[, piece]) -> writes the unit's records (or the piece's) under unit_dir;
+    yields (name, tallies).
 
-    Records are written in input order, quarantine records in line order, into a temporary
-    sibling renamed into place at the end: a retried bundle or a killed worker never leaves a
-    partial unit, and a unit parsed twice gives the same bytes.
+    Records are written in input order, quarantine records in line order, and `counts.json`
+    last. On a local disk they go to a temporary sibling renamed into place at the end; on
+    object storage, which has no atomic rename, in place, after removing what an attempt that
+    died left there (a directory without its counts, or missing a file they count, is not
+    parsed: see `is_parsed`). Either way a retried bundle or a killed worker never leaves a unit
+    that passes for parsed, and a unit parsed twice gives the same bytes. A piece's tallies
+    include the lines it consumed (`lines`), and its quarantine records' line numbers count
+    from the piece's start: `assemble_examples` makes them the file's.
     """
 
     def __init__(self, settings: ExampleGenSettings):
@@ -558,148 +706,178 @@ class ParseUnitFn(beam.DoFn):
     def process(self, element):
         import tensorflow as tf
 
-        unit, unit_dir = element
+        unit, unit_dir, piece = (*element, None)[:3]
+        unit_dir = unit_dir.rstrip("/")
         if is_parsed(unit_dir):  # a retried bundle: already done
-            yield unit.name, _load_json(os.path.join(unit_dir, COUNTS_FILE))
+            yield unit.name, _load_json(fileio.join(unit_dir, COUNTS_FILE))
             return
-        tmp = f"{unit_dir.rstrip('/')}.tmp-{uuid.uuid4().hex}"
-        tf.io.gfile.makedirs(tmp)
+        in_place = not fileio._rename_is_atomic(unit_dir)
+        if in_place:
+            fileio.rmtree(unit_dir)  # an unfinished attempt's files
+            work = unit_dir
+        else:
+            work = f"{unit_dir}.tmp-{uuid.uuid4().hex}"
+        fileio.makedirs(work)
         tallies: Counter = Counter()
         writers: Dict[str, Any] = {}
         quarantine = None
         try:
             for item in unit.items:
-                for record in read_records(item, self._settings):
+                line_tally = LineTally()
+                for record in read_records(item, self._settings, piece, line_tally):
                     tallies["read"] += 1
                     split, values, problem = check_record(record, self._settings)
                     if problem:
                         if quarantine is None:
-                            quarantine = _open_text(os.path.join(tmp, QUARANTINE_DIR,
-                                                                 UNIT_QUARANTINE_FILE))
+                            quarantine = _open_text(fileio.join(work, QUARANTINE_DIR,
+                                                                UNIT_QUARANTINE_FILE))
                         quarantine.write(json.dumps(quarantine_record(record, *problem),
                                                     sort_keys=True, ensure_ascii=False) + "\n")
                         tallies[f"quarantine:{problem[0]}"] += 1
                         continue
                     if split not in writers:
-                        split_dir = os.path.join(tmp, features.split_dir_name(split))
-                        tf.io.gfile.makedirs(split_dir)
+                        split_dir = fileio.join(work, features.split_dir_name(split))
+                        fileio.makedirs(split_dir)
                         writers[split] = tf.io.TFRecordWriter(
-                            os.path.join(split_dir, UNIT_DATA_FILE),
+                            fileio.join(split_dir, UNIT_DATA_FILE),
                             tf.io.TFRecordOptions(compression_type="GZIP"))
                     writers[split].write(to_tf_example(values))
                     tallies[f"split:{split}"] += 1
+                if piece is not None:
+                    tallies["lines"] += line_tally.lines
             for writer in writers.values():
                 writer.close()
             if quarantine is not None:
                 quarantine.close()
-            if not tf.io.gfile.isdir(tmp):  # removed under us (a cleanup): never publish
-                raise RuntimeError(f"temporary unit directory {tmp} disappeared while parsing")
-            with tf.io.gfile.GFile(os.path.join(tmp, COUNTS_FILE), "w") as f:
-                json.dump(dict(sorted(tallies.items())), f)
-            if is_parsed(unit_dir):  # another attempt finished first: same content
-                tf.io.gfile.rmtree(tmp)
-            else:
-                tf.io.gfile.rename(tmp, unit_dir)
+            if not fileio.isdir(work):  # removed under us (a cleanup): never publish
+                raise RuntimeError(f"unit directory {work} disappeared while parsing")
+            fileio.write_json(fileio.join(work, COUNTS_FILE), dict(sorted(tallies.items())))
+            if not in_place:
+                if is_parsed(unit_dir):  # another attempt finished first: same content
+                    fileio.rmtree(work)
+                else:
+                    fileio.rename(work, unit_dir)
         except BaseException:
-            if tf.io.gfile.exists(tmp):
-                tf.io.gfile.rmtree(tmp)
+            # In place, what was written stays without its counts (not parsed) and is removed
+            # by the next attempt: another attempt may be writing the same directory.
+            if not in_place:
+                fileio.rmtree(work)
             raise
         yield unit.name, dict(tallies)
 
 
 def _open_text(path: str):
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    return tf.io.gfile.GFile(path, "w")
+    return fileio.open_file(path, "w")
 
 
 def _load_json(path: str) -> Any:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return fileio.read_json(path)
 
 
-def parse_units(units: Sequence[Tuple[InputUnit, str]], settings: ExampleGenSettings,
-                beam_options) -> List[str]:
-    """Parses each (unit, unit_dir) not yet published: in one Beam pipeline, or in this process
+Parts = List[Tuple[InputUnit, List[Tuple[str, Optional[Piece]]]]]
+
+
+def plan_parts(units: Sequence[Tuple[InputUnit, str]], settings: ExampleGenSettings) -> Parts:
+    """(unit, [(piece directory, piece)]) for each (unit, unit directory): see `plan_pieces`."""
+    parts = []
+    for unit, unit_dir in units:
+        pieces = plan_pieces(unit, settings)
+        parts.append((unit, list(zip(piece_dirs(unit_dir, pieces), pieces))))
+    return parts
+
+
+def parse_units(parts: Parts, settings: ExampleGenSettings, beam_options) -> List[str]:
+    """Parses each piece of `parts` not yet published: in one Beam pipeline, or in this process
     when they total at most `settings.in_process_max_bytes` (the same DoFn either way).
 
-    Returns the names of the units it parsed.
+    Returns the names of the units it parsed (some or all pieces of).
     """
-    todo = [(u, d) for u, d in units if not is_parsed(d)]
-    parsed = [u.name for u, _ in todo]
+    todo = [(unit, piece_dir, piece) for unit, pieces in parts for piece_dir, piece in pieces
+            if not is_parsed(piece_dir)]
+    parsed = list(dict.fromkeys(unit.name for unit, _, _ in todo))
     if not todo:
         return parsed
-    size = sum(m.size_in_bytes for u, _ in todo for result in FileSystems.match(
-        [path for path, _ in u.items]) for m in result.metadata_list)
+    size = sum(piece.end - piece.start if piece else sum(
+        m.size_in_bytes for result in FileSystems.match([path for path, _ in unit.items])
+        for m in result.metadata_list) for unit, _, piece in todo)
     if size <= settings.in_process_max_bytes:
         parse = ParseUnitFn(settings)
         for element in todo:
             for _ in parse.process(element):
                 pass
         return parsed
-    with beam.Pipeline(options=beam_options) as p:
+    with beam_pipeline(beam_options) as p:
         _ = (p
-             | "CreateUnits" >> beam.Create(todo)
+             | "CreatePieces" >> beam.Create(todo)
              | "Distribute" >> beam.Reshuffle()
              | "ParseUnits" >> beam.ParDo(ParseUnitFn(settings)))
     return parsed
 
 
-def assemble_examples(units: Sequence[Tuple[InputUnit, str]], output_dir: str,
-                      parsed: Sequence[str] = ()) -> Dict[str, Any]:
-    """Builds the Examples artifact at `output_dir` from parsed unit directories.
+def _shift_lines(source: str, target: str, offset: int) -> None:
+    """Copies a piece's quarantine records with their line numbers made the file's."""
+    with _open_text(target) as out:
+        for record in _iter_jsonl(source):
+            record["line"] += offset
+            out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
 
-    Each unit's split file becomes `Split-<s>/part-<unit dir name>.gz` (a hard link where the
+
+def assemble_examples(parts: Parts, output_dir: str, parsed: Sequence[str] = ()
+                      ) -> Dict[str, Any]:
+    """Builds the Examples artifact at `output_dir` from parsed unit (and piece) directories.
+
+    Each piece's split file becomes `Split-<s>/part-<piece dir name>.gz` (a hard link where the
     filesystem allows, else a copy), so the artifact depends only on the units. Returns the
     counts, with `units_parsed`/`units_reused` telling which units `parsed` names were parsed
     by this run.
     """
     tallies: Counter = Counter()
-    for _, unit_dir in units:
-        tallies.update(_load_json(os.path.join(unit_dir, COUNTS_FILE)))
+    for _, pieces in parts:
+        for piece_dir, _ in pieces:
+            if not is_parsed(piece_dir):  # e.g. removed, or emptied by a cleanup, since parsing
+                raise RuntimeError(f"parsed input {piece_dir} is incomplete: parse it again "
+                                   "(run without the cache, or remove it)")
+            tallies.update(_load_json(fileio.join(piece_dir, COUNTS_FILE)))
     counts = summarize_counts(dict(tallies))
     if counts["read"] != counts["written"] + counts["quarantined"]:
         raise RuntimeError(f"ExampleGen counts do not reconcile: {counts}")
+    # The files depend on the units alone: not on the input order, nor on which units this
+    # run parsed (that goes only to the returned counts).
+    ordered = sorted(parts, key=lambda part: part[0].name)
     with staged_output(output_dir) as tmp:
-        for _, unit_dir in units:
-            part = f"part-{os.path.basename(unit_dir.rstrip('/'))}"
-            for split in features.SPLITS:
-                source = os.path.join(unit_dir, features.split_dir_name(split), UNIT_DATA_FILE)
-                if FileSystems.exists(source):
-                    _link_or_copy(source, os.path.join(tmp, features.split_dir_name(split),
-                                                       f"{part}.gz"))
-            source = os.path.join(unit_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE)
-            if FileSystems.exists(source):
-                _link_or_copy(source, os.path.join(tmp, QUARANTINE_DIR, f"{part}.jsonl"))
-        # The file depends on the units alone: not on the input order, nor on which units
-        # this run parsed (that goes only to the returned counts).
-        ordered = sorted(units, key=lambda unit: unit[0].name)
-        names = [u.name for u, _ in ordered]
+        quarantine_files = []
+        for _, pieces in ordered:
+            lines_before = 0
+            for piece_dir, _ in pieces:
+                part = f"part-{fileio.basename(piece_dir)}"
+                for split in features.SPLITS:
+                    source = fileio.join(piece_dir, features.split_dir_name(split),
+                                         UNIT_DATA_FILE)
+                    if fileio.exists(source):
+                        fileio.link_or_copy(source, fileio.join(
+                            tmp, features.split_dir_name(split), f"{part}.gz"))
+                source = fileio.join(piece_dir, QUARANTINE_DIR, UNIT_QUARANTINE_FILE)
+                target = fileio.join(tmp, QUARANTINE_DIR, f"{part}.jsonl")
+                if fileio.exists(source):
+                    if lines_before:
+                        _shift_lines(source, target, lines_before)
+                    else:
+                        fileio.link_or_copy(source, target)
+                    quarantine_files.append(target)
+                lines_before += _load_json(fileio.join(piece_dir, COUNTS_FILE)).get("lines", 0)
+        names = [unit.name for unit, _ in ordered]
         counts["inputs"] = names if len(names) <= 100 else len(names)
         counts["quarantine_sample"] = list(itertools.islice(
-            (q for _, d in ordered for q in _iter_jsonl(
-                os.path.join(d, QUARANTINE_DIR, UNIT_QUARANTINE_FILE))), QUARANTINE_SAMPLE))
-        with open(os.path.join(tmp, COUNTS_FILE), "w") as f:
-            json.dump(counts, f, indent=2, sort_keys=True)
+            (q for path in quarantine_files for q in _iter_jsonl(path)), QUARANTINE_SAMPLE))
+        fileio.write_json(fileio.join(tmp, COUNTS_FILE), counts, indent=2, sort_keys=True)
     counts["units_parsed"] = len(set(parsed) & set(names))
     counts["units_reused"] = len(names) - counts["units_parsed"]
     return counts
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def _iter_jsonl(path: str) -> Iterator[Dict[str, Any]]:
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
+    if fileio.exists(path):
+        with fileio.open_file(path) as f:
             yield from (json.loads(line) for line in f if line.strip())
 
 
@@ -710,7 +888,7 @@ def WriteQuarantine(quarantined, output_dir: str):
         quarantined
         | "ToJson" >> beam.Map(json.dumps, sort_keys=True, ensure_ascii=False)
         | "Write" >> beam.io.WriteToText(
-            os.path.join(output_dir, QUARANTINE_DIR, "quarantine"), file_name_suffix=".jsonl"))
+            fileio.join(output_dir, QUARANTINE_DIR, "quarantine"), file_name_suffix=".jsonl"))
 
 
 @beam.ptransform_fn
@@ -730,7 +908,7 @@ def WriteCounts(pcolls, output_dir: str):
         | "Count" >> beam.combiners.Count.PerElement()
         | "Collect" >> beam.combiners.ToList()
         | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
-        | "Write" >> beam.io.WriteToText(os.path.join(output_dir, COUNTS_FILE),
+        | "Write" >> beam.io.WriteToText(fileio.join(output_dir, COUNTS_FILE),
                                          shard_name_template=""))
 
 
@@ -757,28 +935,29 @@ def run_example_gen(inputs: Sequence[str], output_dir: str, settings: ExampleGen
     it does not name) the unit is parsed into `output_dir/.units/`.
     """
     units = plan_units(inputs, settings)
-    local_units = os.path.join(output_dir + ".units")
-    placed = [(u, (unit_dirs or {}).get(u.name)
-               or os.path.join(local_units, unit_fingerprint(u)[:32])) for u in units]
-    parsed = parse_units(placed, settings, beam_options)
-    counts = assemble_examples(placed, output_dir, parsed)
-    shutil.rmtree(local_units, ignore_errors=True)
+    local_units = output_dir.rstrip("/") + ".units"
+    parts = plan_parts([(u, (unit_dirs or {}).get(u.name)
+                         or fileio.join(local_units, unit_fingerprint(u)[:32])) for u in units],
+                       settings)
+    parsed = parse_units(parts, settings, beam_options)
+    counts = assemble_examples(parts, output_dir, parsed)
+    fileio.rmtree(local_units)
     if not counts["written"]:
         # Published all the same: the quarantine records are what the user needs to read.
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(counts["quarantine_reasons"].items()))
         raise UserInputError(
             f"no usable rows in {', '.join(inputs)}: read {counts['read']}, quarantined "
             f"{counts['quarantined']}" + (f" ({reasons})" if reasons else "")
-            + (f"; see {os.path.join(output_dir, QUARANTINE_DIR)}/" if counts["quarantined"]
+            + (f"; see {fileio.join(output_dir, QUARANTINE_DIR)}/" if counts["quarantined"]
                else "; the inputs hold no records"), details=counts)
     return counts
 
 
 def iter_quarantine(output_dir: str) -> Iterator[Dict[str, Any]]:
     """The quarantine records of an ExampleGen artifact, file by file, lazily."""
-    qdir = os.path.join(output_dir, QUARANTINE_DIR)
-    for name in sorted(os.listdir(qdir)) if os.path.isdir(qdir) else []:
-        yield from _iter_jsonl(os.path.join(qdir, name))
+    qdir = fileio.join(output_dir, QUARANTINE_DIR)
+    for name in fileio.listdir(qdir):
+        yield from _iter_jsonl(fileio.join(qdir, name))
 
 
 def read_quarantine(output_dir: str) -> List[Dict[str, Any]]:

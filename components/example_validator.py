@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from components import features
+from components import features, fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
 from components.statistics_gen import load_statistics, value_counts
@@ -84,15 +83,15 @@ def run_example_validator(stats_dir: str, schema, splits: Sequence[str], output_
         for split in splits:
             anomalies = tfdv.validate_statistics(
                 load_statistics(stats_dir, split), schema, environment=features.TRAINING)
-            split_dir = os.path.join(tmp, features.split_dir_name(split))
-            os.makedirs(split_dir)
-            tfdv.write_anomalies_text(anomalies, os.path.join(split_dir, ANOMALIES_FILE))
+            split_dir = fileio.join(tmp, features.split_dir_name(split))
+            fileio.makedirs(split_dir)
+            tfdv.write_anomalies_text(anomalies, fileio.join(split_dir, ANOMALIES_FILE))
             result[split] = {"blocking": is_blocking(anomalies),
                              "messages": describe_anomalies(split, anomalies)}
         drift = None
         if previous_stats_dir and features.TRAIN in splits:
             drift = check_drift(stats_dir, previous_stats_dir, settings,
-                                anomalies_path=os.path.join(tmp, DRIFT_ANOMALIES_FILE))
+                                anomalies_path=fileio.join(tmp, DRIFT_ANOMALIES_FILE))
     return {"splits": result, "drift": drift}
 
 

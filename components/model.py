@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from components import features
+from components import features, fileio
 from components.errors import UserInputError
 
 POOLINGS = ("max_over_time", "seed")
@@ -44,11 +44,13 @@ class ModelSettings:
 
 
 def _open_text(path: str) -> io.TextIOBase:
+    """A text stream of a local or remote (gs://...) file, decompressed by its extension."""
+    raw = fileio.open_stream(path)
     if path.endswith(".bz2"):
-        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", errors="replace")
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        raw = bz2.BZ2File(raw, "rb")
+    elif path.endswith(".gz"):
+        raw = gzip.GzipFile(fileobj=raw, mode="rb")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
 
 
 def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, seed: int
@@ -62,6 +64,8 @@ def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, 
     rng = np.random.default_rng(seed)
     matrix = None
     found = 0
+    if not fileio.exists(path) or fileio.isdir(path):
+        raise UserInputError(f"cannot read embeddings {path}: no such file")
     try:
         with _open_text(path) as f:
             for line_number, line in enumerate(f, start=1):

@@ -1,19 +1,23 @@
 """Pusher: a blessed model becomes `<serving_dir>/<model_name>/<version>/`, the layout TF Serving polls.
 
-A version is assembled in a hidden temporary directory beside the versions (same filesystem),
-`saved_model.pb` copied last, then renamed into place in one step: a crash leaves at most a
-hidden `.tmp-*` directory without `saved_model.pb`, never a loadable partial version.
-Versions are integers that only increase (UNIX seconds, bumped past the newest existing one).
+`saved_model.pb` is always copied last: TF Serving takes it as the sign that a version is
+complete, and so does `versions()`. On a local disk a version is assembled in a hidden
+temporary directory beside the versions (same filesystem), then renamed into place in one step:
+a crash leaves at most a hidden `.tmp-*` directory. On object storage (gs://, s3://), which has
+no atomic rename, it is written in place: a crash leaves a numbered directory without
+`saved_model.pb`, which nothing loads and the next push removes. Never a loadable partial version.
+Versions are integers that only increase (UNIX seconds, bumped past the newest number used, a
+partial version's included).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 from typing import Any, Dict, List, Optional
 
+from components import fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
 
@@ -43,33 +47,45 @@ class PusherSettings:
 
 def versions(model_base: str) -> List[int]:
     """Complete versions under `<serving_dir>/<model_name>`, oldest first."""
-    if not os.path.isdir(model_base):
-        return []
-    return sorted(int(n) for n in os.listdir(model_base)
-                  if n.isdigit() and os.path.exists(os.path.join(model_base, n, SAVED_MODEL_PB)))
+    return sorted(int(n) for n in fileio.listdir(model_base)
+                  if n.isdigit() and fileio.exists(fileio.join(model_base, n, SAVED_MODEL_PB)))
 
 
 def latest_version_dir(model_base: str) -> Optional[str]:
     found = versions(model_base)
-    return os.path.join(model_base, str(found[-1])) if found else None
+    return fileio.join(model_base, str(found[-1])) if found else None
+
+
+def _numbered(model_base: str) -> List[int]:
+    """Every numbered directory, complete or not."""
+    return [int(n) for n in fileio.listdir(model_base) if n.isdigit()]
 
 
 def next_version(model_base: str) -> int:
-    existing = [int(n) for n in os.listdir(model_base) if n.isdigit()] if os.path.isdir(
-        model_base) else []
-    return max([int(time.time())] + [v + 1 for v in existing])
+    # Partial versions count too: on object storage TF Serving may have listed one, tried to
+    # load it and given up on that number, so a number once used is never used again.
+    return max([int(time.time())] + [v + 1 for v in _numbered(model_base)])
+
+
+def _copy_file(source: str, target: str) -> None:
+    if "://" not in source + target:  # two local paths
+        shutil.copy2(source, target)  # keeps the files' times, as `cp -p` would
+    else:
+        fileio.copy(source, target, overwrite=True)
 
 
 def _copy_model(src: str, dst: str) -> None:
     """Copies a SavedModel directory, `saved_model.pb` last (TF Serving's sign of completeness)."""
-    for root, dirs, files in os.walk(src):
-        rel = os.path.relpath(root, src)
-        os.makedirs(os.path.join(dst, rel), exist_ok=True)
+    src = src.rstrip("/")
+    for root, _, files in fileio.walk(src):
+        rel = root[len(src):].lstrip("/")
+        target_dir = fileio.join(dst, rel) if rel else dst
+        fileio.makedirs(target_dir)
         for name in files:
-            if rel == "." and name == SAVED_MODEL_PB:
+            if not rel and name == SAVED_MODEL_PB:
                 continue
-            shutil.copy2(os.path.join(root, name), os.path.join(dst, rel, name))
-    shutil.copy2(os.path.join(src, SAVED_MODEL_PB), os.path.join(dst, SAVED_MODEL_PB))
+            _copy_file(fileio.join(root, name), fileio.join(target_dir, name))
+    _copy_file(fileio.join(src, SAVED_MODEL_PB), fileio.join(dst, SAVED_MODEL_PB))
 
 
 def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
@@ -79,30 +95,48 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
     `extra_files` ({name: source path}) are copied beside the model, e.g. the schema that the
     model's inputs were validated against, for scoring to validate against.
     """
-    base = os.path.join(settings.serving_dir, settings.model_name)
-    os.makedirs(base, exist_ok=True)
-    for name in os.listdir(base):  # leftovers of interrupted pushes
+    base = fileio.join(settings.serving_dir, settings.model_name)
+    fileio.makedirs(base)
+    for name in fileio.listdir(base):  # leftovers of interrupted pushes on a local disk
         if name.startswith(".tmp-"):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            fileio.rmtree(fileio.join(base, name))
     version = next_version(base)
-    tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
+    final = fileio.join(base, str(version))
+    # A local disk renames a directory atomically: the version is assembled in a hidden
+    # sibling and appears whole. Object storage has no such rename: the version is written in
+    # place, saved_model.pb last, so until then neither TF Serving nor `versions()` takes it.
+    atomic = fileio._rename_is_atomic(base)
+    work = fileio.join(base, f".tmp-{version}-{os.getpid()}") if atomic else final
     try:
-        os.makedirs(tmp)
-        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(dict(metadata, version=version), f, indent=2, sort_keys=True, default=str)
+        fileio.makedirs(work)
+        fileio.write_json(fileio.join(work, METADATA_FILE), dict(metadata, version=version),
+                          indent=2, sort_keys=True, default=str)
         for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, os.path.join(tmp, name))
-        _copy_model(model_dir, tmp)
-        final = os.path.join(base, str(version))
-        os.rename(tmp, final)
+            _copy_file(source, fileio.join(work, name))
+        _copy_model(model_dir, work)
+        if atomic:
+            fileio.rename(work, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if atomic:
+            fileio.rmtree(work)
+        # In place, the partial version stays (without saved_model.pb: never loaded) until a
+        # later push completes: removing it now would free its number for reuse.
         raise
     removed = []
+    if not atomic:
+        # Partial versions of pushes that died (numbered, without saved_model.pb), all older
+        # than this one. Removed only now that a newer number exists, so the highest number
+        # ever used stays listed and `next_version` never hands it out again. This assumes
+        # one push at a time per serving directory (the root lock gives that to one root):
+        # another pipeline's push still in progress would look partial too.
+        complete = set(versions(base))
+        for old in _numbered(base):
+            if old < version and old not in complete:
+                fileio.rmtree(fileio.join(base, str(old)))
     if settings.keep_versions:
         for old in versions(base)[:-settings.keep_versions]:
             if old != version:
-                shutil.rmtree(os.path.join(base, str(old)))
+                fileio.rmtree(fileio.join(base, str(old)))
                 removed.append(old)
     return {"version": version, "path": final, "removed": removed}
 
@@ -116,18 +150,20 @@ def run_pusher(evaluator_dir: str, model_dir: str, metadata: Dict[str, Any],
     """
     from components.evaluator import BLESSED, RESULT_FILE
 
-    if not os.path.exists(os.path.join(evaluator_dir, BLESSED)):
+    blessed = fileio.exists(fileio.join(evaluator_dir, BLESSED))
+    if not (blessed and fileio.is_published(evaluator_dir)):
         failures = []
-        result_path = os.path.join(evaluator_dir, RESULT_FILE)
-        if os.path.exists(result_path):
-            with open(result_path) as f:
-                failures = json.load(f).get("failures", [])
+        result_path = fileio.join(evaluator_dir, RESULT_FILE)
+        if blessed:  # a BLESSED file in an Evaluator output that never completed
+            failures = [f"the Evaluator's output {evaluator_dir} is incomplete (no "
+                        f"{fileio.MARKER}): run the pipeline again"]
+        elif fileio.exists(result_path):
+            failures = fileio.read_json(result_path).get("failures", [])
         raise ModelNotBlessedError(
             "the model was not blessed, so it was not pushed:\n  "
             + "\n  ".join(failures or ["(the Evaluator gave no reason)"])
             + f"\nSee {evaluator_dir}/{RESULT_FILE}.")
     with staged_output(output_dir) as tmp:
         pushed = push(model_dir, metadata, settings, extra_files)
-        with open(os.path.join(tmp, PUSHED_FILE), "w") as f:
-            json.dump(pushed, f, indent=2)
+        fileio.write_json(fileio.join(tmp, PUSHED_FILE), pushed, indent=2)
     return pushed

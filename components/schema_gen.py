@@ -8,11 +8,9 @@ numerically, others alphabetically, so the class index is stable across runs.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from typing import List, Sequence, Tuple
 
-from components import features
+from components import features, fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
 from components.statistics_gen import load_statistics, value_counts
@@ -36,19 +34,19 @@ def run_schema_gen(stats_dir: str, splits: Sequence[str], output_dir: str, schem
                 tfdv.load_schema_text(schema_path)
             except Exception as e:  # a parse error of the text proto
                 raise UserInputError(f"curated schema {schema_path} does not parse: {e}")
-            shutil.copyfile(schema_path, os.path.join(tmp, SCHEMA_FILE))
+            fileio.copy(schema_path, fileio.join(tmp, SCHEMA_FILE))
             origin = "curated"
         else:
             schema = infer_schema(stats_dir, splits)
-            tfdv.write_schema_text(schema, os.path.join(tmp, SCHEMA_FILE))
+            tfdv.write_schema_text(schema, fileio.join(tmp, SCHEMA_FILE))
             origin = "inferred"
             logging.info("inferred a schema from the statistics of %s", ", ".join(splits))
-    return os.path.join(output_dir, SCHEMA_FILE), origin
+    return fileio.join(output_dir, SCHEMA_FILE), origin
 
 
 def check_schema_path(schema_path: str) -> None:
     """A schema the user named must exist: a typo must not silently turn into inference."""
-    if schema_path != INFER and not os.path.isfile(schema_path):
+    if schema_path != INFER and (not fileio.exists(schema_path) or fileio.isdir(schema_path)):
         raise UserInputError(f"schema {schema_path} does not exist (give a schema file, or "
                              f"`{INFER}` to infer one from the data)")
 
@@ -143,8 +141,8 @@ def load_schema(schema_dir_or_file: str):
     import tensorflow_data_validation as tfdv
 
     path = schema_dir_or_file
-    if os.path.isdir(path):
-        path = os.path.join(path, SCHEMA_FILE)
+    if fileio.isdir(path):
+        path = fileio.join(path, SCHEMA_FILE)
     return tfdv.load_schema_text(path)
 
 

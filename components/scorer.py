@@ -7,6 +7,16 @@ pushed with the model (skew: text lengths, and labels when the rows have them); 
 the model's raw-text signature through RunInference (batched, the model loaded once per worker)
 and writes JSONL (and optionally CSV) shards. Rows read = rows scored + rows quarantined, or the
 job fails.
+
+Scale: no step holds the documents in memory, and nothing groups them. The first job writes the
+examples in chunks of at most `chunk_rows` rows (their paths and row counts are all that is
+collected); their total gives the number of output shards, `ceil(rows / rows_per_shard)`, and
+each chunk is assigned whole to one shard. The second job scores chunk by chunk (the unit of
+work: as many in parallel as there are workers and chunks), each worker streams its rows into a
+piece file per shard, and a last step publishes each shard from its pieces (a rename when it
+has one piece, the usual case on one machine; a concatenation otherwise): exactly the planned
+shards, each row in one of them once. (Beam's `WriteToText(num_shards=N)` would instead group
+every row by shard; on the DirectRunner that grouping holds all of them in memory.)
 """
 from __future__ import annotations
 
@@ -14,18 +24,23 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import shutil
+import uuid
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, \
     RunInference
 
 from components import drift
 from components import example_gen as eg
-from components import export, features
+from components import export, features, fileio
+from components.beam_pipeline import beam_pipeline
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.example_validator import check_threshold, describe_anomalies, is_blocking
 from components.pusher import METADATA_FILE, versions
@@ -34,7 +49,13 @@ from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, is_int
 from components.statistics_gen import TEXT_LENGTH_STATS_FILE, TextLengthStatistics
 
 PREDICTIONS_DIR = "predictions"
-EXAMPLES_DIR = ".examples"
+PREDICTIONS_PREFIX = "predictions"  # shards: predictions-00000-of-00003.jsonl (Beam's naming)
+EXAMPLES_DIR = ".examples"  # the first job's examples, in chunks; removed at the end
+CHUNKS_FILE = "chunks.json"  # [[path, rows], ...] of those chunks
+PIECES_DIR = ".pieces"  # the second job's per-worker pieces of the shards; removed at the end
+WRITTEN_FILE = ".written"  # rows published per output format, checked against rows scored
+MAX_CHUNK_ROWS = 10_000  # at most this many rows per chunk: the unit of scoring work
+MAX_OPEN_PIECES = 16  # piece files a worker keeps open at once (each holds a write buffer)
 STATS_FILE = "FeatureStats.pb"
 LABEL_STATS_FILE = "LabelStats.pb"  # the labels of labelled rows, for skew only
 SUMMARY_FILE = "summary.json"
@@ -53,10 +74,21 @@ class ScoreSettings:
     skew_label_linf: float = 0.1
     skew_text_length_jsd: float = 0.1
     skew_blocking: bool = False
+    # Output shards follow the data: ceil(rows scored / rows_per_shard), at least 1. A million
+    # rows (a few hundred MB of JSONL) per shard: one shard for a test set, ~100 for 100M rows.
+    rows_per_shard: int = 1_000_000
 
     def __post_init__(self):
         for name in ("skew_label_linf", "skew_text_length_jsd"):
             check_threshold(name, getattr(self, name))
+        if self.rows_per_shard < 1:
+            raise UserInputError(f"rows_per_shard must be >= 1; got {self.rows_per_shard}")
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per example chunk: at most a quarter of a shard, so that every planned shard
+        gets at least one whole chunk (see `plan_shards`)."""
+        return max(1, min(MAX_CHUNK_ROWS, -(-self.rows_per_shard // 4)))
 
 
 class RawTextModelHandler(ModelHandler[str, PredictionResult, Any]):
@@ -102,43 +134,125 @@ def _to_scoring_example(record: eg.RawRecord, settings: eg.ExampleGenSettings):
 
 @beam.ptransform_fn
 def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir: str,
-                     validated_features: Sequence[str]):
+                     validated_features: Sequence[str], chunk_rows: int = MAX_CHUNK_ROWS):
     import tensorflow_data_validation as tfdv
     from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 
+    # Create spreads the work items over the workers; the records of an item stream through
+    # the rest of the stage (a Reshuffle of the records would materialise all of them at once
+    # in the DirectRunner's memory).
     records = (pipeline
                | "CreateWorkItems" >> beam.Create(items)
-               | "ReadRecords" >> beam.FlatMap(eg.read_records, settings)
-               | "Redistribute" >> beam.Reshuffle())
+               | "ReadRecords" >> beam.FlatMap(eg.read_records, settings))
     routed = records | "Check" >> beam.Map(_to_scoring_example, settings).with_outputs(
         "quarantine", main="examples")
     examples, quarantined = routed.examples, routed.quarantine
-    _ = examples | "WriteExamples" >> beam.io.WriteToTFRecord(
-        os.path.join(work_dir, EXAMPLES_DIR, "examples"), file_name_suffix=".gz",
-        compression_type=CompressionTypes.GZIP)
+    _ = (examples
+         | "WriteExamples" >> beam.ParDo(_WriteExampleChunks(os.path.join(work_dir, EXAMPLES_DIR),
+                                                             chunk_rows))
+         | "CollectChunks" >> beam.combiners.ToList()  # [(path, rows)]: a few per shard
+         | "ChunksToJson" >> beam.Map(lambda chunks: json.dumps(sorted(chunks)))
+         | "WriteChunks" >> beam.io.WriteToText(os.path.join(work_dir, EXAMPLES_DIR, CHUNKS_FILE),
+                                                shard_name_template=""))
     _ = quarantined | "WriteQuarantine" >> eg.WriteQuarantine(work_dir)
     batches = (examples
                | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
                | "ToRecordBatch" >> beam.Map(
                    lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b)))
+    # TFDV's statistics in bounded memory: its exact top-k/unique counts group every distinct
+    # value (every id, nearly every text) by key, which on the DirectRunner holds them all at
+    # once; the sketches (Misra-Gries, 1024 counters: exact up to that many distinct values,
+    # as a label's; KMV for the unique count) do not.
     _ = (batches
          | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
-             feature_allowlist=list(validated_features)))
+             feature_allowlist=list(validated_features), use_sketch_based_topk_uniques=True))
          | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, STATS_FILE)))
     _ = batches | "TextLengthStatistics" >> TextLengthStatistics(
         os.path.join(work_dir, TEXT_LENGTH_STATS_FILE))
     _ = (batches
          | "LabelStatistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
-             feature_allowlist=[features.LABEL]))
+             feature_allowlist=[features.LABEL], use_sketch_based_topk_uniques=True))
          | "WriteLabelStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, LABEL_STATS_FILE)))
     _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
-         quarantined) | "WriteCounts" >> eg.WriteCounts(work_dir)
+         quarantined) | "WriteCounts" >> WriteCounts(work_dir)
+
+
+@beam.ptransform_fn
+def WriteCounts(pcolls, output_dir: str):
+    """ExampleGen's `counts.json` (eg.WriteCounts) from (records read, output keys,
+    quarantined), each tally counted where it is taken (a lifted combine) and only the counts
+    flattened: eg.WriteCounts flattens a key per row first, which the DirectRunner
+    materialises, all the rows' keys at once."""
+    records, written_keys, quarantined = pcolls
+    counted = (
+        (records | "KeyRead" >> beam.Map(lambda _: "read")
+         | "CountRead" >> beam.combiners.Count.PerElement()),
+        (written_keys | "CountWritten" >> beam.combiners.Count.PerElement()),
+        (quarantined | "KeyQuarantine" >> beam.Map(lambda q: f"quarantine:{q['reason']}")
+         | "CountQuarantined" >> beam.combiners.Count.PerElement()),
+    ) | "Flatten" >> beam.Flatten()
+    return (
+        counted
+        | "Collect" >> beam.combiners.ToList()
+        | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
+        | "Write" >> beam.io.WriteToText(fileio.join(output_dir, eg.COUNTS_FILE),
+                                         shard_name_template=""))
+
+
+class _WriteExampleChunks(beam.DoFn):
+    """Serialized tf.Examples -> GZIP TFRecord chunks of at most `chunk_rows` rows in
+    `directory`; emits (path, rows) per chunk. Only the chunks of committed bundles are
+    emitted: files a failed bundle left behind are never read, and go with the directory."""
+
+    def __init__(self, directory: str, chunk_rows: int):
+        self._directory = directory
+        self._chunk_rows = chunk_rows
+        self._handle = None
+
+    def start_bundle(self):
+        self._handle = None
+
+    def _close(self) -> Tuple[str, int]:
+        self._handle.close()
+        self._handle = None
+        return self._path, self._rows
+
+    def process(self, example: bytes):
+        if self._handle is None:
+            self._path = os.path.join(self._directory, f"{uuid.uuid4().hex}.tfrecord.gz")
+            self._handle = FileSystems.create(self._path,
+                                              compression_type=CompressionTypes.GZIP)
+            self._rows = 0
+        _TFRecordUtil.write_record(self._handle, example)
+        self._rows += 1
+        if self._rows >= self._chunk_rows:
+            yield self._close()
+
+    def finish_bundle(self):
+        if self._handle is not None:
+            yield beam.transforms.window.GlobalWindows.windowed_value(self._close())
+
+
+def plan_shards(chunks: Sequence[Tuple[str, int]], rows_per_shard: int
+                ) -> Tuple[int, List[Tuple[str, int]]]:
+    """(number of shards, [(chunk path, shard)]): ceil(rows / rows_per_shard) shards, at least
+    one; the chunks, in path order, go whole to consecutive shards, a chunk to the shard its
+    first row falls in when the rows are cut into equal parts. With chunks of at most
+    rows_per_shard / 4 rows (ScoreSettings.chunk_rows) every shard gets rows."""
+    total = sum(rows for _, rows in chunks)
+    num_shards = max(1, math.ceil(total / rows_per_shard))
+    plan, start = [], 0
+    for path, rows in sorted(chunks):
+        if rows:
+            plan.append((path, min(num_shards - 1, start * num_shards // total)))
+        start += rows
+    return num_shards, plan
 
 
 def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:
-    """((id, label or None), text): the key rides along RunInference untouched."""
+    """((id, label or None), text)."""
     import tensorflow as tf
 
     f = tf.train.Example.FromString(serialized).features.feature
@@ -146,6 +260,130 @@ def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:
              if features.LABEL in f else None)
     return ((f[features.ID].bytes_list.value[0].decode("utf-8"), label),
             f[features.TEXT].bytes_list.value[0].decode("utf-8"))
+
+
+def _read_chunk(chunk: Tuple[str, int]) -> Iterable[Tuple[Tuple[int, str, Optional[str]], str]]:
+    """A chunk's rows as ((shard, id, label or None), text), streamed from the file: the key
+    rides along RunInference untouched."""
+    path, shard = chunk
+    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+        while True:
+            record = _TFRecordUtil.read_record(f)
+            if record is None:
+                return
+            (row_id, label), text = _parse_example(record)
+            yield (shard, row_id, label), text
+
+
+def shard_name(prefix: str, shard: int, num_shards: int, suffix: str) -> str:
+    return f"{prefix}-{shard:05d}-of-{num_shards:05d}{suffix}"
+
+
+class _WritePieces(beam.DoFn):
+    """(shard, line) -> piece files of the shards in `directory`, one per shard per bundle
+    (more only when over MAX_OPEN_PIECES shards come in one bundle); emits (shard, (path,
+    rows)) per piece. Each piece starts with the header, when there is one."""
+
+    def __init__(self, directory: str, suffix: str, header: Optional[str]):
+        self._directory = directory
+        self._suffix = suffix
+        self._header = None if header is None else (header + "\n").encode("utf-8")
+        self._open: Dict[int, list] = {}
+
+    def start_bundle(self):
+        self._open = {}
+
+    def _close(self, shard: int):
+        handle, path, rows = self._open.pop(shard)
+        handle.close()
+        return shard, (path, rows)
+
+    def process(self, element: Tuple[int, str]):
+        shard, line = element
+        piece = self._open.pop(shard, None)  # re-inserted last: the dict is in recency order
+        if piece is None:
+            if len(self._open) >= MAX_OPEN_PIECES:
+                yield self._close(next(iter(self._open)))
+            path = os.path.join(self._directory, f"{shard:05d}-{uuid.uuid4().hex}{self._suffix}")
+            piece = [FileSystems.create(path, mime_type="text/plain",
+                                        compression_type=CompressionTypes.UNCOMPRESSED), path, 0]
+            if self._header is not None:
+                piece[0].write(self._header)
+        self._open[shard] = piece
+        piece[0].write(line.encode("utf-8") + b"\n")
+        piece[2] += 1
+
+    def finish_bundle(self):
+        for shard in list(self._open):
+            yield beam.transforms.window.GlobalWindows.windowed_value(self._close(shard))
+
+
+def _publish_shard(shard_pieces: Tuple[int, Iterable[Optional[Tuple[str, int]]]],
+                   directory: str, prefix: str, suffix: str, num_shards: int,
+                   header: Optional[str]) -> int:
+    """Publishes one shard from its (path, rows) pieces (and None: the placeholder that every
+    shard has, so that one without rows is written too); returns its rows."""
+    shard, pieces = shard_pieces
+    pieces = sorted(p for p in pieces if p is not None)
+    final = os.path.join(directory, shard_name(prefix, shard, num_shards, suffix))
+    rows = sum(n for _, n in pieces)
+    if FileSystems.exists(final) and not all(FileSystems.exists(p) for p, _ in pieces):
+        return rows  # a retry of a publish that got as far as moving or removing its pieces
+    if len(pieces) == 1:
+        try:
+            FileSystems.mkdirs(directory)
+        except IOError:
+            pass  # there already (object stores have no directories to make)
+        FileSystems.rename([pieces[0][0]], [final])
+        return rows
+    head = b"" if header is None else (header + "\n").encode("utf-8")
+    with FileSystems.create(final, mime_type="text/plain",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as out:
+        out.write(head)
+        for path, _ in pieces:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                f.read(len(head))  # each piece starts with the header
+                shutil.copyfileobj(f, out, 1 << 20)
+    FileSystems.delete([path for path, _ in pieces])
+    return rows
+
+
+@beam.ptransform_fn
+def WriteShards(lines, directory: str, pieces_dir: str, prefix: str, suffix: str,
+                num_shards: int, header: Optional[str] = None):
+    """(shard, line) -> exactly `num_shards` files `directory/prefix-SSSSS-of-NNNNN<suffix>`,
+    without grouping the lines (only the pieces' names are grouped); returns (suffix, rows)
+    per shard."""
+    pieces = lines | "WritePieces" >> beam.ParDo(_WritePieces(pieces_dir, suffix, header))
+    every_shard = (lines.pipeline
+                   | "EveryShard" >> beam.Create([(s, None) for s in range(num_shards)]))
+    return ((pieces, every_shard)
+            | "Flatten" >> beam.Flatten()
+            | "GroupPieces" >> beam.GroupByKey()
+            | "Publish" >> beam.Map(_publish_shard, directory, prefix, suffix, num_shards, header)
+            | "KeyRows" >> beam.Map(lambda rows: (suffix, rows)))
+
+
+class SumTuples(beam.CombineFn):
+    """Element-wise sums of equal-length tuples of counts (the empty input: zeros)."""
+
+    def __init__(self, width: int):
+        self._width = width
+
+    def create_accumulator(self):
+        return (0,) * self._width
+
+    def add_input(self, accumulator, element):
+        return tuple(a + b for a, b in zip(accumulator, element))
+
+    def merge_accumulators(self, accumulators):
+        total = self.create_accumulator()
+        for accumulator in accumulators:
+            total = self.add_input(total, accumulator)
+        return total
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 def class_value(classes: Sequence[str]) -> Callable[[str], Any]:
@@ -157,15 +395,17 @@ def class_value(classes: Sequence[str]) -> Callable[[str], Any]:
     return lambda name: name
 
 
-def _format(keyed: Tuple[Tuple[str, Optional[str]], PredictionResult], classes: Sequence[str],
-            version: str, value: Callable[[str], Any]) -> Dict[str, Any]:
-    (row_id, label), result = keyed
+def _format(keyed: Tuple[Tuple[int, str, Optional[str]], PredictionResult],
+            classes: Sequence[str], version: str, value: Callable[[str], Any]
+            ) -> Tuple[int, Dict[str, Any]]:
+    """(shard, output row)."""
+    (shard, row_id, label), result = keyed
     row = {"id": row_id, "predicted_class": value(result.inference["predicted_class"]),
            "probabilities": dict(zip(classes, result.inference["probabilities"])),
            "model_version": version}
     if label is not None:
         row["label"] = value(label)
-    return row
+    return shard, row
 
 
 def _csv_line(values: Sequence[Any]) -> str:
@@ -188,7 +428,7 @@ def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
     elif version not in found:
         raise UserInputError(f"{model_base} has no version {version}; it has "
                              f"{', '.join(map(str, found))}")
-    return os.path.join(model_base, str(version)), str(version)
+    return fileio.join(model_base, str(version)), str(version)
 
 
 def _validated_features(schema) -> List[str]:
@@ -202,8 +442,8 @@ def _validated_features(schema) -> List[str]:
 def resolve_schema(model_dir: str, schema_path: Optional[str], fallback: str) -> str:
     """The schema to validate against: the one given, else the one pushed with the model."""
     if schema_path is None:
-        pushed = os.path.join(model_dir, SCHEMA_FILE)
-        schema_path = pushed if os.path.exists(pushed) else fallback
+        pushed = fileio.join(model_dir, SCHEMA_FILE)
+        schema_path = pushed if fileio.exists(pushed) else fallback
     check_schema_path(schema_path)
     if schema_path == INFER:
         raise UserInputError("scoring validates the data against a schema file; `infer` is "
@@ -216,10 +456,10 @@ def check_skew(model_dir: str, output_dir: str, settings: ScoreSettings) -> Dict
     with the model: drift.check_skew's result, its anomalies in `skew_anomalies.pbtxt`.
     Blocking skew stops the job only with `skew_blocking` and without `allow_anomalies`."""
     result = drift.check_skew(
-        model_dir, os.path.join(output_dir, LABEL_STATS_FILE),
-        os.path.join(output_dir, TEXT_LENGTH_STATS_FILE), settings.skew_label_linf,
+        model_dir, fileio.join(output_dir, LABEL_STATS_FILE),
+        fileio.join(output_dir, TEXT_LENGTH_STATS_FILE), settings.skew_label_linf,
         settings.skew_text_length_jsd, blocking=settings.skew_blocking,
-        anomalies_path=os.path.join(output_dir, drift.SKEW_ANOMALIES_FILE))
+        anomalies_path=fileio.join(output_dir, drift.SKEW_ANOMALIES_FILE))
     if result.get("blocking") and not settings.allow_anomalies:
         raise BlockingAnomaliesError(
             "the scoring data is skewed against the model's training data:\n  "
@@ -241,24 +481,29 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     model_dir, version_name = resolve_model(model_base, version)
     schema_path = resolve_schema(model_dir, schema_path, fallback_schema)
     schema = load_schema(schema_path)
-    with open(os.path.join(model_dir, METADATA_FILE)) as f:
-        classes = json.load(f)["classes"]
+    classes = fileio.read_json(fileio.join(model_dir, METADATA_FILE))["classes"]
     reader = dataclasses.replace(reader, require_label=False)
     items = eg.discover_inputs(inputs, reader)
-    if os.path.exists(output_dir) and os.listdir(output_dir):
+    if fileio.listdir(output_dir):
         raise UserInputError(f"output directory {output_dir} is not empty")
 
-    with beam.Pipeline(options=beam_options) as p:
+    with beam_pipeline(beam_options) as p:
         _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir,
-                                                        _validated_features(schema))
-    with open(os.path.join(output_dir, eg.COUNTS_FILE)) as f:
-        counts = eg.summarize_counts(json.load(f), splits=(SCORE_SPLIT,))
+                                                        _validated_features(schema),
+                                                        settings.chunk_rows)
+    counts = eg.summarize_counts(fileio.read_json(fileio.join(output_dir, eg.COUNTS_FILE)),
+                                 splits=(SCORE_SPLIT,))
+    chunks = [tuple(c) for c in fileio.read_json(fileio.join(output_dir, EXAMPLES_DIR,
+                                                             CHUNKS_FILE))]
+    if sum(rows for _, rows in chunks) != counts["written"]:
+        raise RuntimeError(f"the example chunks hold {sum(rows for _, rows in chunks)} rows, "
+                           f"not the {counts['written']} written")
 
     anomalies, skew = [], {"skipped": "no rows to score"}
     if counts["written"]:
-        stats = tfdv.load_stats_binary(os.path.join(output_dir, STATS_FILE))
+        stats = tfdv.load_stats_binary(fileio.join(output_dir, STATS_FILE))
         result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
-        tfdv.write_anomalies_text(result, os.path.join(output_dir, "anomalies.pbtxt"))
+        tfdv.write_anomalies_text(result, fileio.join(output_dir, "anomalies.pbtxt"))
         anomalies = describe_anomalies(SCORE_SPLIT, result)
         if is_blocking(result) and not settings.allow_anomalies:
             raise BlockingAnomaliesError(
@@ -266,50 +511,63 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
                 + "\n  ".join(anomalies) + "\nFix the data, or pass --allow-anomalies.")
         skew = check_skew(model_dir, output_dir, settings)
 
+    num_shards, plan = plan_shards(chunks, settings.rows_per_shard)
+    predictions_dir = fileio.join(output_dir, PREDICTIONS_DIR)
+    pieces_dir = fileio.join(output_dir, PIECES_DIR)
     handler = KeyedModelHandler(RawTextModelHandler(model_dir, settings.min_batch_size,
                                                     settings.max_batch_size))
-    with beam.Pipeline(options=beam_options) as p:
+    with beam_pipeline(beam_options) as p:
         rows = (p
-                | "ReadExamples" >> beam.io.ReadFromTFRecord(
-                    os.path.join(output_dir, EXAMPLES_DIR, "*"))
-                | "Parse" >> beam.Map(_parse_example)
+                | "CreateChunks" >> beam.Create(plan)  # spread over the workers
+                | "ReadChunks" >> beam.FlatMap(_read_chunk)
                 | "RunInference" >> RunInference(handler)
                 | "Format" >> beam.Map(_format, classes, version_name, class_value(classes)))
-        _ = (rows
-             | "ToJson" >> beam.Map(json.dumps, ensure_ascii=False)
-             | "WriteJsonl" >> beam.io.WriteToText(
-                 os.path.join(output_dir, PREDICTIONS_DIR, "predictions"),
-                 file_name_suffix=".jsonl"))
+        written = [rows
+                   | "ToJson" >> beam.MapTuple(
+                       lambda shard, row: (shard, json.dumps(row, ensure_ascii=False)))
+                   | "WriteJsonl" >> WriteShards(predictions_dir, pieces_dir, PREDICTIONS_PREFIX,
+                                                 ".jsonl", num_shards)]
         # Rows scored, and how many of those with a label were predicted right.
         _ = (rows
-             | "Tally" >> beam.Map(lambda r: (1, int("label" in r),
-                                              int(r.get("label") == r["predicted_class"])))
-             | "SumTally" >> beam.CombineGlobally(
-                 lambda ts: tuple(map(sum, zip(*ts))) if ts else (0, 0, 0))
+             | "Tally" >> beam.MapTuple(lambda _, r: (1, int("label" in r),
+                                                      int(r.get("label") == r["predicted_class"])))
+             | "SumTally" >> beam.CombineGlobally(SumTuples(3))
              | "TallyToJson" >> beam.Map(json.dumps)
-             | "WriteTally" >> beam.io.WriteToText(os.path.join(output_dir, ".scored"),
+             | "WriteTally" >> beam.io.WriteToText(fileio.join(output_dir, ".scored"),
                                                    shard_name_template=""))
         if settings.write_csv:
             header = _csv_line(["id", "predicted_class"] + [f"p_{c}" for c in classes]
                                + ["model_version"])
-            _ = (rows
-                 | "ToCsv" >> beam.Map(_to_csv, classes)
-                 | "WriteCsv" >> beam.io.WriteToText(
-                     os.path.join(output_dir, PREDICTIONS_DIR, "predictions"),
-                     file_name_suffix=".csv", header=header))
-    with open(os.path.join(output_dir, ".scored")) as f:
-        scored, labelled, correct = json.load(f)
-    os.remove(os.path.join(output_dir, ".scored"))
-    shutil.rmtree(os.path.join(output_dir, EXAMPLES_DIR))  # an intermediate copy of the input
+            written.append(rows
+                           | "ToCsv" >> beam.MapTuple(lambda shard, row: (shard,
+                                                                          _to_csv(row, classes)))
+                           | "WriteCsv" >> WriteShards(predictions_dir, pieces_dir,
+                                                       PREDICTIONS_PREFIX, ".csv", num_shards,
+                                                       header))
+        # Rows published per format, to check against the tally.
+        _ = (written
+             | "FlattenWritten" >> beam.Flatten()
+             | "SumWritten" >> beam.CombinePerKey(sum)
+             | "CollectWritten" >> beam.combiners.ToDict()
+             | "WrittenToJson" >> beam.Map(json.dumps)
+             | "WriteWritten" >> beam.io.WriteToText(fileio.join(output_dir, WRITTEN_FILE),
+                                                     shard_name_template=""))
+    scored, labelled, correct = fileio.read_json(fileio.join(output_dir, ".scored"))
+    published = fileio.read_json(fileio.join(output_dir, WRITTEN_FILE))
+    fileio.remove(fileio.join(output_dir, ".scored"))
+    fileio.remove(fileio.join(output_dir, WRITTEN_FILE))
+    fileio.rmtree(fileio.join(output_dir, EXAMPLES_DIR))  # an intermediate copy of the input
+    fileio.rmtree(pieces_dir)  # left only by bundles that were retried
+    if any(n != scored for n in published.values()):
+        raise RuntimeError(f"scored {scored} rows but published {published}")
     summary = {"model": model_dir, "version": version_name, "schema": schema_path,
                "read": counts["read"],
                "scored": scored, "quarantined": counts["quarantined"],
                "quarantine_reasons": counts["quarantine_reasons"], "anomalies": anomalies,
-               "skew": skew,
+               "skew": skew, "shards": num_shards,
                "classes": classes, "labelled": labelled,
                "accuracy": correct / labelled if labelled else None}
     if summary["read"] != summary["scored"] + summary["quarantined"]:
         raise RuntimeError(f"scoring counts do not reconcile: {summary}")
-    with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+    fileio.write_json(fileio.join(output_dir, SUMMARY_FILE), summary, indent=2, sort_keys=True)
     return summary

@@ -7,13 +7,13 @@ the schemas never see a feature that is not in the data; drift and skew checks c
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 
-from components import features
+from components import features, fileio
 from components.artifacts import staged_output
+from components.beam_pipeline import beam_pipeline
 
 STATS_FILE = "FeatureStats.pb"
 TEXT_LENGTH_STATS_FILE = "TextLengthStats.pb"
@@ -28,12 +28,12 @@ TEXT_LENGTH_QUANTILE_BUCKETS = 20
 
 
 def split_data_pattern(examples_dir: str, split: str) -> str:
-    return os.path.join(examples_dir, features.split_dir_name(split), "*")
+    return fileio.join(examples_dir, features.split_dir_name(split), "*")
 
 
 def available_splits(examples_dir: str) -> Sequence[str]:
     return [s for s in features.SPLITS
-            if os.path.isdir(os.path.join(examples_dir, features.split_dir_name(s)))]
+            if fileio.isdir(fileio.join(examples_dir, features.split_dir_name(s)))]
 
 
 def run_statistics_gen(examples_dir: str, output_dir: str, beam_options) -> Dict[str, str]:
@@ -45,23 +45,23 @@ def run_statistics_gen(examples_dir: str, output_dir: str, beam_options) -> Dict
     splits = available_splits(examples_dir)
     paths = {}
     with staged_output(output_dir) as tmp:
-        with beam.Pipeline(options=beam_options) as p:
+        with beam_pipeline(beam_options) as p:
             for split in splits:
                 source = tfxio.TFExampleRecord(
                     split_data_pattern(examples_dir, split),
                     telemetry_descriptors=["textcnn_pipeline", "StatisticsGen"])
-                split_dir = os.path.join(tmp, features.split_dir_name(split))
+                split_dir = fileio.join(tmp, features.split_dir_name(split))
                 batches = p | f"Read[{split}]" >> source.BeamSource()
                 _ = (
                     batches
                     | f"GenerateStatistics[{split}]" >> tfdv.GenerateStatistics(
                         tfdv.StatsOptions())
                     | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
-                        os.path.join(split_dir, STATS_FILE)))
+                        fileio.join(split_dir, STATS_FILE)))
                 _ = batches | f"TextLengthStatistics[{split}]" >> TextLengthStatistics(
-                    os.path.join(split_dir, TEXT_LENGTH_STATS_FILE))
+                    fileio.join(split_dir, TEXT_LENGTH_STATS_FILE))
         for split in splits:
-            paths[split] = os.path.join(output_dir, features.split_dir_name(split), STATS_FILE)
+            paths[split] = fileio.join(output_dir, features.split_dir_name(split), STATS_FILE)
     return paths
 
 
@@ -139,4 +139,4 @@ def load_statistics(stats_dir: str, split: str, name: str = STATS_FILE):
     TEXT_LENGTH_STATS_FILE."""
     import tensorflow_data_validation as tfdv
 
-    return tfdv.load_stats_binary(os.path.join(stats_dir, features.split_dir_name(split), name))
+    return tfdv.load_stats_binary(fileio.join(stats_dir, features.split_dir_name(split), name))

@@ -12,14 +12,13 @@ import collections
 import dataclasses
 import functools
 import json
-import os
-import shutil
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import apache_beam as beam
 
-from components import features
+from components import features, fileio
 from components.artifacts import staged_output
+from components.beam_pipeline import beam_pipeline
 from components.canonical import WriteSortedTFRecords, num_shards_for
 from components.errors import UserInputError
 from components.statistics_gen import available_splits, split_data_pattern
@@ -204,8 +203,8 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
     fn = make_preprocessing_fn(settings, classes)
 
     with staged_output(output_dir) as tmp:
-        with beam.Pipeline(options=beam_options) as p, tft_beam.Context(
-                temp_dir=os.path.join(tmp, ".tft_tmp"), force_tf_compat_v1=False):
+        with beam_pipeline(beam_options) as p, tft_beam.Context(
+                temp_dir=fileio.join(tmp, ".tft_tmp"), force_tf_compat_v1=False):
             sources = {
                 split: tfxio.TFExampleRecord(
                     split_data_pattern(examples_dir, split), schema=raw_schema,
@@ -230,16 +229,16 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                     batches
                     | f"Encode[{split}]" >> beam.ParDo(_EncodeFn(), transformed_schema)
                     | f"Write[{split}]" >> WriteSortedTFRecords(
-                        os.path.join(tmp, features.split_dir_name(split), TRANSFORMED_PREFIX),
+                        fileio.join(tmp, features.split_dir_name(split), TRANSFORMED_PREFIX),
                         transformed_num_shards(examples_dir, split, settings)))
                 _ = (
                     batches
                     | f"TokenStats[{split}]" >> beam.CombineGlobally(TokenStatsFn())
                     | f"TokenStatsToJson[{split}]" >> beam.Map(json.dumps)
                     | f"WriteTokenStats[{split}]" >> beam.io.WriteToText(
-                        os.path.join(tmp, features.split_dir_name(split), TOKEN_STATS_FILE),
+                        fileio.join(tmp, features.split_dir_name(split), TOKEN_STATS_FILE),
                         shard_name_template=""))
-        shutil.rmtree(os.path.join(tmp, ".tft_tmp"), ignore_errors=True)
+        fileio.rmtree(fileio.join(tmp, ".tft_tmp"))
         tft_output = tft.TFTransformOutput(tmp)
         vocab_size = tft_output.vocabulary_size_by_name(VOCAB_NAME)
         max_len = transformed_max_len(tft_output)
@@ -250,8 +249,8 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                 "token_lengths": {split: _read_token_stats(tmp, split, max_len)
                                   for split in splits},
                 "settings": dataclasses.asdict(settings)}
-        with open(os.path.join(tmp, TRANSFORM_INFO_FILE), "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
+        fileio.write_json(fileio.join(tmp, TRANSFORM_INFO_FILE), info, indent=2,
+                          sort_keys=True)
     return info
 
 
@@ -287,9 +286,8 @@ class TokenStatsFn(beam.CombineFn):
 
 def _read_token_stats(transform_dir: str, split: str, max_len: int) -> Dict[str, Any]:
     """A split's token statistics, with the documents longer than max_len counted."""
-    path = os.path.join(transform_dir, features.split_dir_name(split), TOKEN_STATS_FILE)
-    with open(path) as f:
-        stats = json.load(f)
+    path = fileio.join(transform_dir, features.split_dir_name(split), TOKEN_STATS_FILE)
+    stats = fileio.read_json(path)
     stats["truncated"] = sum(n for length, n in stats["histogram"] if length > max_len)
     return stats
 
@@ -319,7 +317,7 @@ class _EncodeFn(beam.DoFn):
 
 
 def transformed_data_pattern(transform_dir: str, split: str) -> str:
-    return os.path.join(transform_dir, features.split_dir_name(split), f"{TRANSFORMED_PREFIX}*")
+    return fileio.join(transform_dir, features.split_dir_name(split), f"{TRANSFORMED_PREFIX}*")
 
 
 def transformed_num_shards(examples_dir: str, split: str, settings: TransformSettings) -> int:
@@ -335,18 +333,15 @@ def transformed_num_shards(examples_dir: str, split: str, settings: TransformSet
 
 def read_split_count(examples_dir: str, split: str) -> Optional[int]:
     """Records of `split` in an ExampleGen artifact, from its `counts.json`; None if unknown."""
-    import tensorflow as tf
-
     from components.example_gen import COUNTS_FILE
 
-    path = os.path.join(examples_dir, COUNTS_FILE)
-    if not tf.io.gfile.exists(path):
+    path = fileio.join(examples_dir, COUNTS_FILE)
+    if not fileio.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            counts = json.load(f)
-        except ValueError as e:
-            raise UserInputError(f"{path} is not valid JSON: {e}") from e
+    try:
+        counts = fileio.read_json(path)
+    except ValueError as e:
+        raise UserInputError(f"{path} is not valid JSON: {e}") from e
     splits = counts.get("splits") if isinstance(counts, dict) else None
     n = splits.get(split) if isinstance(splits, dict) else None
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None

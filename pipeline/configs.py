@@ -24,6 +24,7 @@ import os
 import typing
 from typing import Any, Dict, Optional
 
+from components import fileio
 from components.errors import UserInputError
 from components.evaluator import EvaluatorSettings
 from components.example_gen import ExampleGenSettings
@@ -51,7 +52,11 @@ STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM,
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    pipeline_root: str = "pipeline_root"
+    pipeline_root: str = "pipeline_root"  # a local directory, or gs://, s3://, hdfs://...
+    # Where the ML Metadata store (metadata.sqlite) and the run lock live: a local directory,
+    # or one on a disk the machines that run the pipeline share. Default: the pipeline root,
+    # which must then be local (see `metadata_dir_for`).
+    metadata_dir: Optional[str] = None
     inputs: tuple = ()
     schema_path: str = DEFAULT_SCHEMA  # a curated schema file, or "infer" (schema_gen.INFER)
     allow_anomalies: bool = False
@@ -133,20 +138,41 @@ def to_dict(config: PipelineConfig) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+def metadata_dir_for(pipeline_root: str, metadata_dir: Optional[str] = None) -> str:
+    """Where a root's ML Metadata store and run lock live: `metadata_dir`, else the root.
+
+    SQLite and flock need a POSIX file system, so a root given as a URL (gs://, s3://...) needs
+    a `metadata_dir` (UserInputError, exit 2, otherwise). A local default beside the
+    launching process (say under ~/.cache) would give each machine its own store and lock:
+    runs from two machines would not see each other, so there is none.
+    """
+    if metadata_dir:
+        if "://" in metadata_dir:
+            raise UserInputError(
+                f"--metadata-dir {metadata_dir} must be a local path (a directory on this "
+                "machine, or on a disk the machines share), not a URL: ML Metadata's SQLite "
+                "database and the run lock need a POSIX file system")
+        return os.path.abspath(metadata_dir)
+    if "://" not in pipeline_root:
+        return os.path.abspath(pipeline_root)
+    raise UserInputError(
+        f"the pipeline root {pipeline_root} is a URL, and ML Metadata's SQLite database and the "
+        "run lock cannot live there: pass --metadata-dir DIR (or set metadata_dir in the "
+        "config), a local directory, or one on a disk shared by the machines that run the "
+        "pipeline")
 
 
 def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
     """The config with local paths made absolute: the run records them (summary, ML Metadata,
     cache keys), and later runs or `lineage` may start from another directory."""
     return dataclasses.replace(
-        config, pipeline_root=_absolute(config.pipeline_root),
-        inputs=tuple(_absolute(p) for p in config.inputs),
+        config, pipeline_root=fileio.absolute(config.pipeline_root),
+        metadata_dir=config.metadata_dir and fileio.absolute(config.metadata_dir),
+        inputs=tuple(fileio.absolute(p) for p in config.inputs),
         schema_path=config.schema_path if config.schema_path == "infer"
-        else _absolute(config.schema_path),
+        else fileio.absolute(config.schema_path),
         pusher=dataclasses.replace(config.pusher,
-                                   serving_dir=_absolute(config.pusher.serving_dir)),
+                                   serving_dir=fileio.absolute(config.pusher.serving_dir)),
         trainer=dataclasses.replace(config.trainer, model=dataclasses.replace(
-            config.trainer.model, embeddings=config.trainer.model.embeddings and _absolute(
-                config.trainer.model.embeddings))))
+            config.trainer.model, embeddings=config.trainer.model.embeddings
+            and fileio.absolute(config.trainer.model.embeddings))))

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from components.errors import UserInputError
-from components import features
+from components import features, fileio
 from pipeline import configs
 from pipeline import metadata as meta
 
@@ -19,17 +18,20 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
 
 
-def _store(pipeline_root: str) -> meta.MetadataStore:
-    store = meta.open_existing(pipeline_root)
+def _store(pipeline_root: str, metadata_dir: Optional[str] = None) -> meta.MetadataStore:
+    directory = configs.metadata_dir_for(pipeline_root, metadata_dir)
+    store = meta.open_existing(directory)
     if store is None:
-        raise UserInputError(f"{pipeline_root} has no metadata store ({meta.STORE_FILE}): no run "
+        where = pipeline_root if directory == fileio.absolute(pipeline_root) else (
+            f"{directory} (the metadata directory of {pipeline_root})")
+        raise UserInputError(f"{where} has no metadata store ({meta.STORE_FILE}): no run "
                              "has been recorded there")
     return store
 
 
-def format_runs(pipeline_root: str) -> str:
+def format_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> str:
     """One line per run: id, start, status, exit code, stages executed/reused, pushed version."""
-    runs = _store(pipeline_root).runs()
+    runs = _store(pipeline_root, metadata_dir).runs()
     if not runs:
         return f"no runs recorded in {pipeline_root}"
     lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
@@ -50,20 +52,30 @@ def format_runs(pipeline_root: str) -> str:
     return "\n".join(lines)
 
 
-def _root_of(version_dir: str) -> str:
-    path = os.path.join(version_dir, "metadata.json")
-    if not os.path.exists(path):
-        raise UserInputError(f"{version_dir} is not a pushed version (no metadata.json); pass "
+def _recorded_root(version_dir: str) -> Tuple[str, Optional[str]]:
+    """(pipeline root, metadata directory or None) that a complete pushed version records."""
+    from components.pusher import METADATA_FILE, SAVED_MODEL_PB
+
+    path = fileio.join(version_dir, METADATA_FILE)
+    if not (fileio.exists(path) and fileio.exists(fileio.join(version_dir, SAVED_MODEL_PB))):
+        raise UserInputError(f"{version_dir} is not a pushed version, or not a complete one "
+                             f"(it lacks {METADATA_FILE} or {SAVED_MODEL_PB}); pass "
                              "SERVING_DIR/MODEL_NAME/VERSION")
-    with open(path) as f:
-        return json.load(f)["config"]["pipeline_root"]
+    config = fileio.read_json(path)["config"]
+    return config["pipeline_root"], config.get("metadata_dir")
 
 
-def lineage(version_dir: str, pipeline_root: Optional[str] = None) -> Dict[str, Any]:
-    """What made a pushed version: its run, and per stage what it read, did and produced."""
+def lineage(version_dir: str, pipeline_root: Optional[str] = None,
+            metadata_dir: Optional[str] = None) -> Dict[str, Any]:
+    """What made a pushed version: its run, and per stage what it read, did and produced.
+
+    The root and its metadata directory default to those the version records."""
     version_dir = version_dir.rstrip("/")
-    root = pipeline_root or _root_of(version_dir)
-    store = _store(root)
+    root = pipeline_root
+    if root is None:
+        root, recorded_metadata_dir = _recorded_root(version_dir)
+        metadata_dir = metadata_dir or recorded_metadata_dir
+    store = _store(root, metadata_dir)
     pushed = store.artifact_by_uri(version_dir, meta.PUSHED_MODEL)
     if pushed is None:
         raise UserInputError(f"{version_dir} was not pushed by a run recorded in {root}")
@@ -86,8 +98,9 @@ def lineage(version_dir: str, pipeline_root: Optional[str] = None) -> Dict[str, 
             "stages": stages}
 
 
-def format_lineage(version_dir: str, pipeline_root: Optional[str] = None) -> str:
-    info = lineage(version_dir, pipeline_root)
+def format_lineage(version_dir: str, pipeline_root: Optional[str] = None,
+                   metadata_dir: Optional[str] = None) -> str:
+    info = lineage(version_dir, pipeline_root, metadata_dir)
     stages = info["stages"]
     run = info["run"]
     lines = [f"version {info['version']} ({info['path']}) was pushed by run {info['run_id']}",

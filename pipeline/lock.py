@@ -1,10 +1,14 @@
-"""One run at a time per pipeline root: an exclusive OS file lock on `<root>/.lock`.
+"""One run at a time per pipeline root: an exclusive OS file lock on `<metadata_dir>/.lock`.
+
+The lock lives beside the root's ML Metadata store, in the pipeline root when that is local,
+else in the local directory the config names (`metadata_dir`): object storage has no locks.
 
 The lock is `flock(2)` on an open file, so the kernel releases it when its process dies, however
 it dies (SIGKILL included): a lock left by a dead run is simply taken over. The file also names
 the holder (pid, host, start time, run id), for the message a refused run prints, and is emptied
 when a run ends normally, so a holder still named there when the lock is free was a run that
-died. flock works on local filesystems; a pipeline root on object storage needs another lock.
+died. flock works on local filesystems, and on NFS, where Linux maps it to the server's
+byte-range locks: machines that share the metadata directory over NFS share the lock.
 """
 from __future__ import annotations
 
@@ -28,11 +32,14 @@ class RootLockedError(Exception):
 
 
 class RootLock:
-    """`with RootLock(root, run_id):` holds the root for the block, or raises RootLockedError."""
+    """`with RootLock(directory, run_id):` holds the root for the block, or raises
+    RootLockedError. `directory` is local: the root's metadata directory (the root itself when
+    it is local); `root` names the pipeline root in messages when it is elsewhere."""
 
-    def __init__(self, pipeline_root: str, run_id: str):
-        self.path = os.path.join(pipeline_root, LOCK_FILE)
+    def __init__(self, directory: str, run_id: str, root: Optional[str] = None):
+        self.path = os.path.join(directory, LOCK_FILE)
         self.run_id = run_id
+        self.root = root or directory
         self._fd: Optional[int] = None
 
     def __enter__(self) -> "RootLock":
@@ -44,7 +51,7 @@ class RootLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise RootLockedError(
-                f"{os.path.dirname(self.path)} is in use by another run: {_describe(holder)}. "
+                f"{self.root} is in use by another run: {_describe(holder)}. "
                 "One run at a time per pipeline root; try again when it has finished.")
         previous = _read_holder(fd)
         if previous:

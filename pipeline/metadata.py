@@ -1,4 +1,8 @@
-"""Lineage in ML Metadata: every stage execution of every run, in `<root>/metadata.sqlite`.
+"""Lineage in ML Metadata: every stage execution of every run, in `<metadata_dir>/metadata.sqlite`.
+
+The store is a SQLite file, so it lives on a local (POSIX) file system: in the pipeline root
+when that is local, else in the directory the config names (`metadata_dir`, see
+`configs.metadata_dir_for`). Artifact URIs may be anywhere (gs://...).
 
 Artifacts carry TFX's type names and a content fingerprint; executions carry the stage's
 parameters, its cache key, the code version, its state and what it reported; each run is a
@@ -14,7 +18,9 @@ import dataclasses
 import datetime
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+from components import fileio
 
 STORE_FILE = "metadata.sqlite"
 PIPELINE_CONTEXT = "pipeline"
@@ -86,16 +92,16 @@ def _get(props) -> Dict[str, Any]:
 
 
 class MetadataStore:
-    """The root's MLMD store (SQLite), created on first use."""
+    """A root's MLMD store (SQLite) in the local directory `directory`, created on first use."""
 
-    def __init__(self, pipeline_root: str):
+    def __init__(self, directory: str):
         from ml_metadata.metadata_store import metadata_store
         from ml_metadata.proto import metadata_store_pb2 as pb
 
         self._pb = pb
-        self.path = os.path.join(pipeline_root, STORE_FILE)
+        self.path = os.path.join(directory, STORE_FILE)
         self.existed = os.path.exists(self.path)
-        os.makedirs(pipeline_root, exist_ok=True)
+        os.makedirs(directory, exist_ok=True)
         config = pb.ConnectionConfig()
         config.sqlite.filename_uri = self.path
         config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
@@ -230,17 +236,27 @@ class MetadataStore:
             details=source.properties.get("details"), started=_now(), finished=_now()),
             inputs, source.outputs)
 
-    def find_cached(self, stage: str, cache_key: str) -> Optional[Execution]:
-        """The newest COMPLETE execution of `stage` with `cache_key` whose outputs still exist."""
+    def find_cached(self, stage: str, cache_key: str,
+                    is_live: Callable[[Execution], bool]) -> Optional[Execution]:
+        """The newest COMPLETE execution of `stage` with `cache_key` whose outputs `is_live`
+        says are still there, whole."""
         pb = self._pb
         candidates = [e for e in self.store.get_executions_by_type(stage)
                       if e.last_known_state == pb.Execution.COMPLETE
                       and e.custom_properties["cache_key"].string_value == cache_key]
         for e in sorted(candidates, key=lambda e: -e.id):
             execution = self._execution(e)
-            if all(os.path.exists(a.uri) for items in execution.outputs.values() for a in items):
+            if is_live(execution):
                 return execution
         return None
+
+    def complete_output_dirs(self) -> List[str]:
+        """The output directories of every execution recorded COMPLETE."""
+        pb = self._pb
+        return [e.custom_properties["output_dir"].string_value
+                for e in self.store.get_executions()
+                if e.last_known_state == pb.Execution.COMPLETE
+                and "output_dir" in e.custom_properties]
 
     def _execution(self, e) -> Execution:
         pb = self._pb
@@ -269,11 +285,15 @@ class MetadataStore:
     # ------------------------------------------------------------------------------ queries
 
     def pushed_models(self, model_base: str) -> List[Artifact]:
-        """PushedModel artifacts under `model_base` that still exist, newest first."""
-        base = os.path.abspath(model_base) + os.sep
+        """PushedModel artifacts under `model_base` that are still complete versions (their
+        `saved_model.pb`, copied last, is there), newest first."""
+        from components.pusher import SAVED_MODEL_PB
+
+        base = fileio.absolute(model_base).rstrip("/") + "/"
         found = [self._artifact(a) for a in self.store.get_artifacts_by_type(PUSHED_MODEL)
-                 if os.path.abspath(a.uri).startswith(base)]
-        return sorted((a for a in found if os.path.exists(a.uri)), key=lambda a: -a.id)
+                 if fileio.absolute(a.uri).startswith(base)]
+        return sorted((a for a in found if fileio.exists(fileio.join(a.uri, SAVED_MODEL_PB))),
+                      key=lambda a: -a.id)
 
     def latest_complete(self, stage: str) -> Optional[Execution]:
         """The newest execution of `stage` that ran to completion (not a reuse)."""
@@ -295,9 +315,9 @@ class MetadataStore:
         matches = [a for a in self.store.get_artifacts_by_uri(uri)
                    if self._type_names.get(a.type_id) == type_name]
         if not matches:  # the same directory spelled differently (relative, trailing slash)
-            target = os.path.abspath(uri)
+            target = fileio.absolute(uri).rstrip("/")
             matches = [a for a in self.store.get_artifacts_by_type(type_name)
-                       if os.path.abspath(a.uri) == target]
+                       if fileio.absolute(a.uri).rstrip("/") == target]
         return self._artifact(max(matches, key=lambda a: a.id)) if matches else None
 
     def run_executions(self, run_id: str) -> List[Execution]:
@@ -312,9 +332,10 @@ class MetadataStore:
         return _get(run.custom_properties) if run is not None else {}
 
 
-def open_existing(pipeline_root: str) -> Optional[MetadataStore]:
-    """The root's store, or None when the root has none (never creates one)."""
-    if not os.path.exists(os.path.join(pipeline_root, STORE_FILE)):
+def open_existing(directory: str) -> Optional[MetadataStore]:
+    """The store in the local directory `directory`, or None when it has none (never creates
+    one)."""
+    if not os.path.exists(os.path.join(directory, STORE_FILE)):
         return None
-    return MetadataStore(pipeline_root)
+    return MetadataStore(directory)
 

@@ -3,14 +3,16 @@
 A stage's cache key is a sha256 over its name, the code version (a hash of the `components`
 sources and the pinned libraries' versions), its parameters and the content fingerprints of its
 input artifacts: never paths or run ids. When an earlier COMPLETE execution in the root's ML
-Metadata store has the same key and its outputs still exist, the stage is not executed: the run
-records a CACHED execution pointing at those outputs and goes on with them. Otherwise the stage
-executes into a fresh artifact directory (published atomically by the stage) and the execution
-is recorded RUNNING, then COMPLETE with its outputs' fingerprints, or FAILED.
+Metadata store has the same key and its outputs are still there, published (the stage's
+directory has its marker, see `components.fileio.publishing`), the stage is not executed: the
+run records a CACHED execution pointing at those outputs and goes on with them. Otherwise the
+stage executes into a fresh artifact directory (published by the stage when complete) and the
+execution is recorded RUNNING, then COMPLETE with its outputs' fingerprints, or FAILED.
 
 Resume falls out of this: a killed run's completed stages are COMPLETE executions, so the same
 command reuses them and executes the rest. What a killed stage left behind (a hidden temporary
-directory) is never at an artifact path, and is removed when the next run takes the root.
+directory on a local disk; on object storage an artifact directory without its marker, which
+no reader takes for an artifact) is removed when the next run takes the root.
 """
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from components import fileio
 from components.artifacts import fingerprint_dir
-from pipeline.metadata import Artifact, MetadataStore
+from components.pusher import SAVED_MODEL_PB
+from pipeline import configs
+from pipeline import metadata as meta
+from pipeline.metadata import Artifact, Execution, MetadataStore
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-validation",
             "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam")
@@ -104,7 +109,7 @@ class Orchestrator:
         key = cache_key(stage, self.code, params, inputs)
         properties = {"cache_key": key, "code_version": self.code, "params": params,
                       "output_dir": output_dir}
-        cached = self.store.find_cached(stage, key) if self.use_cache else None
+        cached = self.store.find_cached(stage, key, outputs_live) if self.use_cache else None
         if cached is not None:
             details = cached.properties.get("details") or {}
             directory = cached.properties.get("output_dir") or output_dir
@@ -123,17 +128,57 @@ class Orchestrator:
         return StageResult(details, output_dir, produced)
 
 
-def clean_stale_temporaries(pipeline_root: str) -> List[str]:
-    """Removes what killed runs left: hidden temporaries beside artifacts and parsed units.
+def outputs_live(execution: Execution) -> bool:
+    """Whether an execution's outputs are all still there, whole: its artifact directory is
+    published, and a pushed version is complete (`saved_model.pb`, copied last, is there).
 
-    Call with the root's lock held: no live run owns any of them then.
+    An execution without outputs (a Pusher that judged the model not blessed) wrote no
+    directory: its decision, in the store, is all there is to reuse.
     """
-    patterns = [os.path.join(pipeline_root, "*", ".tmp-*"),
-                os.path.join(pipeline_root, "*", "*.units"),
-                os.path.join(pipeline_root, "*", ".units", "*.tmp-*")]
+    output_dir = execution.properties.get("output_dir")
+    has_outputs = any(execution.outputs.values())
+    if has_outputs and output_dir and not fileio.is_published(output_dir):
+        return False
+    for items in execution.outputs.values():
+        for a in items:
+            whole = a.uri if a.type_name != meta.PUSHED_MODEL else fileio.join(a.uri,
+                                                                              SAVED_MODEL_PB)
+            if not fileio.exists(whole):
+                return False
+    return True
+
+
+def clean_stale_temporaries(pipeline_root: str, keep: Sequence[str] = (),
+                            stages: Sequence[str] = configs.STAGES) -> List[str]:
+    """Removes what killed runs left: hidden temporaries beside artifacts and parsed units, and
+    artifact directories `<root>/<stage>/<run id>` never published (object storage, where
+    stages write in place); returns the paths removed.
+
+    Published artifacts, the parsed units under `<stage>/.units` (which `is_parsed` guards
+    itself) and the run records under `runs/` are never touched, nor the directories in `keep`
+    (those of executions the store records COMPLETE: artifacts written before stages wrote a
+    marker). Call with the root's lock held: no live run owns any of them then.
+    """
+    patterns = [fileio.join(pipeline_root, "*", ".tmp-*"),
+                fileio.join(pipeline_root, "*", "*.units"),  # a run's own units: <run id>.units
+                fileio.join(pipeline_root, "*", ".units", "*.tmp-*")]
     removed = []
     for pattern in patterns:
-        for path in glob.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
+        for path in fileio.glob(pattern):
+            if fileio.basename(path) == ".units":  # gfile's `*` matches hidden names too
+                continue
+            fileio.rmtree(path)
+            removed.append(path)
+    kept = {fileio.absolute(d).rstrip("/") for d in keep}
+    for stage in stages:
+        stage_dir = fileio.join(pipeline_root, stage)
+        for name in fileio.listdir(stage_dir):
+            path = fileio.join(stage_dir, name)
+            # Cheapest checks first: on object storage each of the last two is a request.
+            if (name.startswith(".") or name.endswith(".units") or path in removed
+                    or fileio.absolute(path) in kept or not fileio.isdir(path)
+                    or fileio.is_published(path)):
+                continue
+            fileio.rmtree(path)
             removed.append(path)
     return removed

@@ -7,18 +7,17 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components import PROGRESS_LOGGER, features
+from components import PROGRESS_LOGGER, features, fileio
 from components.artifacts import artifact_dir, file_sha256, fingerprint_dir
 from components.drift import DRIFT_ANOMALIES_FILE, train_statistics_files
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.evaluator import run_evaluator
-from components.example_gen import plan_units, run_example_gen, unit_fingerprint
+from components.example_gen import forget_unit, plan_units, run_example_gen, unit_fingerprint
 from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
                                           run_example_validator)
 from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, label_classes, load_schema,
@@ -76,7 +75,7 @@ class RunRecorder:
             "beam_args": default_beam_args() + list(beam_args),
             "stages": [],
         }
-        self.path = os.path.join(config.pipeline_root, "runs", run_id, "summary.json")
+        self.path = fileio.join(config.pipeline_root, "runs", run_id, "summary.json")
 
     def stage(self, name: str, output_dir: str, fn: Callable[[], Dict[str, Any]]):
         progress(f"{name}: started")
@@ -113,11 +112,8 @@ class RunRecorder:
         self.summary["status"] = status
         self.summary["exit_code"] = exit_code
         self.summary["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.summary, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, self.path)
+        fileio.replace_text(self.path, json.dumps(self.summary, indent=2, sort_keys=True,
+                                                  default=str))
 
 
 def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
@@ -135,10 +131,10 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     recorder.summary["code_version"] = orchestrator.code
     fresh = {stage: artifact_dir(root, stage, run_id) for stage in configs.STAGES}
     last = configs.STAGES.index(config.until)
-    model_base = os.path.join(config.pusher.serving_dir, config.pusher.model_name)
+    model_base = fileio.join(config.pusher.serving_dir, config.pusher.model_name)
     check_schema_path(config.schema_path)  # a typo fails now, not after the first stages
     embeddings = config.trainer.model.embeddings
-    if embeddings and not os.path.isfile(embeddings):
+    if embeddings and (not fileio.exists(embeddings) or fileio.isdir(embeddings)):
         raise UserInputError(f"embeddings file {embeddings} does not exist")
 
     # ExampleGen: each input unit (file, or folder of .txt files) is fingerprinted by content;
@@ -155,12 +151,12 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
             properties["sha256"] = hashes[0]
         files.append(orchestrator.known(Artifact(meta.EXTERNAL, u.name,
                                                  unit_fingerprint(u, hashes), properties)))
-    unit_dirs = {u.name: os.path.join(root, configs.EXAMPLE_GEN, UNITS_DIR, cache_key(
+    unit_dirs = {u.name: fileio.join(root, configs.EXAMPLE_GEN, UNITS_DIR, cache_key(
         "ExampleGenUnit", orchestrator.code, eg_settings, {"unit": [f]})[:32])
         for u, f in zip(units, files)}
     if not use_cache:  # parse every file again (artifacts made from them keep their hard links)
         for unit_dir in unit_dirs.values():
-            shutil.rmtree(unit_dir, ignore_errors=True)
+            forget_unit(unit_dir)
 
     examples = orchestrator.run(
         configs.EXAMPLE_GEN, fresh[configs.EXAMPLE_GEN],
@@ -210,9 +206,10 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
 
     [statistics] = stats.outputs["statistics"]
     previous = previous_statistics(store, statistics)
-    if previous is not None and not os.path.isdir(previous.uri):
+    if previous is not None and not fileio.is_published(previous.uri):
         recorder.warn(f"the drift reference {previous.uri} (the last accepted training "
-                      "statistics) no longer exists: drift is not checked in this run")
+                      "statistics) no longer exists, or not whole: drift is not checked in this "
+                      "run")
         previous = None
 
     def validate():
@@ -279,9 +276,9 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         {"transform_graph": transformed.outputs["transform_graph"]},
         {"settings": dataclasses.asdict(config.trainer),
          "embeddings_sha256": file_sha256(embeddings) if embeddings else None},
-        lambda d, _: {"model": [dir_artifact(meta.MODEL, os.path.join(d, MODEL_DIR),
+        lambda d, _: {"model": [dir_artifact(meta.MODEL, fileio.join(d, MODEL_DIR),
                                              SAVED_MODEL_GRAPH)]})
-    model_dir = os.path.join(trainer.output_dir, MODEL_DIR)
+    model_dir = fileio.join(trainer.output_dir, MODEL_DIR)
     [model] = trainer.outputs["model"]
     if last < configs.STAGES.index(configs.EVALUATOR):
         return
@@ -308,7 +305,7 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
                               push_metadata(config, recorder, dirs), config.pusher,
                               fresh[configs.PUSHER],
                               dict(train_statistics_files(stats_dir),
-                                   **{SCHEMA_FILE: os.path.join(schema_dir, SCHEMA_FILE)}))
+                                   **{SCHEMA_FILE: fileio.join(schema_dir, SCHEMA_FILE)}))
         except ModelNotBlessedError as e:  # a decision, recorded like any other outcome
             return {"pushed": False, "not_blessed": str(e)}
 
@@ -403,7 +400,7 @@ def check_token_counts(info: Dict[str, Any], counts: Dict[str, Any]) -> None:
 
 def dataset_name(inputs: Sequence[str]) -> str:
     """A name for the data from its first input: data/news.csv.gz -> news."""
-    base = os.path.basename(inputs[0].rstrip("/")) if inputs else "data"
+    base = fileio.basename(inputs[0]) if inputs else "data"
     name = base.split(".")[0].strip("*?[]") if not base.startswith(".") else ""
     return name or "data"
 
@@ -450,8 +447,8 @@ def push_metadata(config: configs.PipelineConfig, recorder: RunRecorder,
         "run_id": recorder.summary["run_id"],
         "metrics": (evaluation.get("metrics") or {}).get("Overall"),
         "evaluated_on": evaluation.get("split"),
-        "data_fingerprints": {s: fingerprint_dir(os.path.join(examples,
-                                                              features.split_dir_name(s)))
+        "data_fingerprints": {s: fingerprint_dir(fileio.join(examples,
+                                                             features.split_dir_name(s)))
                               for s in available_splits(examples)},
         "vocabulary_size": transform.get("vocabulary_size"),
         "classes": transform.get("classes"),

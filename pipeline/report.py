@@ -13,14 +13,13 @@ import datetime
 import html
 import io
 import json
-import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from components import export, features
+from components import export, features, fileio
 from components.errors import UserInputError
 from components.evaluator import ACCURACY
 from components.trainer import load_history
@@ -74,9 +73,9 @@ class _Seconds(float):
 
 def find_run_dir(pipeline_root: str, run_id: Optional[str] = None) -> str:
     """`<pipeline_root>/runs/<run_id>`; by default the newest run (run ids start with the time)."""
-    runs = os.path.join(pipeline_root, RUNS_DIR)
-    recorded = sorted(name for name in (os.listdir(runs) if os.path.isdir(runs) else [])
-                      if os.path.exists(os.path.join(runs, name, SUMMARY_FILE)))
+    runs = fileio.join(pipeline_root, RUNS_DIR)
+    recorded = [name for name in fileio.listdir(runs)
+                if fileio.exists(fileio.join(runs, name, SUMMARY_FILE))]
     if run_id is None:
         if not recorded:
             raise UserInputError(f"no recorded run under {runs}: run the pipeline with "
@@ -85,20 +84,16 @@ def find_run_dir(pipeline_root: str, run_id: Optional[str] = None) -> str:
     if run_id not in recorded:
         raise UserInputError(f"no run {run_id!r} under {runs}; recorded runs: "
                              f"{', '.join(recorded) or 'none'}")
-    return os.path.join(runs, run_id)
+    return fileio.join(runs, run_id)
 
 
 def write_report(run_dir: str) -> str:
     """Renders `<run_dir>/summary.json` (and the Trainer's history) to `<run_dir>/report.html`."""
-    with open(os.path.join(run_dir, SUMMARY_FILE)) as f:
-        summary = json.load(f)
+    summary = fileio.read_json(fileio.join(run_dir, SUMMARY_FILE))
     trainer_output = _stage(summary, configs.TRAINER).get("output")
     history = load_history(trainer_output) if trainer_output else None
-    path = os.path.join(run_dir, REPORT_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render_report(summary, history))
-    os.replace(tmp, path)
+    path = fileio.join(run_dir, REPORT_FILE)
+    fileio.replace_text(path, render_report(summary, history))
     return path
 
 

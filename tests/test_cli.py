@@ -230,3 +230,18 @@ def test_usage_errors_exit_2_and_name_the_problem(tmp_path):
     bad_stage = run_cli("run", "--input", "x.csv", "--pipeline-root", str(tmp_path / "r"),
                         "--until", "Nowhere")
     assert bad_stage.returncode == 2 and "--until" in bad_stage.stderr
+
+
+def test_metadata_dir_holds_the_store_and_the_lock(tmp_path):
+    data = write_csv(tmp_path / "q.csv", trec_like(12))
+    root, metadata = str(tmp_path / "root"), str(tmp_path / "metadata")
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--metadata-dir", metadata,
+                   "--until", "ExampleGen", *IN_MEMORY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(metadata)) == [".lock", "metadata.sqlite"]
+    assert sorted(os.listdir(root)) == ["ExampleGen", "runs"]  # artifacts and run records
+    assert summary_of(root)["config"]["metadata_dir"] == metadata
+    runs = run_cli("runs", root, "--metadata-dir", metadata)
+    assert runs.returncode == 0 and "succeeded" in runs.stdout, runs.stderr[-2000:]
+    without = run_cli("runs", root)
+    assert without.returncode == 2 and "no metadata store" in without.stderr

@@ -1,4 +1,6 @@
 """Config loading: one typed object from JSON/TOML plus CLI overrides; errors name the key."""
+import os
+
 import pytest
 
 from components.errors import UserInputError
@@ -40,3 +42,31 @@ def test_unparseable_file_is_a_usage_error(tmp_path):
     path.write_text("[example_gen\n")
     with pytest.raises(UserInputError, match="c.toml"):
         configs.load_config(str(path), {})
+
+
+def test_metadata_dir_defaults_to_a_local_root_and_is_required_for_a_url_root(tmp_path):
+    root = str(tmp_path / "root")
+    assert configs.metadata_dir_for(root) == root
+    assert configs.metadata_dir_for("gs://bucket/root", str(tmp_path / "m")) == str(tmp_path / "m")
+    with pytest.raises(UserInputError, match="--metadata-dir"):
+        configs.metadata_dir_for("gs://bucket/root")
+    with pytest.raises(UserInputError, match="must be a local path"):
+        configs.metadata_dir_for("gs://bucket/root", "gs://bucket/metadata")
+    absolute = configs.with_absolute_paths(configs.PipelineConfig(
+        pipeline_root="gs://bucket/root", inputs=("gs://bucket/in/*.csv", "local.csv"),
+        metadata_dir="meta", pusher=configs.PusherSettings(serving_dir="s3://b/serving")))
+    assert absolute.pipeline_root == "gs://bucket/root"  # URLs are not made into local paths
+    assert absolute.inputs == ("gs://bucket/in/*.csv", os.path.abspath("local.csv"))
+    assert absolute.pusher.serving_dir == "s3://b/serving"
+    assert absolute.metadata_dir == os.path.abspath("meta")
+
+
+def test_a_url_root_without_metadata_dir_exits_2(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("run", "--input", str(tmp_path / "q.csv"), "--pipeline-root",
+                   "gs://bucket/root", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--metadata-dir" in proc.stderr and "gs://bucket/root" in proc.stderr
+    runs = run_cli("runs", "gs://bucket/root", timeout=300)
+    assert runs.returncode == 2 and "--metadata-dir" in runs.stderr

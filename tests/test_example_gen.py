@@ -354,3 +354,95 @@ def test_integer_labels_from_json_numbers_and_csv(tmp_path, in_memory_options):
     rows = [e for s in features.SPLITS for e in read_split(out, s)]
     assert sorted((e["text"], e["label"]) for e in rows) == [("one", "1"), ("ten", "10"),
                                                               ("zero", "0")]
+
+
+# ------------------------------------------------------------- one big line-based file, in pieces
+
+
+def ordered_records(out):
+    """Every split's records in file order (parts sorted by name) plus the quarantine."""
+    import tensorflow as tf
+
+    records = {}
+    for split in features.SPLITS:
+        paths = sorted(tf.io.gfile.glob(os.path.join(out, features.split_dir_name(split), "*")))
+        records[split] = [r.numpy() for p in paths
+                          for r in tf.data.TFRecordDataset(p, compression_type="GZIP")]
+    return records, eg.read_quarantine(out)
+
+
+def big_line_file(path, fmt):
+    """Rows of every kind a line-based file holds: good ones, bad ones, blank lines, CRLF,
+    multi-byte characters (a byte range may start inside one), a byte-order mark."""
+    lines = []
+    for i in range(40):
+        text = f"question {i} caf\u00e9 \u65e5\u672c {'x' * (i % 7)}"
+        label = "" if i % 13 == 5 else "ab"[i % 2]
+        if fmt == "jsonl":
+            line = json.dumps({"text": text, "label": label, "id": str(i)}, ensure_ascii=False)
+            line = "{not json" if i % 11 == 3 else line
+        else:
+            line = f"{text}\t{label}\t{i}" + ("\textra" if i % 11 == 3 else "")
+        lines.append(line + ("\r\n" if i % 5 == 0 else "\n") + ("\n" if i % 9 == 0 else ""))
+    header = "" if fmt == "jsonl" else "\n\ntext\tlabel\tid\n"
+    return write(path, ("\ufeff" + header + "".join(lines)).encode("utf-8"), mode="wb")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
+def test_a_big_line_based_file_is_read_in_pieces_equal_to_one_read(tmp_path, fmt):
+    path = big_line_file(str(tmp_path / f"big.{fmt}"), fmt)
+    whole_out = str(tmp_path / "whole")
+    whole = eg.run_example_gen([path], whole_out, eg.ExampleGenSettings(split_bytes=0), None)
+    expected = ordered_records(whole_out)
+    assert whole["quarantined"] >= 6 and whole["written"] >= 30
+    assert len(os.listdir(os.path.join(whole_out, "Split-train"))) == 1
+    # Ranges that start on a line break, inside a CRLF, inside a multi-byte character and one
+    # range per byte: each piece reads the lines that start in it, so none is lost or doubled.
+    for split_bytes in (1, 3, 50, 211, os.path.getsize(path) - 1):
+        out = str(tmp_path / f"pieces-{split_bytes}")
+        counts = eg.run_example_gen([path], out, eg.ExampleGenSettings(split_bytes=split_bytes),
+                                    None)
+        assert ordered_records(out) == expected, split_bytes
+        assert {k: v for k, v in counts.items() if not k.startswith("units_")} == {
+            k: v for k, v in whole.items() if not k.startswith("units_")}
+        if split_bytes < 1000:  # the last size leaves the second piece no line to start
+            assert len(os.listdir(os.path.join(out, "Split-train"))) > 1
+    [unit] = eg.plan_units([path], eg.ExampleGenSettings())
+    pieces = eg.plan_pieces(unit, eg.ExampleGenSettings(split_bytes=211))
+    assert pieces[0].start == 0 and pieces[-1].end == os.path.getsize(path)
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
+    if fmt == "tsv":  # the header (after two blank lines) stays in the first piece
+        assert pieces[1].header == ("text", "label", "id")
+
+
+def test_pieces_are_parsed_by_beam_workers_and_kept_after_a_crash(tmp_path, in_memory_options):
+    path = big_line_file(str(tmp_path / "big.jsonl"), "jsonl")
+    settings = eg.ExampleGenSettings(split_bytes=400, in_process_max_bytes=0)
+    expected_out = str(tmp_path / "expected")
+    eg.run_example_gen([path], expected_out, eg.ExampleGenSettings(split_bytes=0), None)
+    unit_dir = str(tmp_path / "units" / "big")
+    [unit] = eg.plan_units([path], settings)
+    [(_, pieces)] = eg.plan_parts([(unit, unit_dir)], settings)
+    assert len(pieces) > 3
+    # A run that died after two pieces: those two are kept, the rest are parsed by Beam.
+    for piece_dir, piece in pieces[:2]:
+        list(eg.ParseUnitFn(settings).process((unit, piece_dir, piece)))
+    before = os.path.getmtime(os.path.join(pieces[0][0], eg.COUNTS_FILE))
+    out = str(tmp_path / "out")
+    counts = eg.run_example_gen([path], out, settings, in_memory_options, {unit.name: unit_dir})
+    assert counts["units_parsed"] == 1
+    assert os.path.getmtime(os.path.join(pieces[0][0], eg.COUNTS_FILE)) == before
+    assert ordered_records(out) == ordered_records(expected_out)
+    eg.forget_unit(unit_dir)
+    assert not any(os.path.exists(d) for d, _ in pieces)
+
+
+def test_csv_and_compressed_files_are_never_cut(tmp_path):
+    settings = eg.ExampleGenSettings(split_bytes=10)
+    csv_path = write(str(tmp_path / "a.csv"), 'text,label\n"two\nlines",a\n' * 20)
+    gz_path = str(tmp_path / "b.jsonl.gz")
+    with gzip.open(gz_path, "wt") as f:
+        f.write('{"text": "t", "label": "a"}\n' * 50)
+    for path in (csv_path, gz_path):
+        [unit] = eg.plan_units([path], settings)
+        assert eg.plan_pieces(unit, settings) == [None]

