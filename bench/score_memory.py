@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -229,6 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if m not in MODES:
             parser.error(f"unknown mode {m}; known: {', '.join(MODES)}")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the work dir
     load_average = round(os.getloadavg()[0], 1)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="score_memory-")
     os.makedirs(work_dir, exist_ok=True)

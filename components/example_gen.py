@@ -469,6 +469,19 @@ def read_text_file(path: str, label: str, split: str, settings: ExampleGenSettin
         settings.id_key: path})
 
 
+def count_lines(item: Tuple[str, str], piece: Piece) -> int:
+    """The lines a piece of a JSONL or TSV file holds, counted as its reader counts them
+    (`LineTally`) without parsing: what comes before a piece when records must carry the line
+    number in the file before every piece has been read."""
+    path, fmt = item
+    with open_binary(path, piece) as stream:
+        if fmt == "jsonl":
+            return sum(1 for _ in stream)
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig" if piece.start == 0 else "utf-8",
+                                errors="surrogateescape", newline="")
+        return sum(1 for _ in text)
+
+
 def read_records(item: Tuple[str, str], settings: ExampleGenSettings,
                  piece: Optional[Piece] = None, tally: Optional[LineTally] = None
                  ) -> Iterator[RawRecord]:

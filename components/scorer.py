@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -54,6 +54,7 @@ EXAMPLES_DIR = ".examples"  # the first job's examples, in chunks; removed at th
 CHUNKS_FILE = "chunks.json"  # [[path, rows], ...] of those chunks
 PIECES_DIR = ".pieces"  # the second job's per-worker pieces of the shards; removed at the end
 WRITTEN_FILE = ".written"  # rows published per output format, checked against rows scored
+LINES_FILE = ".lines"  # lines per piece of a cut input file, while planning the reading
 MAX_CHUNK_ROWS = 10_000  # at most this many rows per chunk: the unit of scoring work
 MAX_OPEN_PIECES = 16  # piece files a worker keeps open at once (each holds a write buffer)
 STATS_FILE = "FeatureStats.pb"
@@ -132,6 +133,52 @@ def _to_scoring_example(record: eg.RawRecord, settings: eg.ExampleGenSettings):
     return eg.to_tf_example(values)
 
 
+def plan_reading(items: Sequence[Tuple[str, str]], settings: eg.ExampleGenSettings,
+                 work_dir: str, beam_options
+                 ) -> List[Tuple[Tuple[str, str], Optional[eg.Piece], int]]:
+    """(item, piece, lines before the piece) to read: a big JSONL or TSV file in byte-range
+    pieces (`eg.plan_pieces`), each read by its own worker, anything else whole.
+
+    A row's line number (in its quarantine record, and its default id `source:line`) is the
+    line in the file, so when a file is cut its pieces' lines are counted first, in parallel
+    (a pass that counts lines without parsing them).
+    """
+    planned = [(item, eg.plan_pieces(eg.InputUnit(item[0], (item,)), settings)) for item in items]
+    cut = [(item, piece) for item, pieces in planned if len(pieces) > 1 for piece in pieces]
+    lines: Dict[Tuple[str, int], int] = {}
+    if cut:
+        lines_file = fileio.join(work_dir, LINES_FILE)
+        with beam_pipeline(beam_options) as p:
+            _ = (p
+                 | "CreatePieces" >> beam.Create(cut)
+                 | "Distribute" >> beam.Reshuffle()
+                 | "CountLines" >> beam.MapTuple(
+                     lambda item, piece: (item[0], piece.start, eg.count_lines(item, piece)))
+                 | "Collect" >> beam.combiners.ToList()
+                 | "ToJson" >> beam.Map(json.dumps)
+                 | "Write" >> beam.io.WriteToText(lines_file, shard_name_template=""))
+        lines = {(path, start): n for path, start, n in fileio.read_json(lines_file)}
+        fileio.remove(lines_file)
+    out = []
+    for item, pieces in planned:
+        before = 0
+        for piece in pieces:
+            out.append((item, piece, before))
+            if piece is not None:
+                before += lines[(item[0], piece.start)]
+    return out
+
+
+def _read_piece(planned: Tuple[Tuple[str, str], Optional[eg.Piece], int],
+                settings: eg.ExampleGenSettings) -> Iterator[eg.RawRecord]:
+    """The records of one entry of `plan_reading`, with the line numbers of the file."""
+    item, piece, lines_before = planned
+    for record in eg.read_records(item, settings, piece):
+        if record.line:
+            record.line += lines_before
+        yield record
+
+
 @beam.ptransform_fn
 def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir: str,
                      validated_features: Sequence[str], chunk_rows: int = MAX_CHUNK_ROWS):
@@ -143,7 +190,7 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
     # in the DirectRunner's memory).
     records = (pipeline
                | "CreateWorkItems" >> beam.Create(items)
-               | "ReadRecords" >> beam.FlatMap(eg.read_records, settings))
+               | "ReadRecords" >> beam.FlatMap(_read_piece, settings))
     routed = records | "Check" >> beam.Map(_to_scoring_example, settings).with_outputs(
         "quarantine", main="examples")
     examples, quarantined = routed.examples, routed.quarantine
@@ -487,6 +534,7 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     if fileio.listdir(output_dir):
         raise UserInputError(f"output directory {output_dir} is not empty")
 
+    items = plan_reading(items, reader, output_dir, beam_options)
     with beam_pipeline(beam_options) as p:
         _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir,
                                                         _validated_features(schema),

@@ -368,3 +368,46 @@ def test_score_shards_follow_the_data_and_hold_every_row_once(first_push, tmp_pa
         assert all(shards), shards  # every shard has rows
         assert sorted(sum(shards, [])) == sorted(ids)  # every row once
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no intermediates left
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
+def test_scoring_a_file_cut_in_pieces_equals_scoring_it_whole(first_push, tmp_path, fmt,
+                                                              in_memory_options):
+    """A big line-based file is read in byte ranges by several workers; the rows' default ids
+    (`source:line`) and the quarantine's line numbers are still the file's."""
+    from components import example_gen as eg
+    from components.scorer import ScoreSettings, plan_reading, run_score
+
+    _, _, serving, _ = first_push
+    base = os.path.join(serving, "textcnn")
+    texts = ["How far is the moon ?", "Who wrote Hamlet ?", "Where is Rome \u00e9 ?"]
+    path = tmp_path / f"in.{fmt}"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if fmt == "tsv":
+            f.write("text\tlabel\n")
+        for i in range(30):
+            text = "   " if i % 7 == 3 else f"{texts[i % 3]} {i}"  # some quarantined
+            f.write(json.dumps({"text": text}) if fmt == "jsonl" else f"{text}\t")
+            f.write("\r\n" if i % 4 == 0 else "\n")
+
+    def score(split_bytes, name):
+        out = tmp_path / name
+        summary = run_score(base, None, [str(path)], str(out), None,
+                            os.path.join(REPO, "schemas", "schema.pbtxt"),
+                            eg.ExampleGenSettings(split_bytes=split_bytes), ScoreSettings(),
+                            in_memory_options)
+        rows = sorted((r["id"], r["predicted_class"]) for p in glob.glob(
+            str(out / "predictions" / "*.jsonl")) for r in map(json.loads, open(p)))
+        lines = sorted(json.loads(line)["line"] for p in glob.glob(str(out / "quarantine" / "*"))
+                       for line in open(p))
+        return summary["read"], summary["scored"], rows, lines
+
+    whole = score(0, "whole")
+    first = 1 if fmt == "jsonl" else 2  # the TSV's header is line 1
+    assert whole[:2] == (30, 26) and whole[3] == [i + first for i in (3, 10, 17, 24)]
+    assert score(97, "pieces") == whole
+    cut = eg.ExampleGenSettings(split_bytes=97, require_label=False)
+    (tmp_path / "plan").mkdir()
+    planned = plan_reading(eg.discover_inputs([str(path)], cut), cut, str(tmp_path / "plan"),
+                           in_memory_options)
+    assert len(planned) > 5 and [p[2] for p in planned] == sorted(p[2] for p in planned)
