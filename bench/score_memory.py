@@ -288,7 +288,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
             "python": platform.python_version(), "base_rows": len(rows), "poll_s": args.poll,
             "repeat": args.repeat, "load_average": load_average,
-            "rss_source": "psutil" if psutil is not None else "/proc", "model": model}
+            "rss_source": "psutil" if psutil is not None else "/proc",
+            "model": args.model or "a tiny TextCNN trained here (TINY_TRAINER) on data/trec.csv"}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "score_memory.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
