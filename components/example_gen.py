@@ -690,7 +690,7 @@ def is_parsed(unit_dir: str) -> bool:
     counts = fileio.join(unit_dir, COUNTS_FILE)
     if not fileio.exists(counts):
         return False
-    tallies = _load_json(counts)
+    tallies = fileio.read_json(counts)
     expected = [fileio.join(unit_dir, features.split_dir_name(k.split(":", 1)[1]),
                             UNIT_DATA_FILE) for k, n in tallies.items()
                 if k.startswith("split:") and n]
@@ -722,7 +722,7 @@ class ParseUnitFn(beam.DoFn):
         unit, unit_dir, piece = (*element, None)[:3]
         unit_dir = unit_dir.rstrip("/")
         if is_parsed(unit_dir):  # a retried bundle: already done
-            yield unit.name, _load_json(fileio.join(unit_dir, COUNTS_FILE))
+            yield unit.name, fileio.read_json(fileio.join(unit_dir, COUNTS_FILE))
             return
         in_place = not fileio._rename_is_atomic(unit_dir)
         if in_place:
@@ -742,8 +742,8 @@ class ParseUnitFn(beam.DoFn):
                     split, values, problem = check_record(record, self._settings)
                     if problem:
                         if quarantine is None:
-                            quarantine = _open_text(fileio.join(work, QUARANTINE_DIR,
-                                                                UNIT_QUARANTINE_FILE))
+                            quarantine = fileio.open_file(
+                                fileio.join(work, QUARANTINE_DIR, UNIT_QUARANTINE_FILE), "w")
                         quarantine.write(json.dumps(quarantine_record(record, *problem),
                                                     sort_keys=True, ensure_ascii=False) + "\n")
                         tallies[f"quarantine:{problem[0]}"] += 1
@@ -777,14 +777,6 @@ class ParseUnitFn(beam.DoFn):
                 fileio.rmtree(work)
             raise
         yield unit.name, dict(tallies)
-
-
-def _open_text(path: str):
-    return fileio.open_file(path, "w")
-
-
-def _load_json(path: str) -> Any:
-    return fileio.read_json(path)
 
 
 Parts = List[Tuple[InputUnit, List[Tuple[str, Optional[Piece]]]]]
@@ -829,7 +821,7 @@ def parse_units(parts: Parts, settings: ExampleGenSettings, beam_options) -> Lis
 
 def _shift_lines(source: str, target: str, offset: int) -> None:
     """Copies a piece's quarantine records with their line numbers made the file's."""
-    with _open_text(target) as out:
+    with fileio.open_file(target, "w") as out:
         for record in _iter_jsonl(source):
             record["line"] += offset
             out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
@@ -850,7 +842,7 @@ def assemble_examples(parts: Parts, output_dir: str, parsed: Sequence[str] = ()
             if not is_parsed(piece_dir):  # e.g. removed, or emptied by a cleanup, since parsing
                 raise RuntimeError(f"parsed input {piece_dir} is incomplete: parse it again "
                                    "(run without the cache, or remove it)")
-            tallies.update(_load_json(fileio.join(piece_dir, COUNTS_FILE)))
+            tallies.update(fileio.read_json(fileio.join(piece_dir, COUNTS_FILE)))
     counts = summarize_counts(dict(tallies))
     if counts["read"] != counts["written"] + counts["quarantined"]:
         raise RuntimeError(f"ExampleGen counts do not reconcile: {counts}")
@@ -877,7 +869,7 @@ def assemble_examples(parts: Parts, output_dir: str, parsed: Sequence[str] = ()
                     else:
                         fileio.link_or_copy(source, target)
                     quarantine_files.append(target)
-                lines_before += _load_json(fileio.join(piece_dir, COUNTS_FILE)).get("lines", 0)
+                lines_before += fileio.read_json(fileio.join(piece_dir, COUNTS_FILE)).get("lines", 0)
         names = [unit.name for unit, _ in ordered]
         counts["inputs"] = names if len(names) <= 100 else len(names)
         counts["quarantine_sample"] = list(itertools.islice(
@@ -909,16 +901,19 @@ def WriteCounts(pcolls, output_dir: str):
     """Writes `counts.json` from (records read, output keys like "split:train", quarantined).
 
     The tallies are taken at different points of the graph, so reconciling them is a real check.
+    Each is counted where it is taken (a lifted combine) and only the counts are flattened: a key
+    per row flattened first is what the DirectRunner would hold, every row's key at once.
     """
     records, written_keys, quarantined = pcolls
-    keys = (
-        (records | "KeyRead" >> beam.Map(lambda _: "read")),
-        written_keys,
-        (quarantined | "KeyQuarantine" >> beam.Map(lambda q: f"quarantine:{q['reason']}")),
+    counted = (
+        (records | "KeyRead" >> beam.Map(lambda _: "read")
+         | "CountRead" >> beam.combiners.Count.PerElement()),
+        (written_keys | "CountWritten" >> beam.combiners.Count.PerElement()),
+        (quarantined | "KeyQuarantine" >> beam.Map(lambda q: f"quarantine:{q['reason']}")
+         | "CountQuarantined" >> beam.combiners.Count.PerElement()),
     ) | "Flatten" >> beam.Flatten()
     return (
-        keys
-        | "Count" >> beam.combiners.Count.PerElement()
+        counted
         | "Collect" >> beam.combiners.ToList()
         | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
         | "Write" >> beam.io.WriteToText(fileio.join(output_dir, COUNTS_FILE),

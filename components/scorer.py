@@ -223,29 +223,7 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
          | "WriteLabelStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, LABEL_STATS_FILE)))
     _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
-         quarantined) | "WriteCounts" >> WriteCounts(work_dir)
-
-
-@beam.ptransform_fn
-def WriteCounts(pcolls, output_dir: str):
-    """ExampleGen's `counts.json` (eg.WriteCounts) from (records read, output keys,
-    quarantined), each tally counted where it is taken (a lifted combine) and only the counts
-    flattened: eg.WriteCounts flattens a key per row first, which the DirectRunner
-    materialises, all the rows' keys at once."""
-    records, written_keys, quarantined = pcolls
-    counted = (
-        (records | "KeyRead" >> beam.Map(lambda _: "read")
-         | "CountRead" >> beam.combiners.Count.PerElement()),
-        (written_keys | "CountWritten" >> beam.combiners.Count.PerElement()),
-        (quarantined | "KeyQuarantine" >> beam.Map(lambda q: f"quarantine:{q['reason']}")
-         | "CountQuarantined" >> beam.combiners.Count.PerElement()),
-    ) | "Flatten" >> beam.Flatten()
-    return (
-        counted
-        | "Collect" >> beam.combiners.ToList()
-        | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
-        | "Write" >> beam.io.WriteToText(fileio.join(output_dir, eg.COUNTS_FILE),
-                                         shard_name_template=""))
+         quarantined) | "WriteCounts" >> eg.WriteCounts(work_dir)
 
 
 class _WriteExampleChunks(beam.DoFn):
