@@ -146,8 +146,11 @@ def _run_recorded(config, beam_args, run_id: str, metadata_dir: str,
     from pipeline import configs
     from pipeline.metadata import MetadataStore
     from pipeline.orchestrator import clean_stale_temporaries
-    from pipeline.pipeline import RunRecorder, format_summary, git_commit, progress, run_pipeline
+    from pipeline.pipeline import (RunRecorder, format_summary, full_beam_args, git_commit,
+                                   progress, run_pipeline)
 
+    # The DirectRunner's mode follows the size of the input (see `default_beam_args`).
+    beam_args = full_beam_args(beam_args, _input_bytes(config.inputs, config.example_gen))
     store = MetadataStore(metadata_dir)
     for dead in store.mark_dead_runs():  # the lock is ours: a "running" run there died
         progress(f"run {dead} ended without finishing (killed?); its completed stages will be "
@@ -172,6 +175,18 @@ def _run_recorded(config, beam_args, run_id: str, metadata_dir: str,
         print(f"summary: {recorder.path}")
         _write_report(fileio.dirname(recorder.path))
     return code
+
+
+def _input_bytes(inputs, settings):
+    """The size of the input files (which sets the DirectRunner's default mode), or None when
+    they cannot be listed: the stage that reads them then says what is wrong."""
+    from components.errors import UserInputError
+    from components.example_gen import plan_units, total_bytes
+
+    try:
+        return total_bytes(plan_units(inputs, settings))
+    except (UserInputError, OSError):
+        return None
 
 
 def _write_report(run_dir: str) -> None:
@@ -211,11 +226,12 @@ def _score(args, beam_args) -> int:
     from pipeline.pipeline import beam_options
 
     config = configs.load_config(args.config, {})
+    data_bytes = _input_bytes(args.input, config.example_gen)
     summary = run_score(args.model, args.version, args.input, args.output, args.schema,
                         config.schema_path, config.example_gen,
                         ScoreSettings(write_csv=args.csv,
                                       allow_anomalies=args.allow_anomalies),
-                        beam_options(beam_args))
+                        beam_options(beam_args, data_bytes))
     print(f"scored with {summary['model']}: rows read {summary['read']} = scored "
           f"{summary['scored']} + quarantined {summary['quarantined']}")
     for reason, n in sorted(summary["quarantine_reasons"].items()):

@@ -63,82 +63,8 @@ num_filters = 4
 [evaluator]
 min_accuracy = 0.0
 """
-ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-try:
-    import psutil
-except ImportError:  # /proc does the same on Linux
-    psutil = None
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _children_map() -> Dict[int, List[int]]:
-    children: Dict[int, List[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    return children
-
-
-def _rss_proc(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def tree_rss(pid: int) -> Dict[int, int]:
-    """{pid: RSS bytes} of `pid` and all its descendants, now."""
-    if psutil is not None:
-        try:
-            root = psutil.Process(pid)
-            procs = [root] + root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return {}
-        out = {}
-        for p in procs:
-            try:
-                out[p.pid] = p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return out
-    children = _children_map()
-    out, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        out[p] = _rss_proc(p)
-        todo += children.get(p, [])
-    return out
-
-
-def run_measured(cmd: List[str], poll: float, log_path: str) -> Dict[str, float]:
-    """Runs `cmd`; its exit code, wall time and peak summed/single RSS of its process tree."""
-    env = dict(os.environ, **ENV)
-    peak_sum = peak_one = 0
-    processes = 0
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            sizes = tree_rss(proc.pid)
-            if sizes:
-                peak_sum = max(peak_sum, sum(sizes.values()))
-                peak_one = max(peak_one, max(sizes.values()))
-                processes = max(processes, len(sizes))
-            time.sleep(poll)
-    wall = time.monotonic() - start
-    return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_bytes": peak_sum,
-            "peak_single_process_rss_bytes": peak_one, "max_processes": processes}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ENV, psutil, run_measured  # noqa: E402  (process-tree RSS, bench/common.py)
 
 
 def cli(*args: str) -> List[str]:

@@ -604,6 +604,15 @@ def plan_units(inputs: Sequence[str], settings: ExampleGenSettings) -> List[Inpu
     return [InputUnit(name, tuple(items)) for name, items in units.items()]
 
 
+def total_bytes(units: Sequence[InputUnit]) -> int:
+    """The size of every file of `units`, in bytes (as stored: compressed files count as such)."""
+    paths = [path for unit in units for path, _ in unit.items]
+    if not paths:
+        return 0
+    return sum(m.size_in_bytes for result in FileSystems.match(paths)
+               for m in result.metadata_list)
+
+
 def unit_fingerprint(unit: InputUnit, file_hashes: Optional[Sequence[str]] = None) -> str:
     """sha256 over each item's path, format and content: what the unit's records depend on.
 

@@ -95,23 +95,91 @@ def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, 
     return matrix, found
 
 
+def length_free(settings: ModelSettings) -> bool:
+    """Whether the network's output is the same however far a sequence is padded: the padding
+    vectors are zeroed (`mask_zero`) and max-over-time pooling looks only at windows of the
+    text itself (see `MaxOverText`). Such a model takes sequences of any length, so the Trainer
+    pads each batch only to its longest sequence and does no work on padding. The seed's
+    pooling (a fixed number of positions per branch) needs every sequence at max_len."""
+    return settings.mask_zero and settings.pooling == "max_over_time"
+
+
+def _text_lengths(ids):
+    """[batch, steps] ids, padding (0) only after the text -> [batch] text lengths."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.cast(tf.not_equal(ids, 0), tf.int32), axis=1)
+
+
+def _pad_to_length(x, length: int):
+    """[batch, steps, dim] -> zero-padded to at least `length` steps (at the end)."""
+    import tensorflow as tf
+
+    return tf.pad(x, [[0, 0], [0, tf.maximum(0, length - tf.shape(x)[1])], [0, 0]])
+
+
+def _max_over_text_layer():
+    """The `MaxOverText` Keras layer class (defined on first use: tf_keras is imported lazily)."""
+    global _MaxOverText
+    if _MaxOverText is not None:
+        return _MaxOverText
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class MaxOverText(keras.layers.Layer):
+        """Max-over-time pooling of a "valid" convolution of width `kernel_size`, over the
+        windows that lie inside the text: window i counts when i + kernel_size <= the text's
+        length (only window 0, text plus zero vectors, for a text shorter than the kernel).
+        Windows reaching into the padding are left out, so the result does not depend on how
+        far the sequence was padded. Inputs: [conv outputs (ReLU, so >= 0), text lengths]."""
+
+        def __init__(self, kernel_size: int, **kwargs):
+            super().__init__(**kwargs)
+            self.kernel_size = int(kernel_size)
+
+        def call(self, inputs):
+            conv, lengths = inputs
+            last_start = tf.maximum(lengths, self.kernel_size) - self.kernel_size  # [batch]
+            positions = tf.range(tf.shape(conv)[1])
+            inside = tf.cast(positions[None, :] <= last_start[:, None], conv.dtype)
+            # ReLU outputs are >= 0 and window 0 always counts: zeroing the windows left out
+            # cannot change the maximum of those kept.
+            return tf.reduce_max(conv * inside[..., None], axis=1)
+
+        def get_config(self):
+            return {**super().get_config(), "kernel_size": self.kernel_size}
+
+    _MaxOverText = MaxOverText
+    return MaxOverText
+
+
+_MaxOverText = None
+
+
 def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: ModelSettings,
                   embedding_matrix: Optional[np.ndarray] = None):
-    """Embedding -> Conv1D per kernel size -> pooling -> concatenate -> dropout -> softmax."""
+    """Embedding -> Conv1D per kernel size -> pooling -> concatenate -> dropout -> softmax.
+
+    A `length_free` model takes [batch, any length] ids (the Trainer's batches are padded to
+    their longest sequence, the exported model's to max_len; the output is the same); any
+    other takes [batch, max_len].
+    """
     import tensorflow as tf
     import tf_keras as keras
     from tf_keras import layers
 
-    ids = keras.Input(shape=(max_len,), dtype=tf.int64, name=features.transformed_name(
-        features.TEXT))
+    free = length_free(settings)
+    ids = keras.Input(shape=(None if free else max_len,), dtype=tf.int64,
+                      name=features.transformed_name(features.TEXT))
+    length_arg = {} if free else {"input_length": max_len}
     if embedding_matrix is not None:
         embedding = layers.Embedding(
-            input_dim, embedding_matrix.shape[1], input_length=max_len,
+            input_dim, embedding_matrix.shape[1],
             embeddings_initializer=keras.initializers.Constant(embedding_matrix),
-            trainable=settings.embeddings_trainable, name="embedding")
+            trainable=settings.embeddings_trainable, name="embedding", **length_arg)
     else:
-        embedding = layers.Embedding(input_dim, settings.embedding_dim, input_length=max_len,
-                                     name="embedding")
+        embedding = layers.Embedding(input_dim, settings.embedding_dim, name="embedding",
+                                     **length_arg)
     x = embedding(ids)
     if settings.mask_zero:
         # Keras masks do not pass through Conv1D, so padding is zeroed explicitly instead.
@@ -123,13 +191,20 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
     # A "valid" convolution needs `widest` positions, and the seed's pooling (window 2) two
     # convolution outputs: very short sequences are zero-padded to that.
     needed = max(int(k) for k in settings.filter_sizes) + (settings.pooling == "seed")
-    if max_len < needed:
+    if free:
+        lengths = layers.Lambda(_text_lengths, name="text_length")(ids)
+        x = layers.Lambda(_pad_to_length, arguments={"length": needed},
+                          name="pad_to_widest_filter")(x)
+    elif max_len < needed:
         x = layers.ZeroPadding1D((0, needed - max_len), name="pad_to_widest_filter")(x)
     branches = []
     for size in settings.filter_sizes:
         conv = layers.Conv1D(settings.num_filters, int(size), padding="valid", activation="relu",
                              strides=1, name=f"conv_{size}")(x)
-        if settings.pooling == "max_over_time":
+        if free:
+            pooled = _max_over_text_layer()(int(size), name=f"max_over_time_{size}")(
+                [conv, lengths])
+        elif settings.pooling == "max_over_time":
             pooled = layers.GlobalMaxPooling1D(name=f"max_over_time_{size}")(conv)
         else:
             pooled = layers.Flatten(name=f"flatten_{size}")(

@@ -51,18 +51,49 @@ def run_statistics_gen(examples_dir: str, output_dir: str, beam_options) -> Dict
                     split_data_pattern(examples_dir, split),
                     telemetry_descriptors=["textcnn_pipeline", "StatisticsGen"])
                 split_dir = fileio.join(tmp, features.split_dir_name(split))
-                batches = p | f"Read[{split}]" >> source.BeamSource()
-                _ = (
-                    batches
-                    | f"GenerateStatistics[{split}]" >> tfdv.GenerateStatistics(
-                        tfdv.StatsOptions())
-                    | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
-                        fileio.join(split_dir, STATS_FILE)))
-                _ = batches | f"TextLengthStatistics[{split}]" >> TextLengthStatistics(
-                    fileio.join(split_dir, TEXT_LENGTH_STATS_FILE))
+                # One statistics pass per split: `text_length` is computed beside the raw
+                # features and written to a file of its own (see `write_split_statistics`).
+                _ = (p
+                     | f"Read[{split}]" >> source.BeamSource()
+                     | f"AddTextLength[{split}]" >> beam.Map(with_text_length)
+                     | f"GenerateStatistics[{split}]" >> tfdv.GenerateStatistics(
+                         text_length_stats_options())
+                     | f"WriteStatistics[{split}]" >> beam.Map(
+                         write_split_statistics, fileio.join(split_dir, STATS_FILE),
+                         fileio.join(split_dir, TEXT_LENGTH_STATS_FILE)))
         for split in splits:
             paths[split] = fileio.join(output_dir, features.split_dir_name(split), STATS_FILE)
     return paths
+
+
+def with_text_length(record_batch):
+    """Arrow record batch of tf.Examples -> the same with a `text_length` column added."""
+    import pyarrow as pa
+
+    if TEXT_LENGTH in record_batch.schema.names:
+        raise ValueError(f"the examples already have a feature named {TEXT_LENGTH!r}")
+    lengths = text_length_batch(record_batch).column(0)
+    return pa.RecordBatch.from_arrays(list(record_batch.columns) + [lengths],
+                                      list(record_batch.schema.names) + [TEXT_LENGTH])
+
+
+def write_split_statistics(stats_list, features_path: str, text_length_path: str) -> None:
+    """Statistics of the raw features and of `text_length`, computed together, -> the two
+    files: `features_path` without `text_length`, `text_length_path` with it alone."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    outputs = {features_path: statistics_pb2.DatasetFeatureStatisticsList(),
+               text_length_path: statistics_pb2.DatasetFeatureStatisticsList()}
+    for dataset in stats_list.datasets:
+        for path, keep_length in ((features_path, False), (text_length_path, True)):
+            part = outputs[path].datasets.add()
+            part.CopyFrom(dataset)
+            del part.features[:]
+            part.features.extend(f for f in dataset.features
+                                 if (list(f.path.step) == [TEXT_LENGTH]) == keep_length)
+    for path, stats in outputs.items():
+        with fileio.open_file(path, "wb") as f:
+            f.write(stats.SerializeToString(deterministic=True))  # as ProtoCoder writes
 
 
 def token_count(text_values: Optional[List[bytes]]) -> Optional[int]:

@@ -8,6 +8,7 @@ share of the transformed files, and only the chief publishes the output director
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -22,7 +23,7 @@ from components import PROGRESS_LOGGER, features
 from components import fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
-from components.model import ModelSettings, build_textcnn, load_embedding_matrix
+from components.model import ModelSettings, build_textcnn, length_free, load_embedding_matrix
 from components.transform import (TRANSFORM_INFO_FILE, VOCAB_NAME, dense_token_ids,
                                   transformed_data_pattern)
 
@@ -30,6 +31,11 @@ MODEL_DIR = "model"
 LOGS_DIR = "logs"
 HISTORY_FILE = "history.json"
 INTERLEAVE_CYCLE = 4  # files read at once: fixed, so the record order is the same on any machine
+LENGTH_BUCKETS = 8  # at most this many length buckets (`bucket_boundaries`)
+PARSE_BATCH = 256  # records parsed at once before they are grouped by length
+# Training steps per call into the compiled train function: the same steps, with less Python
+# between them (Keras' `steps_per_execution`; progress and early stopping are per epoch).
+STEPS_PER_EXECUTION = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,11 @@ class TrainerSettings:
     mixed_precision: bool = False  # float16 compute on accelerators that support it
     cache: bool = True  # cache the (serialized) datasets in memory after the first epoch
     shuffle_buffer: int = 10_000
+    # Batches of sequences of similar length, each padded only to its longest sequence, so
+    # that the convolutions do no work on padding. Applies to a model whose output does not
+    # depend on padding (`model.length_free`: mask_zero with max_over_time pooling); any
+    # other is fed sequences padded to max_len.
+    bucket_by_length: bool = True
 
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:
@@ -232,16 +243,55 @@ def choose_sharding(files: List[str], num_workers: int) -> Tuple[str, Optional[s
     return FILE_SHARDING, None
 
 
+def bucket_boundaries(max_len: int, buckets: int = LENGTH_BUCKETS) -> List[int]:
+    """Length-bucket boundaries for sequences of 0..max_len tokens: equal widths, at most
+    `buckets` buckets (a bucket holds the lengths from its lower boundary up to, not
+    including, the next one). A batch's padding is then less than one width per sequence."""
+    width = max(1, math.ceil(max_len / buckets))
+    return list(range(width + 1, max_len + 1, width))
+
+
+def uses_length_buckets(settings: TrainerSettings) -> bool:
+    return settings.bucket_by_length and length_free(settings.model)
+
+
+def batches_per_pass(info: Dict[str, Any], split: str, batch_size: int,
+                     settings: TrainerSettings) -> Optional[int]:
+    """The batches of one pass of `make_dataset` over a whole split (one worker, no repeat),
+    from the Transform's token-length histogram (`transform_info.json`); None when unknown.
+    With length buckets a pass ends with one partial batch per bucket."""
+    stats = info.get("token_lengths", {}).get(split, {})
+    if not uses_length_buckets(settings):
+        documents = stats.get("documents")
+        return math.ceil(documents / batch_size) if isinstance(documents, int) else None
+    histogram = stats.get("histogram")
+    if not isinstance(histogram, list):
+        return None
+    max_len = info["max_len"]
+    boundaries = bucket_boundaries(max_len)
+    per_bucket: Dict[int, int] = {}
+    for length, documents in histogram:
+        bucket = bisect.bisect_right(boundaries, min(int(length), max_len))
+        per_bucket[bucket] = per_bucket.get(bucket, 0) + int(documents)
+    return sum(math.ceil(n / batch_size) for n in per_bucket.values())
+
+
 def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
                  num_classes: int, batch_size: int, training: bool, settings: TrainerSettings,
-                 shard: Optional[Shard] = None, repeat: bool = False):
+                 shard: Optional[Shard] = None, repeat: bool = False,
+                 batches: Optional[int] = None):
     """(ids, one-hot label) batches streamed from gzip TFRecords; never loaded into numpy.
 
     The records reach the seeded shuffle in an order fixed by the files alone (`record_dataset`),
     so the same files train the same weights on any machine. `shard` keeps this worker's share
     of the records (see `record_dataset`); tf.data's own auto-sharding is then turned off.
     `repeat` repeats the records without end (reshuffled each time), so that every batch is
-    full: the caller gives the steps.
+    full: the caller gives the steps. `batches` (see `batches_per_pass`) is the number of
+    batches a pass yields: Keras then knows it, and a different number fails the pass.
+
+    With length buckets (`uses_length_buckets`), a batch holds sequences of one bucket
+    (`bucket_boundaries`) and is padded to its longest one; otherwise every batch is
+    [batch_size, max_len]. A batch is full, but for the last one of each bucket in a pass.
     """
     import tensorflow as tf
 
@@ -262,13 +312,45 @@ def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
 
     spec = {k: feature_spec[k] for k in (text_key, label_key)}
 
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return (dense_token_ids(parsed[text_key], max_len),
-                tf.one_hot(parsed[label_key], num_classes))
+    if not uses_length_buckets(settings):
+        def parse(serialized):
+            parsed = tf.io.parse_example(serialized, spec)
+            return (dense_token_ids(parsed[text_key], max_len),
+                    tf.one_hot(parsed[label_key], num_classes))
 
-    return (ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+        ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = _length_bucketed(ds, spec, max_len, num_classes, batch_size)
+    if batches is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _length_bucketed(ds, spec: Dict[str, Any], max_len: int, num_classes: int,
+                     batch_size: int):
+    """Serialized records -> (ids, one-hot label) batches of one length bucket each, padded to
+    their longest sequence."""
+    import tensorflow as tf
+
+    text_key = features.transformed_name(features.TEXT)
+    label_key = features.transformed_name(features.LABEL)
+
+    def parse_with_lengths(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        ids = parsed[text_key]
+        lengths = tf.math.bincount(tf.cast(ids.indices[:, 0], tf.int32),
+                                   minlength=tf.shape(serialized)[0], dtype=tf.int32)
+        return dense_token_ids(ids, max_len), lengths, parsed[label_key]
+
+    def trim(ids, lengths, label):  # a bucket's batch: padded to its longest sequence only
+        return ids[:, :tf.reduce_max(lengths)], tf.one_hot(label, num_classes)
+
+    boundaries = bucket_boundaries(max_len)
+    ds = (ds.batch(PARSE_BATCH).map(parse_with_lengths, num_parallel_calls=tf.data.AUTOTUNE)
+          .unbatch()
+          .bucket_by_sequence_length(lambda ids, length, label: length, boundaries,
+                                     [batch_size] * (len(boundaries) + 1)))
+    return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def record_dataset(file_pattern: str, shard: Optional[Shard] = None):
@@ -511,12 +593,19 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
                                       False, settings, shards[split])
                   for split in info["splits"]}
     else:
+        batches = {split: batches_per_pass(info, split, global_batch, settings)
+                   for split in info["splits"]}
         datasets = {split: make_dataset(transformed_data_pattern(transform_dir, split),
                                         feature_spec, info["max_len"], num_classes,
-                                        global_batch, split == features.TRAIN, settings)
+                                        global_batch, split == features.TRAIN, settings,
+                                        batches=batches[split])
                     for split in info["splits"]}
         train_data = datasets[features.TRAIN]
         fit_args = {"validation_data": datasets[features.EVAL]}
+    # Several steps per call need the steps of a pass known (always so with several workers,
+    # which give them; else from the Transform's statistics).
+    steps_per_execution = (STEPS_PER_EXECUTION if multi_worker or None not in batches.values()
+                           else 1)
 
     # The chief stages the real output; another worker works in a scratch directory.
     output = (staged_output(output_dir) if is_chief
@@ -527,7 +616,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
                                   settings.model, embedding_matrix)
             model.compile(loss="categorical_crossentropy",
                           optimizer=keras.optimizers.Adam(settings.learning_rate),
-                          metrics=["accuracy"])
+                          metrics=["accuracy"], steps_per_execution=steps_per_execution)
         callbacks = [keras.callbacks.TensorBoard(fileio.join(tmp, LOGS_DIR)),
                      _EpochProgress(settings.epochs).callback]
         if multi_worker:

@@ -37,19 +37,49 @@ DRIFT_SELF = "itself"  # the drift reference is the data itself: it was accepted
 UNITS_DIR = ".units"  # ExampleGen's parsed input units, keyed by content, settings and code
 
 
-def default_beam_args() -> List[str]:
-    """DirectRunner, multi-processing, one worker per core; any of these can be overridden.
+# Up to this much input data the DirectRunner runs a pipeline in the driver process
+# (in_memory); above it, in one worker process per core (multi_processing). Measured on 2
+# cores (bench/speed.py, README "Speed"): starting the worker processes, each importing
+# TensorFlow, and shipping the data to them costs more than two cores gain on small data.
+IN_MEMORY_MAX_BYTES = 64 << 20
+_RUNNING_MODE_FLAG = "--direct_running_mode"
+
+
+def _flag_value(beam_args: Sequence[str], flag: str) -> Optional[str]:
+    """The value of `flag` in `beam_args` (the last one wins, as in Beam's parser), or None."""
+    value = None
+    for i, arg in enumerate(beam_args):
+        if arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == flag and i + 1 < len(beam_args):
+            value = beam_args[i + 1]
+    return value
+
+
+def default_beam_args(data_bytes: Optional[int] = None,
+                      beam_args: Sequence[str] = ()) -> List[str]:
+    """The DirectRunner flags put before the user's (`beam_args`, which win when they repeat
+    one): `in_memory` when the input data (`data_bytes`) is at most IN_MEMORY_MAX_BYTES, else
+    `multi_processing` with one worker per core; a running mode the user names gets its
+    worker count (1 in memory, one per core otherwise) unless the user gives that too.
 
     Workers import `components.worker_setup` first (a Beam plugin), whatever the runner.
     """
-    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={os.cpu_count() or 1}",
-            "--beam_plugin=components.worker_setup"]
+    mode = _flag_value(beam_args, _RUNNING_MODE_FLAG) or (
+        "in_memory" if data_bytes is not None and data_bytes <= IN_MEMORY_MAX_BYTES
+        else "multi_processing")
+    workers = 1 if mode == "in_memory" else (os.cpu_count() or 1)
+    return ["--runner=DirectRunner", f"{_RUNNING_MODE_FLAG}={mode}",
+            f"--direct_num_workers={workers}", "--beam_plugin=components.worker_setup"]
 
 
-def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+def full_beam_args(beam_args: Sequence[str], data_bytes: Optional[int] = None) -> List[str]:
     # Later flags win in Beam's parser, so the user's flags go after the defaults.
-    return PipelineOptions(default_beam_args() + list(beam_args))
+    return default_beam_args(data_bytes, beam_args) + list(beam_args)
+
+
+def beam_options(beam_args: Sequence[str], data_bytes: Optional[int] = None) -> PipelineOptions:
+    return PipelineOptions(full_beam_args(beam_args, data_bytes))
 
 
 def progress(message: str) -> None:
@@ -66,13 +96,14 @@ class RunRecorder:
     """Times stages and writes `<root>/runs/<run_id>/summary.json` however the run ends."""
 
     def __init__(self, config: configs.PipelineConfig, run_id: str, beam_args: Sequence[str]):
+        """`beam_args`: every Beam flag of the run (`full_beam_args`)."""
         self.summary: Dict[str, Any] = {
             "run_id": run_id,
             "pipeline": configs.PIPELINE_NAME,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "status": "running",
             "config": configs.to_dict(config),
-            "beam_args": default_beam_args() + list(beam_args),
+            "beam_args": list(beam_args),
             "stages": [],
         }
         self.path = fileio.join(config.pipeline_root, "runs", run_id, "summary.json")
@@ -122,9 +153,10 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
 
     Each stage gets the artifact directories of the stages before it (this run's, or an
     earlier run's when the stage was reused) and its own settings; the orchestrator decides
-    whether it executes and records the lineage.
+    whether it executes and records the lineage. `beam_args`: every Beam flag of the run
+    (`full_beam_args`).
     """
-    options = beam_options(beam_args)
+    options = PipelineOptions(list(beam_args))
     run_id = recorder.summary["run_id"]
     root = config.pipeline_root
     orchestrator = Orchestrator(store, recorder, use_cache)

@@ -56,8 +56,9 @@ def test_clean_run_multiprocessing_end_to_end(tmp_path):
     # ExampleGen through Beam too (small inputs are parsed in-process by default).
     config.write_text(TINY_TRAINER + "\n[example_gen]\nin_process_max_bytes = 0\n")
     serving = str(tmp_path / "serving")
+    # Small data runs in memory by default: this test is about the worker processes.
     proc = run_cli("run", "--input", data, "--pipeline-root", root, "--serving-dir", serving,
-                   "--config", str(config))  # default Beam options: multi-processing
+                   "--config", str(config), "--direct_running_mode=multi_processing")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows read 60 = written 60" in proc.stdout
     # A person reads the console: no traceback or C++ log noise (Beam workers included), a line
@@ -70,6 +71,7 @@ def test_clean_run_multiprocessing_end_to_end(tmp_path):
     summary = summary_of(root)
     assert summary["status"] == "succeeded" and summary["exit_code"] == 0
     assert "--direct_running_mode=multi_processing" in summary["beam_args"]
+    assert f"--direct_num_workers={os.cpu_count() or 1}" in summary["beam_args"]
     assert [s["name"] for s in summary["stages"]] == [
         "ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer",
         "Evaluator", "Pusher"]
@@ -212,6 +214,12 @@ def test_until_stops_early_and_beam_flags_pass_through(tmp_path):
     assert [s["name"] for s in summary["stages"]] == ["ExampleGen"]
     assert summary["beam_args"][-1] == "--direct_running_mode=in_memory"
     assert not os.path.exists(os.path.join(root, "StatisticsGen"))
+    # Without flags, small inputs run on the DirectRunner in memory (in the driver).
+    other = str(tmp_path / "other")
+    proc = run_cli("run", "--input", data, "--pipeline-root", other, "--until", "ExampleGen")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    flags = summary_of(other)["beam_args"]
+    assert "--direct_running_mode=in_memory" in flags and "--direct_num_workers=1" in flags
 
 
 def test_usage_errors_exit_2_and_name_the_problem(tmp_path):

@@ -70,3 +70,26 @@ def test_a_url_root_without_metadata_dir_exits_2(tmp_path):
     assert "--metadata-dir" in proc.stderr and "gs://bucket/root" in proc.stderr
     runs = run_cli("runs", "gs://bucket/root", timeout=300)
     assert runs.returncode == 2 and "--metadata-dir" in runs.stderr
+
+
+def test_direct_runner_mode_follows_the_input_size_unless_the_user_names_one():
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from pipeline.pipeline import IN_MEMORY_MAX_BYTES, beam_options, full_beam_args
+
+    def mode(args, data_bytes):
+        options = beam_options(args, data_bytes).view_as(DirectOptions)
+        return options.direct_running_mode, options.direct_num_workers
+
+    cores = os.cpu_count() or 1
+    assert mode([], 1000) == ("in_memory", 1)
+    assert mode([], IN_MEMORY_MAX_BYTES) == ("in_memory", 1)
+    assert mode([], IN_MEMORY_MAX_BYTES + 1) == ("multi_processing", cores)
+    assert mode([], None) == ("multi_processing", cores)  # size unknown
+    # A mode the user names gets its own worker count; the user's count wins over that.
+    assert mode(["--direct_running_mode=multi_processing"], 1000) == ("multi_processing", cores)
+    assert mode(["--direct_running_mode", "in_memory"], None) == ("in_memory", 1)
+    assert mode(["--direct_running_mode=multi_processing", "--direct_num_workers=3"],
+                1000) == ("multi_processing", 3)
+    args = full_beam_args(["--direct_num_workers=2"], 10)
+    assert args[-1] == "--direct_num_workers=2" and "--direct_running_mode=in_memory" in args

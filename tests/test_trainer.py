@@ -30,7 +30,8 @@ def test_textcnn_max_over_time():
     assert [(c.kernel_size[0], c.filters, c.padding, c.strides[0]) for c in convs] == [
         (3, 100, "valid", 1), (4, 100, "valid", 1), (5, 100, "valid", 1)]
     assert all(c.activation.__name__ == "relu" for c in convs)
-    assert layer_types(model).count("GlobalMaxPooling1D") == 3
+    assert layer_types(model).count("MaxOverText") == 3
+    assert model.input.shape.as_list() == [None, None]  # any length: see length_free
     assert model.get_layer("concatenate").output.shape[-1] == 300
     assert model.get_layer("dropout").rate == 0.5
     assert model.get_layer("logits").kernel_constraint.get_config()["max_value"] == 3.0
@@ -50,13 +51,42 @@ def test_textcnn_seed_pooling_flattens_each_branch():
     assert model.get_layer("logits").kernel_constraint is None
 
 
-@pytest.mark.parametrize("pooling, max_len, padded", [
-    ("max_over_time", 2, 5), ("max_over_time", 4, 5), ("seed", 2, 6), ("seed", 5, 6)])
+@pytest.mark.parametrize("pooling, max_len, padded", [("seed", 2, 6), ("seed", 5, 6)])
 def test_sequences_shorter_than_the_widest_filter_are_padded(pooling, max_len, padded):
     model = build_textcnn(20, max_len, 3, ModelSettings(embedding_dim=4, num_filters=2,
                                                        pooling=pooling))
     assert model.get_layer("pad_to_widest_filter").output.shape[1] == padded
     assert model(tf.constant([[3, 4, 5, 6, 7][:max_len]], tf.int64)).shape == (1, 3)
+
+
+def test_length_free_model_is_the_same_however_far_a_text_is_padded():
+    """The Trainer pads each batch only to its longest text, the exported model to max_len:
+    the probabilities must not depend on it, nor on the other texts of the batch."""
+    model = build_textcnn(30, 12, 3, ModelSettings(embedding_dim=8, num_filters=4))
+    texts = [[3, 4, 5, 6, 7, 8, 9], [2], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], []]
+
+    def padded(rows, width):
+        return tf.constant([row + [0] * (width - len(row)) for row in rows], tf.int64)
+
+    reference = model(padded(texts, 12)).numpy()
+    for width in (12, 13, 40):
+        np.testing.assert_allclose(model(padded(texts, width)).numpy(), reference, rtol=1e-6)
+    for i, row in enumerate(texts):  # alone, padded to itself only (shorter than a kernel too)
+        np.testing.assert_allclose(model(padded([row], len(row))).numpy()[0], reference[i],
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_max_over_text_keeps_the_windows_inside_the_text():
+    from components.model import _max_over_text_layer
+
+    pool = _max_over_text_layer()(3)
+    # conv outputs of a width-3 kernel over 6 steps -> 4 windows, one filter: the windows
+    # starting at 0..3. A text of 4 tokens has windows 0 and 1 inside it.
+    conv = tf.constant([[[1.0], [2.0], [9.0], [8.0]],  # text of 4: max(1, 2)
+                        [[5.0], [2.0], [9.0], [8.0]],  # text of 1: window 0 only
+                        [[1.0], [2.0], [3.0], [8.0]]])  # text of 6: all four
+    out = pool([conv, tf.constant([4, 1, 6])]).numpy()
+    assert out[:, 0].tolist() == [2.0, 5.0, 8.0]
 
 
 def test_mask_zero_zeroes_padding_vectors():
@@ -181,3 +211,47 @@ def test_cpu_training_is_repeatable(trained, tmp_path):
     first = tf.saved_model.load(result["model"]).signatures["serving_default"](text=raw)
     second = tf.saved_model.load(again["model"]).signatures["serving_default"](text=raw)
     np.testing.assert_array_equal(first["probabilities"].numpy(), second["probabilities"].numpy())
+
+
+def test_length_buckets_and_the_batches_of_a_pass(trained):
+    """Each batch holds one length bucket, padded to its longest text; a pass yields every
+    record once, in as many batches as `batches_per_pass` says (from the Transform's
+    histogram), which the dataset asserts."""
+    import dataclasses
+
+    import tensorflow_transform as tft
+
+    from components import trainer as tn
+
+    assert tn.bucket_boundaries(18) == [4, 7, 10, 13, 16]
+    assert tn.bucket_boundaries(6) == [2, 3, 4, 5, 6]
+    assert tn.bucket_boundaries(400) == [51, 101, 151, 201, 251, 301, 351]
+    transform_dir, texts, _, _ = trained
+    info = tn.read_transform_info(transform_dir)
+    spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()
+    boundaries = [0] + tn.bucket_boundaries(info["max_len"]) + [10 ** 9]
+    for bucketing in (True, False):
+        settings = dataclasses.replace(SMALL, bucket_by_length=bucketing, batch_size=4)
+        for split in info["splits"]:
+            expected = tn.batches_per_pass(info, split, 4, settings)
+            ds = tn.make_dataset(tr.transformed_data_pattern(transform_dir, split), spec,
+                                 info["max_len"], 3, 4, split == "train", settings,
+                                 batches=expected)
+            batches = list(ds.as_numpy_iterator())
+            assert len(batches) == expected == ds.cardinality().numpy()
+            assert sum(len(ids) for ids, _ in batches) == len(texts[split])
+            for ids, labels in batches:
+                lengths = (ids != 0).sum(axis=1)
+                assert len(ids) == len(labels) <= 4
+                if not bucketing:
+                    assert ids.shape[1] == info["max_len"]
+                    continue
+                assert ids.shape[1] == lengths.max()  # padded to its longest text only
+                bucket = [np.searchsorted(boundaries, n, side="right") for n in lengths]
+                assert len(set(bucket)) == 1, (lengths, boundaries)
+        # A wrong count fails the pass instead of training on a part of it silently.
+        wrong = tn.make_dataset(tr.transformed_data_pattern(transform_dir, "train"), spec,
+                                info["max_len"], 3, 4, True, settings,
+                                batches=tn.batches_per_pass(info, "train", 4, settings) + 1)
+        with pytest.raises(tf.errors.FailedPreconditionError):
+            list(wrong.as_numpy_iterator())
