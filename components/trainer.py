@@ -585,6 +585,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
             info["max_len"], num_classes, global_batch, True, settings,
             shards[features.TRAIN], repeat=True)
         fit_args = {"steps_per_epoch": max(1, math.ceil(train_records / global_batch))}
+        batches = {}  # evaluation is not Keras': no pass counts needed
         # Evaluation is exact instead: each worker sums loss and hits over its share with the
         # (identical) weights and one all-reduce adds the sums, so all get the same numbers.
         local_batch = global_batch // num_workers
@@ -602,10 +603,10 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
                     for split in info["splits"]}
         train_data = datasets[features.TRAIN]
         fit_args = {"validation_data": datasets[features.EVAL]}
-    # Several steps per call need the steps of a pass known (always so with several workers,
-    # which give them; else from the Transform's statistics).
-    steps_per_execution = (STEPS_PER_EXECUTION if multi_worker or None not in batches.values()
-                           else 1)
+    # Several steps per call need the steps of a pass known: given with several workers,
+    # else from the Transform's statistics (an output without them trains a step per call).
+    steps_known = multi_worker or None not in batches.values()
+    steps_per_execution = STEPS_PER_EXECUTION if steps_known else 1
 
     # The chief stages the real output; another worker works in a scratch directory.
     output = (staged_output(output_dir) if is_chief

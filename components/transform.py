@@ -43,8 +43,8 @@ class TransformSettings:
 
     lowercase: bool = True
     split_punctuation: bool = True
-    # Sequences are truncated to max_len tokens (and padded to it by the Trainer and the
-    # exported model). "auto": the max_len_quantile of Split-train's token counts, capped at
+    # Sequences are truncated to max_len tokens (and padded to it by the exported model; the
+    # Trainer pads each batch to its longest sequence). "auto": the max_len_quantile of Split-train's token counts, capped at
     # max_len_cap, computed by the same tf.Transform analysis as the vocabulary. A number fixes it.
     max_len: Union[int, str] = AUTO
     max_len_quantile: float = 0.95
