@@ -659,7 +659,7 @@ def plan_pieces(unit: InputUnit, settings: ExampleGenSettings) -> List[Optional[
     path, fmt = unit.items[0]
     if fmt not in _SPLITTABLE or _strip_compression(path) != path:
         return [None]
-    size = sum(m.size_in_bytes for m in FileSystems.match([path])[0].metadata_list)
+    size = total_bytes([unit])
     if size <= settings.split_bytes:
         return [None]
     header, header_at = None, -1
@@ -733,7 +733,7 @@ class ParseUnitFn(beam.DoFn):
         if is_parsed(unit_dir):  # a retried bundle: already done
             yield unit.name, fileio.read_json(fileio.join(unit_dir, COUNTS_FILE))
             return
-        in_place = not fileio._rename_is_atomic(unit_dir)
+        in_place = not fileio.rename_is_atomic(unit_dir)
         if in_place:
             fileio.rmtree(unit_dir)  # an unfinished attempt's files
             work = unit_dir
@@ -811,9 +811,8 @@ def parse_units(parts: Parts, settings: ExampleGenSettings, beam_options) -> Lis
     parsed = list(dict.fromkeys(unit.name for unit, _, _ in todo))
     if not todo:
         return parsed
-    size = sum(piece.end - piece.start if piece else sum(
-        m.size_in_bytes for result in FileSystems.match([path for path, _ in unit.items])
-        for m in result.metadata_list) for unit, _, piece in todo)
+    size = sum(piece.end - piece.start if piece else total_bytes([unit])
+               for unit, _, piece in todo)
     if size <= settings.in_process_max_bytes:
         parse = ParseUnitFn(settings)
         for element in todo:
@@ -846,12 +845,14 @@ def assemble_examples(parts: Parts, output_dir: str, parsed: Sequence[str] = ()
     by this run.
     """
     tallies: Counter = Counter()
+    piece_tallies: Dict[str, Dict[str, int]] = {}
     for _, pieces in parts:
         for piece_dir, _ in pieces:
             if not is_parsed(piece_dir):  # e.g. removed, or emptied by a cleanup, since parsing
                 raise RuntimeError(f"parsed input {piece_dir} is incomplete: parse it again "
                                    "(run without the cache, or remove it)")
-            tallies.update(fileio.read_json(fileio.join(piece_dir, COUNTS_FILE)))
+            piece_tallies[piece_dir] = fileio.read_json(fileio.join(piece_dir, COUNTS_FILE))
+            tallies.update(piece_tallies[piece_dir])
     counts = summarize_counts(dict(tallies))
     if counts["read"] != counts["written"] + counts["quarantined"]:
         raise RuntimeError(f"ExampleGen counts do not reconcile: {counts}")
@@ -878,7 +879,7 @@ def assemble_examples(parts: Parts, output_dir: str, parsed: Sequence[str] = ()
                     else:
                         fileio.link_or_copy(source, target)
                     quarantine_files.append(target)
-                lines_before += fileio.read_json(fileio.join(piece_dir, COUNTS_FILE)).get("lines", 0)
+                lines_before += piece_tallies[piece_dir].get("lines", 0)
         names = [unit.name for unit, _ in ordered]
         counts["inputs"] = names if len(names) <= 100 else len(names)
         counts["quarantine_sample"] = list(itertools.islice(
