@@ -101,7 +101,7 @@ def copy(source: str, target: str, overwrite: bool = False) -> None:
 
 
 def rename(source: str, target: str, overwrite: bool = False) -> None:
-    """Renames a file or directory: atomic on a local disk only (see `_rename_is_atomic`)."""
+    """Renames a file or directory: atomic on a local disk only (see `rename_is_atomic`)."""
     _gfile().rename(source, target, overwrite=overwrite)
 
 
@@ -181,7 +181,7 @@ def replace_text(path: str, text: str) -> None:
     Locally through a temporary file renamed over it; on object storage an object appears
     whole when its upload ends, so it is written in place.
     """
-    if not _rename_is_atomic(path):
+    if not rename_is_atomic(path):
         write_text(path, text)
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
@@ -214,7 +214,7 @@ def is_published(path: str) -> bool:
     return exists(join(path, MARKER))
 
 
-def _rename_is_atomic(path: str) -> bool:
+def rename_is_atomic(path: str) -> bool:
     """Local disks rename a directory atomically; object stores copy object by object."""
     return is_local(path)
 
@@ -232,7 +232,7 @@ def publishing(final_dir: str) -> Iterator[str]:
     if is_published(final_dir):
         raise FileExistsError(f"artifact already exists, refusing to overwrite: {final_dir}")
     rmtree(final_dir)
-    if _rename_is_atomic(final_dir):
+    if rename_is_atomic(final_dir):
         parent, name = os.path.split(_os_path(final_dir))
         work = os.path.join(parent, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
     else:

@@ -45,10 +45,16 @@ class PusherSettings:
             raise UserInputError(f"pusher.model_name {self.model_name!r} is not a directory name")
 
 
+def is_complete_version(version_dir: str) -> bool:
+    """Whether a pushed version is whole: its `saved_model.pb`, always copied last, is there
+    (TF Serving's sign too)."""
+    return fileio.exists(fileio.join(version_dir, SAVED_MODEL_PB))
+
+
 def versions(model_base: str) -> List[int]:
     """Complete versions under `<serving_dir>/<model_name>`, oldest first."""
     return sorted(int(n) for n in fileio.listdir(model_base)
-                  if n.isdigit() and fileio.exists(fileio.join(model_base, n, SAVED_MODEL_PB)))
+                  if n.isdigit() and is_complete_version(fileio.join(model_base, n)))
 
 
 def latest_version_dir(model_base: str) -> Optional[str]:
@@ -105,7 +111,7 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
     # A local disk renames a directory atomically: the version is assembled in a hidden
     # sibling and appears whole. Object storage has no such rename: the version is written in
     # place, saved_model.pb last, so until then neither TF Serving nor `versions()` takes it.
-    atomic = fileio._rename_is_atomic(base)
+    atomic = fileio.rename_is_atomic(base)
     work = fileio.join(base, f".tmp-{version}-{os.getpid()}") if atomic else final
     try:
         fileio.makedirs(work)

@@ -54,10 +54,10 @@ def format_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> str:
 
 def _recorded_root(version_dir: str) -> Tuple[str, Optional[str]]:
     """(pipeline root, metadata directory or None) that a complete pushed version records."""
-    from components.pusher import METADATA_FILE, SAVED_MODEL_PB
+    from components.pusher import METADATA_FILE, SAVED_MODEL_PB, is_complete_version
 
     path = fileio.join(version_dir, METADATA_FILE)
-    if not (fileio.exists(path) and fileio.exists(fileio.join(version_dir, SAVED_MODEL_PB))):
+    if not (fileio.exists(path) and is_complete_version(version_dir)):
         raise UserInputError(f"{version_dir} is not a pushed version, or not a complete one "
                              f"(it lacks {METADATA_FILE} or {SAVED_MODEL_PB}); pass "
                              "SERVING_DIR/MODEL_NAME/VERSION")

@@ -287,13 +287,12 @@ class MetadataStore:
     def pushed_models(self, model_base: str) -> List[Artifact]:
         """PushedModel artifacts under `model_base` that are still complete versions (their
         `saved_model.pb`, copied last, is there), newest first."""
-        from components.pusher import SAVED_MODEL_PB
+        from components.pusher import is_complete_version
 
         base = fileio.absolute(model_base).rstrip("/") + "/"
         found = [self._artifact(a) for a in self.store.get_artifacts_by_type(PUSHED_MODEL)
                  if fileio.absolute(a.uri).startswith(base)]
-        return sorted((a for a in found if fileio.exists(fileio.join(a.uri, SAVED_MODEL_PB))),
-                      key=lambda a: -a.id)
+        return sorted((a for a in found if is_complete_version(a.uri)), key=lambda a: -a.id)
 
     def latest_complete(self, stage: str) -> Optional[Execution]:
         """The newest execution of `stage` that ran to completion (not a reuse)."""

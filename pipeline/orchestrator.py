@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from components import fileio
 from components.artifacts import fingerprint_dir
-from components.pusher import SAVED_MODEL_PB
+from components.pusher import is_complete_version
 from pipeline import configs
 from pipeline import metadata as meta
 from pipeline.metadata import Artifact, Execution, MetadataStore
@@ -141,9 +141,9 @@ def outputs_live(execution: Execution) -> bool:
         return False
     for items in execution.outputs.values():
         for a in items:
-            whole = a.uri if a.type_name != meta.PUSHED_MODEL else fileio.join(a.uri,
-                                                                              SAVED_MODEL_PB)
-            if not fileio.exists(whole):
+            whole = (is_complete_version(a.uri) if a.type_name == meta.PUSHED_MODEL
+                     else fileio.exists(a.uri))
+            if not whole:
                 return False
     return True
 

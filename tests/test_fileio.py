@@ -1,7 +1,7 @@
 """Artifacts on any file system: publication with a marker, on a local disk and on object storage.
 
 Object storage (gs://, s3://) has no atomic directory rename, so there a directory is written in
-place and published by a marker written last. `fileio._rename_is_atomic` decides which protocol
+place and published by a marker written last. `fileio.rename_is_atomic` decides which protocol
 a path gets; the tests below force the object-store one on a local disk by patching it.
 """
 import json
@@ -21,7 +21,7 @@ from pipeline.orchestrator import (Orchestrator, clean_stale_temporaries, dir_ar
 @pytest.fixture
 def object_store(monkeypatch):
     """Every path gets the object-store protocol: written in place, no renames."""
-    monkeypatch.setattr(fileio, "_rename_is_atomic", lambda path: False)
+    monkeypatch.setattr(fileio, "rename_is_atomic", lambda path: False)
 
 
 def write_file(path, text="x"):
