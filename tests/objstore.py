@@ -411,6 +411,18 @@ def _die_with_parent(sig=signal.SIGTERM):
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def _terminate(process: subprocess.Popen, timeout: float) -> None:
+    """Stops a child process: SIGTERM, then SIGKILL if it has not exited after `timeout` s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -428,12 +440,8 @@ def _serve(args) -> None:
     gcs, port = None, 0
 
     def stop(*_):
-        if gcs is not None and gcs.poll() is None:
-            gcs.terminate()
-            try:
-                gcs.wait(5)
-            except subprocess.TimeoutExpired:
-                gcs.kill()
+        if gcs is not None:
+            _terminate(gcs, 5)
         if os.getppid() != parent:  # orphaned: nobody else will clean up
             shutil.rmtree(work, ignore_errors=True)
         os._exit(0)
@@ -536,13 +544,8 @@ class ObjectStore:
 
     def stop(self) -> None:
         p, self.process = self.process, None
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if p is not None:
+            _terminate(p, 10)
         if p is not None and p.stdout is not None:
             p.stdout.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
