@@ -5,6 +5,7 @@ Standard library only (psutil when installed), so that importing it never starts
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -14,11 +15,29 @@ import time
 from typing import Dict, Iterable, List, Mapping, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TREC = os.path.join(REPO, "data", "trec.csv")
 # Every child the benchmarks start gets these (tf.Transform needs Keras 2; no C++ chatter).
 ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 VERSIONED_PACKAGES = ("tensorflow", "tf_keras", "tensorflow-transform", "tfx-bsl",
                       "tensorflow-data-validation", "tensorflow-model-analysis", "apache-beam",
                       "numpy", "pyarrow")
+
+def cli(*args: str) -> List[str]:
+    """A `local_runner.py` command line, run with this interpreter."""
+    return [sys.executable, os.path.join(REPO, "local_runner.py"), *args]
+
+
+def write_copies(path: str, rows: Iterable[Mapping[str, str]], copies: int) -> int:
+    """JSONL of `rows` (text, label) repeated `copies` times, each with an id `r<copy>-<row>`;
+    returns the number of lines written."""
+    rows = list(rows)
+    with open(path, "w", encoding="utf-8") as f:
+        for c in range(copies):
+            for i, row in enumerate(rows):
+                f.write(json.dumps({"id": f"r{c}-{i}", "text": row["text"],
+                                    "label": row["label"]}, ensure_ascii=False) + "\n")
+    return copies * len(rows)
+
 
 try:
     import psutil

@@ -47,7 +47,6 @@ import time
 from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TREC = os.path.join(REPO, "data", "trec.csv")
 MODES = {"default": ["--direct_running_mode=multi_processing"],
          "in_memory": ["--direct_running_mode=in_memory", "--direct_num_workers=1"]}
 TINY_TRAINER = """
@@ -66,11 +65,8 @@ num_filters = 4
 min_accuracy = 0.0
 """
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ENV, psutil, run_measured  # noqa: E402  (process-tree RSS, bench/common.py)
-
-
-def cli(*args: str) -> List[str]:
-    return [sys.executable, os.path.join(REPO, "local_runner.py"), *args]
+from common import (ENV, TREC, cli, mib, psutil, run_measured,  # noqa: E402  (bench/common.py)
+                    write_copies)
 
 
 def train_tiny_model(work_dir: str) -> str:
@@ -100,18 +96,6 @@ def test_rows() -> List[Dict[str, str]]:
     with open(TREC, newline="", encoding="utf-8") as f:
         return [{"text": r["text"], "label": r["label"]} for r in csv.DictReader(f)
                 if r.get("split") == "test"]
-
-
-def write_input(path: str, rows: List[Dict[str, str]], copies: int) -> int:
-    with open(path, "w", encoding="utf-8") as f:
-        for c in range(copies):
-            for i, row in enumerate(rows):
-                f.write(json.dumps({"id": f"r{c}-{i}", **row}, ensure_ascii=False) + "\n")
-    return copies * len(rows)
-
-
-def mib(n: float) -> float:
-    return round(n / (1 << 20), 1)
 
 
 def markdown(results: List[Dict], meta: Dict) -> str:
@@ -169,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for mode in modes:
             for scale in scales:
                 data = os.path.join(work_dir, f"input-{scale}x.jsonl")
-                documents = write_input(data, rows, scale)
+                documents = write_copies(data, rows, scale)
                 out = os.path.join(work_dir, f"scored-{mode}-{scale}x")
                 shutil.rmtree(out, ignore_errors=True)
                 cmd = cli("score", "--model", model, "--input", data, "--output", out,

@@ -87,10 +87,10 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ENV, REPO, fmt_spread, git_commit, load_average, log_tail,  # noqa: E402
-                    machine, mib, package_versions, psutil, run_measured, spread)
+from common import (ENV, REPO, TREC, cli, fmt_spread, git_commit,  # noqa: E402
+                    load_average, log_tail, machine, mib, package_versions, psutil,
+                    run_measured, spread, write_copies)
 
-TREC = os.path.join(REPO, "data", "trec.csv")
 BENCH = os.path.dirname(os.path.abspath(__file__))
 PLAIN = os.path.join(BENCH, "plain_textcnn.py")
 DIRECT = os.path.join(BENCH, "direct_score.py")
@@ -141,10 +141,6 @@ class Runner:
             raise BenchError(f"{name} failed (exit {measured['returncode']}; log {log}):\n"
                              f"{error_lines(log)}")
         return measured
-
-
-def cli(*args: str) -> List[str]:
-    return [sys.executable, os.path.join(REPO, "local_runner.py"), *args]
 
 
 def last_json_line(path: str) -> Dict[str, Any]:
@@ -491,15 +487,6 @@ def trainer_worker(transform_dir: str, reps: int, epochs: int, out_path: str) ->
 # Part 3: bulk scoring against calling the signature directly.
 
 
-def write_score_input(path: str, rows: List[Dict[str, str]], copies: int) -> int:
-    with open(path, "w", encoding="utf-8") as f:
-        for c in range(copies):
-            for i, row in enumerate(rows):
-                f.write(json.dumps({"id": f"r{c}-{i}", "text": row["text"],
-                                    "label": row["label"]}, ensure_ascii=False) + "\n")
-    return copies * len(rows)
-
-
 def part_score(runner: Runner, reps: int, copies_list: Sequence[int], args,
                state: Dict[str, Any]) -> Dict[str, Any]:
     model = args.model
@@ -515,7 +502,7 @@ def part_score(runner: Runner, reps: int, copies_list: Sequence[int], args,
     out: Dict[str, Any] = {"model": model, "base_rows": len(test), "sizes": []}
     for copies in copies_list:
         data = os.path.join(runner.work_dir, f"score-input-{copies}x.jsonl")
-        documents = write_score_input(data, test, copies)
+        documents = write_copies(data, test, copies)
         size: Dict[str, Any] = {"copies": copies, "documents": documents, "reps": []}
         for rep in range(reps):
             record: Dict[str, Any] = {"rep": rep}
