@@ -7,6 +7,7 @@
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
                                --output DIR [Beam flags]
   python local_runner.py train --transform-dir DIR --output DIR [--config FILE]
+                               [--hyperparameters TUNER_DIR]
                                (one worker's Trainer; the cluster comes from TF_CONFIG)
   python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
   python local_runner.py runs PIPELINE_ROOT [--metadata-dir DIR]
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                      "embedding layer (default: random embeddings)")
     run.add_argument("--embeddings-trainable", action="store_true", default=None,
                      help="tune the pretrained vectors (Kim's CNN-non-static); default frozen")
+    run.add_argument("--tune", action="store_true", default=None,
+                     help="search the hyperparameters first (the Tuner stage; its budget and "
+                          "space are the config's [tuner] table)")
     run.add_argument("--serving-dir", help="where blessed models are pushed (default serving)")
     run.add_argument("--no-cache", action="store_true",
                      help="execute every stage, even when an earlier execution could be reused")
@@ -86,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True,
                        help="the Trainer's output directory, new; only the chief writes it")
     train.add_argument("--config", help="JSON or TOML file (its trainer table is used)")
+    train.add_argument("--hyperparameters",
+                       help="a Tuner output, <pipeline-root>/Tuner/<run_id>: its best values, "
+                            "except the settings the config gives explicitly")
     train.add_argument("-v", "--verbose", action="store_true")
 
     report = sub.add_parser("report", help="write report.html for a recorded run")
@@ -129,6 +136,7 @@ def _run(args, beam_args) -> int:
         "schema_path": args.schema, "allow_anomalies": args.allow_anomalies,
         "trainer": {"model": {"embeddings": args.embeddings,
                               "embeddings_trainable": args.embeddings_trainable}},
+        "tuner": {"enabled": args.tune},
         "pusher": {"serving_dir": args.serving_dir}})
     config = configs.with_absolute_paths(config)
     run_id = new_run_id()
@@ -269,7 +277,16 @@ def _train(args) -> int:
     from pipeline import configs
 
     config = configs.with_absolute_paths(configs.load_config(args.config, {}))
-    result = run_trainer(args.transform_dir, args.output, config.trainer, cluster_spec)
+    settings = config.trainer
+    if args.hyperparameters:
+        from components.tuner import apply_hyperparameters, format_value, load_best
+
+        settings, sources = apply_hyperparameters(settings, load_best(args.hyperparameters),
+                                                  configs.given_hyperparameters(config))
+        print("hyperparameters: " + ", ".join(f"{k} {format_value(c['value'])} ({c['source']})"
+                                              for k, c in sources.items()
+                                              if c["source"] != "default"))
+    result = run_trainer(args.transform_dir, args.output, settings, cluster_spec)
     where = (f"{result['task_type']} {result['task_id']} of {result['workers']} workers"
              if result["task_type"] is not None else "this machine")
     print(f"trained on {where} ({result['strategy']}, {result['replicas']} replica(s), global "

@@ -1,12 +1,19 @@
-"""Test accuracy of the TextCNN: random, static and non-static embeddings, sequence lengths, N seeds.
+"""Test accuracy of the TextCNN: embedding variants, a tuned variant, sequence lengths, N seeds.
 
     .venv/bin/python bench/accuracy.py [--datasets trec,mr,bbc] [--seeds 3]
                                        [--variants random,...] [--max-len auto,50]
+                                       [--tune-trials 16] [--tune-epochs 10]
 
 For each dataset and max_len it runs the real pipeline once up to Transform (ExampleGen ...
 Transform, on the DirectRunner), then trains the Trainer stage once per variant and seed on that
 output and reads the test accuracy from the Trainer's result. Prints a table of mean, spread
 (sample std) and the single runs, and writes the same as JSON.
+
+Variants: random (128-d random vectors); static, nonstatic, multichannel (50-d GloVe: frozen,
+tuned, or both as two channels, Kim's CNN-static/-non-static/-multichannel); any of those with
+"-variance" (GloVe's missing words drawn with the variance of the known vectors instead of
+U(-0.25, 0.25)); tuned (the Tuner stage searches its default space for GloVe on Split-eval,
+once per dataset with seed 42; then each seed trains with the best values).
 """
 import argparse
 import glob
@@ -23,22 +30,48 @@ sys.path.insert(0, REPO)
 import components  # noqa: E402,F401  (legacy Keras before TensorFlow)
 from components.model import ModelSettings  # noqa: E402
 from components.trainer import TrainerSettings, run_trainer  # noqa: E402
+from components.tuner import TunerSettings, apply_hyperparameters, run_tuner  # noqa: E402
 from pipeline import datasets  # noqa: E402
 
 SCHEMAS = {"trec": "schemas/schema.pbtxt", "mr": "schemas/mr.pbtxt", "bbc": "schemas/bbc.pbtxt"}
 GLOVE = "glove.6B.50d.txt"
+MODES = {"static": {"embeddings_trainable": False}, "nonstatic": {"embeddings_trainable": True},
+         "multichannel": {"multichannel": True}}
+TUNED = "tuned"
 
 
 def variant_settings(name: str, glove: str, seed: int, model_options: dict) -> TrainerSettings:
+    """The Trainer's settings for an untuned variant."""
+    mode, _, init = name.partition("-")
     if name == "random":
         model = ModelSettings(**model_options)
-    elif name == "static":
-        model = ModelSettings(embeddings=glove, embeddings_trainable=False, **model_options)
-    elif name == "nonstatic":
-        model = ModelSettings(embeddings=glove, embeddings_trainable=True, **model_options)
+    elif mode in MODES and init in ("", "variance"):
+        model = ModelSettings(embeddings=glove, **MODES[mode], **model_options,
+                              **({"unknown_vectors": "variance"} if init else {}))
     else:
         raise SystemExit(f"unknown variant {name}")
     return TrainerSettings(model=model, seed=seed)
+
+
+def tuned_values(transform_dir: str, glove: str, model_options: dict, args) -> dict:
+    """The Tuner's best values for GloVe vectors on this Transform output (searched once; the
+    result is kept beside it for later runs with the same budget)."""
+    tuner = TunerSettings(enabled=True, algorithm=args.tune_algorithm,
+                          max_trials=args.tune_trials, epochs=args.tune_epochs, seed=42)
+    out = os.path.join(transform_dir, "..", "..", "bench",
+                       f"tuner-{tuner.algorithm}-{tuner.max_trials}x{tuner.epochs}"
+                       + "".join(f"-{k}={v}" for k, v in sorted(model_options.items())))
+    path = os.path.join(out, "best_hyperparameters.json")
+    if not os.path.exists(path):
+        trainer = TrainerSettings(model=ModelSettings(embeddings=glove, **model_options))
+        run_tuner(transform_dir, out, trainer, tuner)
+    with open(path) as f:
+        best = json.load(f)
+    print(json.dumps({"tuner": out, "best": best["values"],
+                      "best_eval_accuracy": best["best_eval_accuracy"],
+                      "trials": best["trials_run"], "seconds": best["search_seconds"]}),
+          flush=True)
+    return best
 
 
 def transform_dataset(name: str, data_dir: str, work_dir: str, max_len: str) -> str:
@@ -77,19 +110,32 @@ def main():
     parser.add_argument("--model", action="append", default=[], metavar="KEY=JSON",
                         help="a ModelSettings field for every run, e.g. mask_zero=true")
     parser.add_argument("--out", default=None, help="JSON results (default WORK_DIR/accuracy.json)")
+    parser.add_argument("--tune-trials", type=int, default=16, help="the tuned variant's trials")
+    parser.add_argument("--tune-epochs", type=int, default=10, help="epochs per trial at most")
+    parser.add_argument("--tune-algorithm", default="random")
     args = parser.parse_args()
     model_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.model)}
+    glove = os.path.join(args.data_dir, GLOVE)
+    searches = []
 
     results = []
     for name in args.datasets.split(","):
         for max_len in args.max_len.split(","):
             transform_dir = transform_dataset(name, args.data_dir, args.work_dir, max_len)
             for variant in args.variants.split(","):
+                best = None
+                if variant == TUNED:
+                    best = tuned_values(transform_dir, glove, model_options, args)
+                    searches.append({"dataset": name, "max_len": max_len, **best})
                 for seed in range(1, args.seeds + 1):
                     out = os.path.join(transform_dir, "..", "..", "bench",
                                        f"{variant}-seed{seed}-{int(time.time())}")
-                    settings = variant_settings(variant, os.path.join(args.data_dir, GLOVE),
-                                                seed, model_options)
+                    if best is not None:
+                        settings, _ = apply_hyperparameters(TrainerSettings(
+                            model=ModelSettings(embeddings=glove, **model_options), seed=seed),
+                            best["values"])
+                    else:
+                        settings = variant_settings(variant, glove, seed, model_options)
                     r = run_trainer(transform_dir, out, settings)
                     row = {"dataset": name, "max_len": max_len,
                            "max_len_used": r["max_len"], "variant": variant, "seed": seed,
@@ -100,7 +146,7 @@ def main():
                     print(json.dumps(row), flush=True)
                     results.append(row)
 
-    print(f"\n{'dataset':<6} {'max_len':<9} {'variant':<10} {'mean':>6} {'std':>6}  runs")
+    print(f"\n{'dataset':<6} {'max_len':<9} {'variant':<20} {'mean':>6} {'std':>6}  runs")
     summary = []
     for name in args.datasets.split(","):
         for max_len in args.max_len.split(","):
@@ -112,12 +158,12 @@ def main():
                 used = f"{max_len}={runs[0]['max_len_used']}" if max_len == "auto" else max_len
                 summary.append({"dataset": name, "max_len": used, "variant": variant,
                                 "mean": statistics.mean(accs), "std": std, "runs": accs})
-                print(f"{name:<6} {used:<9} {variant:<10} {statistics.mean(accs):6.3f} "
+                print(f"{name:<6} {used:<9} {variant:<20} {statistics.mean(accs):6.3f} "
                       f"{std:6.3f}  " + " ".join(f"{a:.3f}" for a in accs))
     out = args.out or os.path.join(args.work_dir, "accuracy.json")
     with open(out, "w") as f:
-        json.dump({"runs": results, "summary": summary, "model_options": model_options}, f,
-                  indent=2)
+        json.dump({"runs": results, "summary": summary, "model_options": model_options,
+                   "searches": searches}, f, indent=2)
     print(f"\nwrote {out}")
 
 

@@ -110,7 +110,7 @@ def build_model(input_dim: int, max_len: int, num_classes: int):
 
 
 def skip_autograph_for_tf_keras() -> None:
-    """What components/trainer.py `_skip_autograph_for_tf_keras` does, written out here."""
+    """What components/trainer.py `skip_autograph_for_tf_keras` does, written out here."""
     from tensorflow.python.autograph.core import config
 
     if not any(isinstance(r, config.DoNotConvert) and r.matches("tf_keras")

@@ -419,7 +419,7 @@ def trainer_worker(transform_dir: str, reps: int, epochs: int, out_path: str) ->
     fields = {f.name for f in dataclasses.fields(T.TrainerSettings)}
     has_bucketing = "bucket_by_length" in fields
     base = dataclasses.replace(settings, bucket_by_length=False) if has_bucketing else settings
-    T._skip_autograph_for_tf_keras()
+    T.skip_autograph_for_tf_keras()
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
     pattern = T.transformed_data_pattern(transform_dir, features.TRAIN)

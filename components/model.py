@@ -14,6 +14,10 @@ from components import features, fileio
 from components.errors import UserInputError
 
 POOLINGS = ("max_over_time", "seed")
+# How pretrained vectors fill the vocabulary tokens they lack (and the OOV rows):
+# "uniform": U(-0.25, 0.25), the constant of Kim's released code; "variance": U(-a, a) with a
+# per dimension such that the random vectors have the known vectors' variance (Kim 2014, 3.1).
+UNKNOWN_VECTORS = ("uniform", "variance")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,11 @@ class ModelSettings:
     max_norm: float = 3.0  # Kim's L2 max-norm constraint on the output layer's weights; 0: off
     embeddings: Optional[str] = None  # GloVe/word2vec text file (.bz2/.gz ok)
     embeddings_trainable: bool = False  # False: Kim's CNN-static (the seed's frozen vectors)
+    # Kim's CNN-multichannel: two copies of the pretrained vectors, one frozen and one tuned,
+    # seen by every filter (as two input channels). Needs `embeddings`; then
+    # `embeddings_trainable` does not apply.
+    multichannel: bool = False
+    unknown_vectors: str = "uniform"  # see UNKNOWN_VECTORS
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -41,6 +50,13 @@ class ModelSettings:
             raise UserInputError("trainer.model.dropout_rate is the fraction dropped, in [0, 1)")
         if not self.filter_sizes or any(int(k) < 1 for k in self.filter_sizes):
             raise UserInputError("trainer.model.filter_sizes must be positive kernel sizes")
+        if self.unknown_vectors not in UNKNOWN_VECTORS:
+            raise UserInputError(f"trainer.model.unknown_vectors must be one of "
+                                 f"{', '.join(UNKNOWN_VECTORS)}; got {self.unknown_vectors!r}")
+        if self.multichannel and not self.embeddings:
+            raise UserInputError("trainer.model.multichannel needs pretrained vectors "
+                                 "(trainer.model.embeddings): its channels are a frozen and a "
+                                 "tuned copy of them")
 
 
 def _open_text(path: str) -> io.TextIOBase:
@@ -53,17 +69,20 @@ def _open_text(path: str) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
 
 
-def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, seed: int
-                          ) -> Tuple[np.ndarray, int]:
+def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, seed: int,
+                          unknown_vectors: str = "uniform") -> Tuple[np.ndarray, int]:
     """Matrix [input_dim, dim] in id order: row 0 (padding) zero, token i at row i + 1.
 
-    Tokens without a vector, and the out-of-vocabulary rows, get uniform(-0.25, 0.25) as in Kim
-    (2014). Returns (matrix, number of vocabulary tokens found in the file).
+    Tokens without a vector, and the out-of-vocabulary rows, get random vectors (see
+    UNKNOWN_VECTORS): U(-0.25, 0.25) as in Kim's code, or ("variance") U(-a, a) per dimension
+    with a = sqrt(3 var) of the vectors found, as in Kim (2014). Returns (matrix, number of
+    vocabulary tokens found in the file).
     """
+    if unknown_vectors not in UNKNOWN_VECTORS:
+        raise UserInputError(f"unknown_vectors must be one of {', '.join(UNKNOWN_VECTORS)}")
     wanted = {token: i + 1 for i, token in enumerate(vocabulary)}
-    rng = np.random.default_rng(seed)
     matrix = None
-    found = 0
+    known = np.zeros(input_dim, dtype=bool)
     if not fileio.exists(path) or fileio.isdir(path):
         raise UserInputError(f"cannot read embeddings {path}: no such file")
     try:
@@ -76,20 +95,34 @@ def load_embedding_matrix(path: str, vocabulary: Sequence[str], input_dim: int, 
                     dim = len(parts) - 1
                     if dim < 1:
                         raise UserInputError(f"{path}:1 is not 'word v1 v2 ...'")
-                    matrix = rng.uniform(-0.25, 0.25, (input_dim, dim)).astype(np.float32)
-                    matrix[0] = 0.0
+                    matrix = np.zeros((input_dim, dim), dtype=np.float32)
                 row = wanted.get(parts[0])
-                if row is None:
+                if row is None or known[row]:  # a repeated word keeps its first vector
                     continue
                 if len(parts) - 1 != matrix.shape[1]:
                     raise UserInputError(f"{path}:{line_number}: {len(parts) - 1} values, "
                                          f"expected {matrix.shape[1]}")
-                matrix[row] = np.asarray(parts[1:], dtype=np.float32)
-                found += 1
+                try:
+                    matrix[row] = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError:
+                    raise UserInputError(f"{path}:{line_number}: not a number among the values "
+                                         f"of {parts[0]!r}")
+                known[row] = True
     except OSError as e:
         raise UserInputError(f"cannot read embeddings {path}: {e}")
     if matrix is None:
         raise UserInputError(f"embeddings file {path} is empty")
+    found = int(known.sum())
+    if unknown_vectors == "variance" and found > 1:
+        bound = np.sqrt(3.0 * matrix[known].var(axis=0, dtype=np.float64)).astype(np.float32)
+    else:
+        bound = np.full(matrix.shape[1], 0.25, dtype=np.float32)
+    # Drawn for every row in one call, then kept for the unknown ones: a token's vector does
+    # not depend on which other tokens the file has.
+    random_rows = np.random.default_rng(seed).uniform(-1.0, 1.0, matrix.shape).astype(np.float32)
+    unknown = ~known
+    unknown[0] = False
+    matrix[unknown] = random_rows[unknown] * bound
     logging.info("embeddings: %d of %d vocabulary tokens found in %s", found, len(vocabulary),
                  path)
     return matrix, found
@@ -173,14 +206,22 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
                       name=features.transformed_name(features.TEXT))
     length_arg = {} if free else {"input_length": max_len}
     if embedding_matrix is not None:
-        embedding = layers.Embedding(
-            input_dim, embedding_matrix.shape[1],
-            embeddings_initializer=keras.initializers.Constant(embedding_matrix),
-            trainable=settings.embeddings_trainable, name="embedding", **length_arg)
+        def pretrained(trainable: bool, name: str):
+            return layers.Embedding(
+                input_dim, embedding_matrix.shape[1],
+                embeddings_initializer=keras.initializers.Constant(embedding_matrix),
+                trainable=trainable, name=name, **length_arg)
+
+        if settings.multichannel:
+            # Each filter spans both channels (its weights for each, summed: Kim's "applied to
+            # both channels and the results added"), so the channels are concatenated.
+            x = layers.Concatenate(name="channels")([pretrained(False, "embedding")(ids),
+                                                     pretrained(True, "embedding_tuned")(ids)])
+        else:
+            x = pretrained(settings.embeddings_trainable, "embedding")(ids)
     else:
-        embedding = layers.Embedding(input_dim, settings.embedding_dim, name="embedding",
-                                     **length_arg)
-    x = embedding(ids)
+        x = layers.Embedding(input_dim, settings.embedding_dim, name="embedding",
+                             **length_arg)(ids)
     if settings.mask_zero:
         # Keras masks do not pass through Conv1D, so padding is zeroed explicitly instead.
         dtype = x.dtype

@@ -195,7 +195,7 @@ def _multi_worker_strategy(cluster: Cluster):
             "run each worker's Trainer in a fresh process (`local_runner.py train`)") from e
 
 
-def _skip_autograph_for_tf_keras() -> None:
+def skip_autograph_for_tf_keras() -> None:
     """Tells AutoGraph not to convert tf_keras' own code, as TensorFlow's rules already say for
     the `keras` package (tf_keras is that code under another name, written to run in graphs
     as it is). Without it, tracing the train step converts all of Keras' Python source: the
@@ -539,7 +539,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
     num_classes = len(classes)
     feature_spec = tft_output.transformed_feature_spec()
 
-    _skip_autograph_for_tf_keras()
+    skip_autograph_for_tf_keras()
     keras.utils.set_random_seed(settings.seed)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -554,7 +554,8 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
         vocabulary = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t
                       for t in tft_output.vocabulary_by_name(VOCAB_NAME)]
         embedding_matrix, embeddings_found = load_embedding_matrix(
-            settings.model.embeddings, vocabulary, info["input_dim"], settings.seed)
+            settings.model.embeddings, vocabulary, info["input_dim"], settings.seed,
+            settings.model.unknown_vectors)
 
     if multi_worker:
         # Each worker reads its own share of every split: its own files when there are

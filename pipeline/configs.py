@@ -15,6 +15,14 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [trainer.model]
     embeddings = "data/glove.6B.50d.txt"
     embeddings_trainable = true
+
+    [tuner]                                # off unless enabled (or --tune)
+    enabled = true
+    max_trials = 20
+
+    [tuner.space]
+    dropout_rate = [0.3, 0.5]
+    learning_rate = { min = 0.0003, max = 0.003, sampling = "log" }
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import dataclasses
 import json
 import os
 import typing
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from components import fileio
 from components.errors import UserInputError
@@ -32,6 +40,7 @@ from components.example_validator import ExampleValidatorSettings
 from components.pusher import PusherSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
+from components.tuner import TunerSettings
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,11 +52,13 @@ STATISTICS_GEN = "StatisticsGen"
 SCHEMA_GEN = "SchemaGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
 TRANSFORM = "Transform"
+TUNER = "Tuner"
 TRAINER = "Trainer"
 EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
-STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM, TRAINER,
-          EVALUATOR, PUSHER)
+STAGES = (EXAMPLE_GEN, STATISTICS_GEN, SCHEMA_GEN, EXAMPLE_VALIDATOR, TRANSFORM, TUNER,
+          TRAINER, EVALUATOR, PUSHER)
+GIVEN_KEYS = "given_keys"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +75,14 @@ class PipelineConfig:
     example_gen: ExampleGenSettings = ExampleGenSettings()
     example_validator: ExampleValidatorSettings = ExampleValidatorSettings()
     transform: TransformSettings = TransformSettings()
+    tuner: TunerSettings = TunerSettings()
     trainer: TrainerSettings = TrainerSettings()
     evaluator: EvaluatorSettings = EvaluatorSettings()
     pusher: PusherSettings = PusherSettings()
+    # Set by `load_config`, not by a config file: the dotted keys the config file and the
+    # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
+    # the Tuner's values.
+    given_keys: tuple = ()
 
     def __post_init__(self):
         if self.until not in STAGES:
@@ -119,8 +135,32 @@ def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfi
                     values = json.load(f)
         except (ValueError, OSError) as e:
             raise UserInputError(f"config file {path} does not parse: {e}")
+    if GIVEN_KEYS in values:
+        raise UserInputError(f"unknown config key {GIVEN_KEYS!r} (the pipeline records it)")
     _merge(values, overrides)
-    return _build(PipelineConfig, values, "")
+    config = _build(PipelineConfig, values, "")
+    return dataclasses.replace(config, given_keys=tuple(sorted(_leaf_keys(values))))
+
+
+def _leaf_keys(values: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted keys of a nested dict's leaves (a table such as tuner.space is one leaf)."""
+    keys = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name != "tuner.space":
+            keys += _leaf_keys(value, name + ".")
+        else:
+            keys.append(name)
+    return keys
+
+
+def given_hyperparameters(config: PipelineConfig) -> List[str]:
+    """The hyperparameters the Tuner may set that the config gives explicitly (they win)."""
+    from components.tuner import MODEL_KEYS, TRAINER_KEYS
+
+    given = set(config.given_keys)
+    return sorted([k for k in MODEL_KEYS if f"trainer.model.{k}" in given]
+                  + [k for k in TRAINER_KEYS if f"trainer.{k}" in given])
 
 
 def _merge(values: Dict[str, Any], overrides: Dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from components.errors import UserInputError
 from components import features, fileio
+from components.tuner import format_value
 from pipeline import configs
 from pipeline import metadata as meta
 
@@ -133,11 +134,21 @@ def format_lineage(version_dir: str, pipeline_root: Optional[str] = None,
         lines.append(f"transform ({how(configs.TRANSFORM)}): vocabulary "
                      f"{transform.get('vocabulary_size')} tokens, max_len "
                      f"{transform.get('max_len')}")
+    tuner = stages.get(configs.TUNER, {}).get("details", {})
+    if tuner:
+        lines.append(f"tuner ({how(configs.TUNER)}): {tuner.get('algorithm')} search, "
+                     f"{tuner.get('trials_run')} trials, best trial {tuner.get('best_trial')} "
+                     f"(eval accuracy {_number(tuner.get('best_eval_accuracy'))})")
     trainer = stages.get(configs.TRAINER, {})
     if trainer.get("details"):
         d = trainer["details"]
         lines.append(f"model ({how(configs.TRAINER)}): {d.get('model')}, {d.get('epochs_run')} "
                      f"epochs (best {d.get('best_epoch')})")
+        chosen = d.get("hyperparameters") or {}
+        if any(c.get("source") != "default" for c in chosen.values()):
+            lines.append("  hyperparameters: " + ", ".join(
+                f"{k} {format_value(c.get('value'))} ({c.get('source')})"
+                for k, c in sorted(chosen.items()) if c.get("source") != "default"))
     evaluator = stages.get(configs.EVALUATOR, {})
     if evaluator.get("details"):
         d = evaluator["details"]

@@ -27,6 +27,8 @@ from components.statistics_gen import (available_splits, load_statistics, run_st
 from components.pusher import ModelNotBlessedError, latest_version_dir, run_pusher
 from components.trainer import MODEL_DIR, run_trainer
 from components.transform import run_transform
+from components.tuner import (apply_hyperparameters, format_value, load_best, resolve_space,
+                              run_tuner)
 from pipeline import configs
 from pipeline import metadata as meta
 from pipeline.metadata import Artifact, MetadataStore
@@ -168,6 +170,9 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     embeddings = config.trainer.model.embeddings
     if embeddings and (not fileio.exists(embeddings) or fileio.isdir(embeddings)):
         raise UserInputError(f"embeddings file {embeddings} does not exist")
+    given = configs.given_hyperparameters(config)  # explicit trainer settings: they win
+    if config.tuner.enabled:
+        resolve_space(config.tuner, config.trainer, given)  # a bad space fails now
 
     # ExampleGen: each input unit (file, or folder of .txt files) is fingerprinted by content;
     # a unit parsed before under the same settings and code is not parsed again. The settings
@@ -299,15 +304,38 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         {"settings": dataclasses.asdict(config.transform)},
         lambda d, _: {"transform_graph": [dir_artifact(meta.TRANSFORM_GRAPH, d,
                                                        SAVED_MODEL_GRAPH)]})
+    if last < configs.STAGES.index(configs.TUNER):
+        return
+
+    embeddings_sha256 = file_sha256(embeddings) if embeddings else None
+    best, hyperparameters = {}, []
+    if config.tuner.enabled:
+        # The search runs around the Trainer's settings; how long the Trainer trains is not
+        # part of it.
+        around = {k: v for k, v in dataclasses.asdict(config.trainer).items()
+                  if k not in ("epochs", "early_stopping_patience")}
+        tuned = orchestrator.run(
+            configs.TUNER, fresh[configs.TUNER],
+            lambda: run_tuner(transformed.output_dir, fresh[configs.TUNER], config.trainer,
+                              config.tuner, given),
+            {"transform_graph": transformed.outputs["transform_graph"]},
+            {"settings": dataclasses.asdict(config.tuner), "trainer": around, "held": given,
+             "embeddings_sha256": embeddings_sha256},
+            lambda d, _: {"hyperparameters": [dir_artifact(meta.HYPERPARAMETERS, d)]})
+        best = load_best(tuned.output_dir)
+        hyperparameters = tuned.outputs["hyperparameters"]
+    trainer_settings, sources = apply_hyperparameters(config.trainer, best, given)
     if last < configs.STAGES.index(configs.TRAINER):
         return
 
     trainer = orchestrator.run(
         configs.TRAINER, fresh[configs.TRAINER],
-        lambda: run_trainer(transformed.output_dir, fresh[configs.TRAINER], config.trainer),
-        {"transform_graph": transformed.outputs["transform_graph"]},
-        {"settings": dataclasses.asdict(config.trainer),
-         "embeddings_sha256": file_sha256(embeddings) if embeddings else None},
+        lambda: dict(run_trainer(transformed.output_dir, fresh[configs.TRAINER],
+                                 trainer_settings), hyperparameters=sources),
+        {"transform_graph": transformed.outputs["transform_graph"],
+         "hyperparameters": hyperparameters},
+        {"settings": dataclasses.asdict(trainer_settings),
+         "embeddings_sha256": embeddings_sha256},
         lambda d, _: {"model": [dir_artifact(meta.MODEL, fileio.join(d, MODEL_DIR),
                                              SAVED_MODEL_GRAPH)]})
     model_dir = fileio.join(trainer.output_dir, MODEL_DIR)
@@ -525,7 +553,27 @@ def format_summary(summary: Dict[str, Any]) -> str:
             lines.append(f"      vocabulary {details['vocabulary_size']} tokens, max_len "
                          f"{details['max_len']} ({details.get('max_len_source', 'fixed')}"
                          f"{truncated}), {len(details['classes'])} classes")
+        if stage["name"] == configs.TUNER and details:
+            lines.append(f"      {details['trials_run']} trials ({details['algorithm']}, seed "
+                         f"{details['seed']}"
+                         + (", stopped by tuner.max_seconds" if details.get("stopped_by_time")
+                            else "")
+                         + (f", {details['trials_failed']} failed" if details.get("trials_failed")
+                            else "")
+                         + f"): best trial {details['best_trial']}, eval accuracy "
+                         f"{details['best_eval_accuracy']:.3f}")
+            lines.append("      best: " + ", ".join(f"{k} {format_value(v)}"
+                                                    for k, v in details["values"].items()))
+            if details.get("held"):
+                lines.append("      held at the config's value: " + ", ".join(
+                    f"{k} {format_value(v)}" for k, v in details["held"].items()))
         if stage["name"] == configs.TRAINER and details:
+            chosen = details.get("hyperparameters") or {}
+            if any(c["source"] != "default" for c in chosen.values()):
+                lines.append("      hyperparameters: " + ", ".join(
+                    f"{k} {format_value(c['value'])} ({c['source']})"
+                    for k, c in chosen.items() if c["source"] != "default")
+                    + "; the rest default")
             m = details["metrics"]
             scores = ", ".join(f"{k.replace('_accuracy', '')} {v:.3f}"
                                for k, v in m.items() if k.endswith("_accuracy"))

@@ -23,6 +23,7 @@ from components import export, features, fileio
 from components.errors import UserInputError
 from components.evaluator import ACCURACY
 from components.trainer import load_history
+from components.tuner import format_value
 from pipeline import configs
 
 RUNS_DIR = "runs"
@@ -103,6 +104,7 @@ def render_report(summary: Dict[str, Any], history: Optional[Dict[str, Any]]) ->
         ("run", "Run", _run_section(summary)),
         ("data", "Data", _data_section(summary)),
         ("validation", "Validation", _validation_section(summary)),
+        ("tuning", "Tuning", _tuning_section(summary)),
         ("training", "Training", _training_section(summary, history or {})),
         ("evaluation", "Evaluation", _evaluation_section(summary)),
         ("push", "Push", _push_section(summary)),
@@ -203,6 +205,55 @@ def _drift(drift: Optional[Dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def _tuning_section(summary: Dict[str, Any]) -> str:
+    """The Tuner's trials (the best one marked) and where each training setting came from."""
+    stage = _stage(summary, configs.TUNER)
+    chosen = (_stage(summary, configs.TRAINER).get("details") or {}).get("hyperparameters")
+    parts = []
+    if not stage:
+        if _tuner_off(summary):
+            parts.append('<p class="muted">Off: the Trainer used the config\'s settings '
+                         "(<code>--tune</code> or <code>[tuner] enabled = true</code> searches "
+                         "them first).</p>")
+        else:
+            parts.append(_not_reached(summary, configs.TUNER))
+    else:
+        d = stage.get("details") or {}
+        parts.append(_failure(stage))
+        if d:
+            reused = (f" Reused from run {stage['reused_from']} (same Transform output, space "
+                      "and settings)." if stage.get("reused_from") else "")
+            timed = " The search stopped at tuner.max_seconds." if d.get("stopped_by_time") else ""
+            parts.append(f"<p>{html.escape(str(d.get('algorithm')))} search, seed "
+                         f"{html.escape(str(d.get('seed')))}: {_fmt(d.get('trials_run'))} trials "
+                         f"in {_fmt(_seconds(d.get('search_seconds')))} s; objective "
+                         f"{html.escape(str(d.get('objective')))}.{html.escape(timed + reused)}"
+                         "</p>")
+            rows = []
+            for t in d.get("trials") or []:
+                mark = " (best)" if t.get("trial") == d.get("best_trial") else ""
+                values = ", ".join(f"{k} {format_value(v)}"
+                                   for k, v in (t.get("values") or {}).items())
+                rows.append((f"{t.get('trial')}{mark}", t.get("status"), t.get("eval_accuracy"),
+                             t.get("epochs"), _seconds(t.get("seconds")),
+                             values + (f" — {t['error']}" if t.get("error") else "")))
+            parts.append(_table(["trial", "status", "eval accuracy", "epochs", "seconds",
+                                 "values"], rows))
+            if d.get("held"):
+                parts.append("<p>Held at the config's value (given explicitly): " + html.escape(
+                    ", ".join(f"{k} {format_value(v)}" for k, v in d["held"].items())) + "</p>")
+    if chosen:
+        parts += ["<h3>Settings the Trainer used</h3>",
+                  _table(["hyperparameter", "value", "from"],
+                         [(k, format_value(c["value"]), c["source"])
+                          for k, c in chosen.items()])]
+    return "\n".join(p for p in parts if p)
+
+
+def _tuner_off(summary: Dict[str, Any]) -> bool:
+    return not ((summary.get("config") or {}).get("tuner") or {}).get("enabled")
+
+
 def _training_section(summary: Dict[str, Any], history: Dict[str, Any]) -> str:
     stage = _stage(summary, configs.TRAINER)
     if not stage:
@@ -284,7 +335,8 @@ def _stages_table(summary: Dict[str, Any]) -> str:
     for name in list(configs.STAGES) + [n for n in recorded if n not in configs.STAGES]:
         stage = recorded.get(name)
         if stage is None:
-            rows.append((name, _Html('<span class="muted">not reached</span>'), "", ""))
+            what = "off" if name == configs.TUNER and _tuner_off(summary) else "not reached"
+            rows.append((name, _Html(f'<span class="muted">{what}</span>'), "", ""))
             continue
         status = str(stage.get("status", "?"))
         error = str(stage.get("error") or "").strip().split("\n")[0][:ERROR_PREVIEW_CHARS]
@@ -305,7 +357,7 @@ def _config_diff(config: Optional[Dict[str, Any]]) -> List[Tuple[str, Any, Any]]
     """
     defaults = _flatten(json.loads(json.dumps(configs.to_dict(configs.PipelineConfig()),
                                               default=str)))
-    values = _flatten(config or {})
+    values = _flatten({k: v for k, v in (config or {}).items() if k != configs.GIVEN_KEYS})
     return [(key, defaults.get(key, _ABSENT), value) for key, value in sorted(values.items())
             if defaults.get(key, _ABSENT) != value]
 

@@ -226,3 +226,31 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
     with open(screenshot, "rb") as f:
         png = f.read()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_tuning_section_shows_the_trials_and_where_each_setting_came_from(tmp_path):
+    trials = [{"trial": "0", "status": "completed", "eval_accuracy": 0.81, "epochs": 4,
+               "seconds": 12.5, "values": {"dropout_rate": 0.3, "filter_sizes": [2, 3]}},
+              {"trial": "1", "status": "failed", "eval_accuracy": None, "epochs": None,
+               "seconds": 0.4, "values": {"dropout_rate": 0.5, "filter_sizes": [3, 4]},
+               "error": "ResourceExhaustedError: <out of memory>"}]
+    tuner = {"algorithm": "random", "seed": 42, "trials_run": 2, "search_seconds": 13.0,
+             "objective": "val_accuracy", "best_trial": "0", "trials": trials,
+             "values": trials[0]["values"], "held": {"learning_rate": 0.002}}
+    chosen = {"dropout_rate": {"value": 0.3, "source": "tuner"},
+              "learning_rate": {"value": 0.002, "source": "config"},
+              "num_filters": {"value": 100, "source": "default"}}
+    record = summary([stage("Transform", {}), stage("Tuner", tuner),
+                      stage("Trainer", {"hyperparameters": chosen})],
+                     config={"until": "Pusher", "tuner": {"enabled": True}})
+    page = render(tmp_path, record)
+    assert "<td>0 (best)</td><td>completed</td>" in page
+    assert "dropout_rate 0.5, filter_sizes 3,4 — ResourceExhaustedError: &lt;out of memory&gt;" \
+        in page
+    assert "Held at the config's value (given explicitly): learning_rate 0.002" in page
+    assert "<td>learning_rate</td><td>0.002</td><td>config</td>" in page
+    assert "<td>dropout_rate</td><td>0.3</td><td>tuner</td>" in page
+
+    off = render(tmp_path / "off", summary([stage("Trainer", {})], config={"until": "Pusher"}))
+    assert "<td>Tuner</td><td><span class=\"muted\">off</span>" in off
+    assert "Off: the Trainer used the config" in off

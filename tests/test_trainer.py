@@ -11,6 +11,7 @@ from components import export, features
 from components import transform as tr
 from components.example_gen import to_tf_example
 from conftest import write_examples
+from components.errors import UserInputError
 from components.model import ModelSettings, build_textcnn, load_embedding_matrix
 from components.trainer import TrainerSettings, run_trainer
 
@@ -115,6 +116,43 @@ def test_embedding_matrix_in_vocabulary_order(tmp_path):
     tuned = build_textcnn(5, 6, 2, ModelSettings(embeddings=str(path),
                                                  embeddings_trainable=True), matrix)
     assert tuned.get_layer("embedding").trainable
+
+
+def test_unknown_vectors_take_the_variance_of_the_known_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    known = rng.normal(0.0, [0.1, 2.0], (400, 2))  # per-dimension spread: 0.1 and 2.0
+    lines = [f"w{i} {a:.6f} {b:.6f}" for i, (a, b) in enumerate(known)]
+    path = tmp_path / "vectors.txt"
+    path.write_text("\n".join(lines) + "\n")
+    vocabulary = [f"w{i}" for i in range(400)] + [f"new{i}" for i in range(2000)]
+    uniform, found = load_embedding_matrix(str(path), vocabulary, 2402, seed=3)
+    scaled, _ = load_embedding_matrix(str(path), vocabulary, 2402, seed=3,
+                                      unknown_vectors="variance")
+    assert found == 400
+    np.testing.assert_array_equal(uniform[:401], scaled[:401])  # padding and known rows
+    bound = np.sqrt(3 * known.var(axis=0))
+    unknown = scaled[401:]
+    assert np.all(np.abs(unknown) <= bound + 1e-6)
+    np.testing.assert_allclose(unknown.std(axis=0), known.std(axis=0), rtol=0.1)
+    assert np.all(np.abs(uniform[401:]) <= 0.25)
+    with pytest.raises(UserInputError, match="unknown_vectors"):
+        ModelSettings(unknown_vectors="zeros")
+
+
+def test_multichannel_has_a_frozen_and_a_tuned_copy(tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_text("the 1.0 2.0\ncat 3.0 4.0\n")
+    matrix, _ = load_embedding_matrix(str(path), ["cat", "the"], input_dim=4, seed=1)
+    settings = ModelSettings(embeddings=str(path), multichannel=True, num_filters=3)
+    model = build_textcnn(4, 6, 2, settings, matrix)
+    frozen, tuned = model.get_layer("embedding"), model.get_layer("embedding_tuned")
+    assert not frozen.trainable and tuned.trainable
+    np.testing.assert_array_equal(tuned.get_weights()[0], matrix)
+    assert model.get_layer("conv_3").kernel.shape == (3, 4, 3)  # 2 channels of 2 dims
+    trainable = {w.name.split("/")[0] for w in model.trainable_weights}
+    assert "embedding_tuned" in trainable and "embedding" not in trainable
+    with pytest.raises(UserInputError, match="multichannel needs pretrained"):
+        ModelSettings(multichannel=True)
 
 
 def make_transformed(tmp_path, in_memory_options, n=60):

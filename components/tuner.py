@@ -1,0 +1,526 @@
+"""Tuner: searches the TextCNN's hyperparameters on Split-eval with KerasTuner (TFX's Tuner).
+
+Each trial builds and fits the network as the Trainer does (same datasets, seed, optimizer and
+early-stopping rule, fewer epochs) with one set of values from the search space; the objective
+is the eval split's accuracy (the best epoch's), so the test split is never seen. The output is
+`best_hyperparameters.json` (the winning values) and `trials.json` (every trial: values, eval
+accuracy, epochs, seconds). The Trainer applies the winning values with `apply_hyperparameters`.
+
+Repeatable: the algorithm's sampling is seeded, every trial starts from the same random state
+(`tf_keras.utils.set_random_seed`) and TensorFlow's ops run deterministically, so the same
+space, data and seed give the same trials and the same winner.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
+
+from components import PROGRESS_LOGGER, features, fileio
+from components.artifacts import staged_output
+from components.errors import UserInputError
+from components.model import ModelSettings
+from components.trainer import TrainerSettings
+
+BEST_FILE = "best_hyperparameters.json"
+TRIALS_FILE = "trials.json"
+OBJECTIVE = "val_accuracy"  # accuracy on Split-eval, the best epoch's
+ALGORITHMS = ("random", "bayesian", "hyperband")
+
+# What the search may vary: ModelSettings fields, and TrainerSettings' own.
+MODEL_KEYS = ("embedding_dim", "filter_sizes", "num_filters", "dropout_rate", "max_norm",
+              "pooling", "mask_zero", "embeddings_trainable", "multichannel", "unknown_vectors")
+TRAINER_KEYS = ("learning_rate", "batch_size")
+TUNABLE = MODEL_KEYS + TRAINER_KEYS
+_BOOLEANS = ("mask_zero", "embeddings_trainable", "multichannel")  # KerasTuner: "true"/"false"
+_NEED_EMBEDDINGS = ("embeddings_trainable", "multichannel", "unknown_vectors")
+_RANGE_KEYS = ("min", "max", "step", "sampling")
+_SAMPLINGS = ("linear", "log", "reverse_log")
+
+# The space searched when the config gives none (`default_space`).
+DEFAULT_SPACE: Dict[str, Any] = {
+    "filter_sizes": [[3, 4, 5], [2, 3, 4], [1, 2, 3], [3, 4, 5, 6]],
+    "num_filters": [100, 200],
+    "dropout_rate": [0.3, 0.5],
+    "learning_rate": {"min": 3e-4, "max": 3e-3, "sampling": "log"},
+    "batch_size": [32, 64],
+    "max_norm": [0.0, 3.0],
+}
+DEFAULT_RANDOM_SPACE = {"embedding_dim": [64, 128, 300]}  # without pretrained vectors
+DEFAULT_PRETRAINED_SPACE = {"embeddings_trainable": [False, True],  # with them
+                            "multichannel": [False, True],
+                            "unknown_vectors": ["uniform", "variance"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TunerSettings:
+    """The search: off unless enabled; its algorithm, budget, seed and space."""
+
+    enabled: bool = False
+    algorithm: str = "random"  # random, bayesian (Gaussian process) or hyperband
+    max_trials: int = 10  # trials at most (Hyperband: its brackets are cut there)
+    epochs: int = 10  # epochs per trial at most (Hyperband's max_epochs)
+    early_stopping_patience: int = 3  # within a trial (random, bayesian); 0: none
+    max_seconds: float = 0.0  # wall-clock cap on the search; 0: none. No trial starts after
+    # it, and the running one stops at its next epoch end (its best epoch so far counts).
+    hyperband_factor: int = 3
+    seed: int = 42
+    # name -> a list of values to choose from, or a range {min, max, step?, sampling?} for a
+    # number. Names: TUNABLE. Empty: DEFAULT_SPACE plus embedding_dim (random vectors) or
+    # embeddings_trainable, multichannel and unknown_vectors (pretrained). filter_sizes' values
+    # are lists.
+    space: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise UserInputError(f"tuner.algorithm must be one of {', '.join(ALGORITHMS)}; got "
+                                 f"{self.algorithm!r}")
+        if self.max_trials < 1 or self.epochs < 1:
+            raise UserInputError("tuner.max_trials and tuner.epochs must be at least 1")
+        if self.max_seconds < 0 or self.early_stopping_patience < 0:
+            raise UserInputError("tuner.max_seconds and tuner.early_stopping_patience must not "
+                                 "be negative")
+        if self.hyperband_factor < 2:
+            raise UserInputError("tuner.hyperband_factor must be at least 2")
+        for name, values in self.space.items():
+            _check_dimension(name, values)
+
+
+def _check_dimension(name: str, values: Any) -> None:
+    """A search-space entry's shape: a known name, a non-empty list or a numeric range."""
+    where = f"tuner.space.{name}"
+    if name not in TUNABLE:
+        raise UserInputError(f"{where}: not a hyperparameter the search can vary; known: "
+                             f"{', '.join(TUNABLE)}")
+    if isinstance(values, (list, tuple)):
+        if not values:
+            raise UserInputError(f"{where}: an empty list of values")
+        if len({_encode(name, v) for v in values}) != len(values):
+            raise UserInputError(f"{where}: a value is listed twice in {list(values)}")
+        return
+    if not isinstance(values, Mapping):
+        raise UserInputError(f"{where} must be a list of values or a range table "
+                             f"{{min, max, step, sampling}}; got {values!r}")
+    unknown = sorted(set(values) - set(_RANGE_KEYS))
+    if unknown or "min" not in values or "max" not in values:
+        raise UserInputError(f"{where}: a range needs min and max (and optionally step, "
+                             f"sampling); got {dict(values)}")
+    default = getattr(TrainerSettings(), name, getattr(ModelSettings(), name, None))
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        raise UserInputError(f"{where}: only a number can be a range; list its values instead")
+    bounds = (values["min"], values["max"]) + ((values["step"],) if "step" in values else ())
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+        raise UserInputError(f"{where}: min, max and step must be numbers; got {dict(values)}")
+    if isinstance(default, int) and not all(float(b).is_integer() for b in bounds):
+        raise UserInputError(f"{where}: {name} is a whole number; got {dict(values)}")
+    if not values["min"] < values["max"]:
+        raise UserInputError(f"{where}: min must be below max; got {dict(values)}")
+    sampling = values.get("sampling", "linear")
+    if sampling not in _SAMPLINGS:
+        raise UserInputError(f"{where}: sampling must be one of {', '.join(_SAMPLINGS)}")
+    if sampling != "linear" and values["min"] <= 0:
+        raise UserInputError(f"{where}: {sampling} sampling needs min > 0")
+
+
+def _encode(name: str, value: Any) -> Any:
+    """A value as KerasTuner holds it (bool, int, float or str): filter_sizes as "3,4,5"."""
+    if name == "filter_sizes":
+        if not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(k, int) and not isinstance(k, bool) for k in value):
+            raise UserInputError(f"tuner.space.filter_sizes: each value is a list of kernel "
+                                 f"sizes, e.g. [3, 4, 5]; got {value!r}")
+        return ",".join(str(k) for k in value)
+    if name in _BOOLEANS:
+        if not isinstance(value, bool):
+            raise UserInputError(f"tuner.space.{name}: the values are true and false; got "
+                                 f"{value!r}")
+        return "true" if value else "false"  # a bool Choice would come back as 0 and 1
+    if isinstance(value, (list, tuple, Mapping)) or value is None:
+        raise UserInputError(f"tuner.space.{name}: {value!r} is not a single value")
+    return value
+
+
+def decode_values(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """KerasTuner's values (without its own `tuner/...` bookkeeping) as settings values."""
+    out = {}
+    for name, value in values.items():
+        if name.startswith("tuner/"):
+            continue
+        if name == "filter_sizes":
+            value = [int(k) for k in value.split(",")]
+        elif name in _BOOLEANS:
+            value = value == "true"
+        out[name] = value
+    return out
+
+
+def with_values(settings: TrainerSettings, values: Mapping[str, Any]) -> TrainerSettings:
+    """`settings` with hyperparameter `values` (names from TUNABLE) set; invalid values raise
+    UserInputError with the settings' own message."""
+    unknown = sorted(set(values) - set(TUNABLE))
+    if unknown:
+        raise UserInputError(f"not hyperparameters the Tuner sets: {', '.join(unknown)}")
+    model = {k: tuple(v) if k == "filter_sizes" else v for k, v in values.items()
+             if k in MODEL_KEYS}
+    trainer = {k: v for k, v in values.items() if k in TRAINER_KEYS}
+    return dataclasses.replace(settings, model=dataclasses.replace(settings.model, **model),
+                               **trainer)
+
+
+def current_values(settings: TrainerSettings, names: Iterable[str] = TUNABLE) -> Dict[str, Any]:
+    """The values `settings` has for the hyperparameters `names` (JSON-ready)."""
+    out = {}
+    for name in names:
+        value = getattr(settings.model if name in MODEL_KEYS else settings, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def default_space(settings: TrainerSettings) -> Dict[str, Any]:
+    extra = DEFAULT_PRETRAINED_SPACE if settings.model.embeddings else DEFAULT_RANDOM_SPACE
+    return dict(DEFAULT_SPACE, **extra)
+
+
+def resolve_space(tuner: TunerSettings, settings: TrainerSettings,
+                  held: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(the space searched, the hyperparameters held at the Trainer's value).
+
+    The configured space (or `default_space`), less the names in `held` (settings the config
+    gives explicitly: the Trainer will use those, so the search does too). Every listed value,
+    and each range's ends, must make valid settings (UserInputError otherwise).
+    """
+    space = dict(tuner.space) or default_space(settings)
+    held_values = current_values(settings, sorted(set(held) & set(space)))
+    space = {k: v for k, v in space.items() if k not in held_values}
+    for name, values in space.items():
+        if name in _NEED_EMBEDDINGS and not settings.model.embeddings:
+            raise UserInputError(f"tuner.space.{name} applies to pretrained vectors: set "
+                                 f"trainer.model.embeddings (--embeddings), or leave it out of "
+                                 f"the space")
+        candidates = (values if isinstance(values, (list, tuple))
+                      else [values["min"], values["max"]])
+        for value in candidates:
+            try:
+                with_values(settings, {name: value})
+            except (UserInputError, TypeError, ValueError) as e:
+                raise UserInputError(f"tuner.space.{name}: {value!r} is not a valid value: {e}")
+    if not space:
+        raise UserInputError("the Tuner has nothing to search: every hyperparameter of "
+                             "tuner.space is set explicitly in the trainer config (those win)")
+    return space, held_values
+
+
+def apply_hyperparameters(settings: TrainerSettings, best: Mapping[str, Any],
+                          given: Iterable[str] = ()
+                          ) -> Tuple[TrainerSettings, Dict[str, Dict[str, Any]]]:
+    """The Trainer's settings with the Tuner's `best` values, except those in `given` (set
+    explicitly in the config: they win). Returns (settings, {name: {"value", "source"}}) for
+    every tunable hyperparameter, source "config", "tuner" or "default"."""
+    given = set(given)
+    tuned = {k: v for k, v in best.items() if k not in given}
+    result = with_values(settings, tuned)
+    sources = {name: {"value": value,
+                      "source": "config" if name in given else
+                      "tuner" if name in tuned else "default"}
+               for name, value in current_values(result).items()}
+    return result, sources
+
+
+def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
+              tuner: TunerSettings, held: Iterable[str] = ()) -> Dict[str, Any]:
+    """Searches `tuner`'s space around the Trainer's `trainer` settings on the Transform
+    output, writes `best_hyperparameters.json` and `trials.json` to `output_dir`; returns the
+    best values and the trial table. `held`: hyperparameter names the search keeps at
+    `trainer`'s value (see `resolve_space`)."""
+    from components.trainer import read_transform_info
+
+    space, held_values = resolve_space(tuner, trainer, held)
+    info = read_transform_info(transform_dir)
+    if features.EVAL not in info["splits"]:
+        raise UserInputError("the Transform output has no Split-eval: the Tuner's objective "
+                             "is the eval accuracy")
+    # The Trainer's runtime settings, so that a trial trains as the Trainer would.
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from components.trainer import choose_strategy, skip_autograph_for_tf_keras
+
+    strategy = choose_strategy()  # the local devices (the search runs on one machine)
+    skip_autograph_for_tf_keras()
+    if trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    search = _Search(transform_dir, info, trainer, tuner, space, strategy)
+    start = time.monotonic()
+    if trainer.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with tempfile.TemporaryDirectory(prefix="textcnn-tuner-") as work:
+            trials = search.run(work)
+    finally:
+        if trainer.mixed_precision:
+            keras.mixed_precision.set_global_policy("float32")
+    seconds = round(time.monotonic() - start, 1)
+    done = [t for t in trials if t["eval_accuracy"] is not None]
+    if not done:
+        raise RuntimeError("every Tuner trial failed; the first: "
+                           + (trials[0]["error"] if trials else "no trial ran"))
+    best = max(done, key=lambda t: (t["eval_accuracy"], -int(t["trial"])))
+    result = {
+        "values": best["values"],
+        "best_trial": best["trial"],
+        "best_eval_accuracy": best["eval_accuracy"],
+        "objective": f"{OBJECTIVE} (Split-{features.EVAL} accuracy, best epoch)",
+        "algorithm": tuner.algorithm,
+        "seed": tuner.seed,
+        "trials_run": len(trials),
+        "trials_failed": len(trials) - len(done),
+        "stopped_by_time": search.stopped_by_time,
+        "search_seconds": seconds,
+        "space": space,
+        "held": held_values,
+    }
+    with staged_output(output_dir) as tmp:
+        fileio.write_json(fileio.join(tmp, BEST_FILE), result, indent=2, sort_keys=True)
+        fileio.write_json(fileio.join(tmp, TRIALS_FILE), {"trials": trials}, indent=2,
+                          sort_keys=True)
+    return dict(result, trials=trials)
+
+
+def load_best(tuner_dir: str) -> Dict[str, Any]:
+    """The `values` of a Tuner output's best_hyperparameters.json."""
+    path = fileio.join(tuner_dir, BEST_FILE)
+    if not fileio.exists(path):
+        raise UserInputError(f"{tuner_dir} is not a Tuner output (it has no {BEST_FILE})")
+    return fileio.read_json(path)["values"]
+
+
+class _Search:
+    """One KerasTuner search over the TextCNN; `run` returns the trial table."""
+
+    def __init__(self, transform_dir: str, info: Dict[str, Any], trainer: TrainerSettings,
+                 tuner: TunerSettings, space: Dict[str, Any], strategy):
+        self.strategy = strategy
+        self.transform_dir = transform_dir
+        self.info = info
+        self.trainer = trainer
+        self.tuner = tuner
+        self.space = space
+        self.deadline = (time.monotonic() + tuner.max_seconds) if tuner.max_seconds else None
+        self.stopped_by_time = False
+        self._matrices: Dict[str, Any] = {}
+        self._rows: Dict[str, Dict[str, Any]] = {}
+
+    # --------------------------------------------------------------------------- the network
+
+    def declare(self, hp) -> Dict[str, Any]:
+        """Declares the space on KerasTuner's `hp`; returns this trial's values, decoded."""
+        for name, values in self.space.items():
+            if isinstance(values, (list, tuple)):
+                hp.Choice(name, [_encode(name, v) for v in values], ordered=False)
+                continue
+            sampling = values.get("sampling", "linear")
+            if isinstance(getattr(self.trainer.model if name in MODEL_KEYS else self.trainer,
+                                  name), int):
+                hp.Int(name, int(values["min"]), int(values["max"]),
+                       step=int(values.get("step", 1)), sampling=sampling)
+            else:
+                hp.Float(name, float(values["min"]), float(values["max"]),
+                         step=values.get("step"), sampling=sampling)
+        return decode_values({k: hp.get(k) for k in self.space})
+
+    def settings(self, hp) -> TrainerSettings:
+        return with_values(self.trainer, self.declare(hp))
+
+    def build(self, hp):
+        import tf_keras as keras
+
+        from components.model import build_textcnn
+        from components.trainer import STEPS_PER_EXECUTION
+
+        settings = self.settings(hp)
+        keras.utils.set_random_seed(self.tuner.seed)  # every trial starts from the same state
+        model = build_textcnn(self.info["input_dim"], self.info["max_len"],
+                              len(self.info["classes"]), settings.model,
+                              self._embeddings(settings))
+        steps_known = self._batches(settings, features.TRAIN) is not None
+        model.compile(loss="categorical_crossentropy",
+                      optimizer=keras.optimizers.Adam(settings.learning_rate),
+                      metrics=["accuracy"],
+                      steps_per_execution=STEPS_PER_EXECUTION if steps_known else 1)
+        return model
+
+    def _global_batch(self, settings: TrainerSettings) -> int:
+        return settings.batch_size * self.strategy.num_replicas_in_sync
+
+    def _batches(self, settings: TrainerSettings, split: str):
+        from components.trainer import batches_per_pass
+
+        return batches_per_pass(self.info, split, self._global_batch(settings), settings)
+
+    def _embeddings(self, settings: TrainerSettings):
+        if not settings.model.embeddings:
+            return None
+        key = settings.model.unknown_vectors
+        if key not in self._matrices:
+            import tensorflow_transform as tft
+
+            from components.model import load_embedding_matrix
+            from components.transform import VOCAB_NAME
+
+            vocabulary = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+                          for t in tft.TFTransformOutput(self.transform_dir)
+                          .vocabulary_by_name(VOCAB_NAME)]
+            self._matrices[key], _ = load_embedding_matrix(
+                settings.model.embeddings, vocabulary, self.info["input_dim"],
+                self.trainer.seed, key)
+        return self._matrices[key]
+
+    def fit(self, hp, model, *args, callbacks=(), **kwargs):
+        """Fits a trial's model on Split-train, validating on Split-eval: the Trainer's
+        datasets for this trial's batch size."""
+        import tensorflow_transform as tft
+        import tf_keras as keras
+
+        from components.trainer import make_dataset
+        from components.transform import transformed_data_pattern
+
+        settings = self.settings(hp)
+        spec = tft.TFTransformOutput(self.transform_dir).transformed_feature_spec()
+        datasets = {}
+        for split in (features.TRAIN, features.EVAL):
+            datasets[split] = make_dataset(
+                transformed_data_pattern(self.transform_dir, split), spec,
+                self.info["max_len"], len(self.info["classes"]), self._global_batch(settings),
+                split == features.TRAIN, settings, batches=self._batches(settings, split))
+        callbacks = list(callbacks) + [_Deadline(self).callback()]
+        if self.tuner.algorithm != "hyperband" and self.tuner.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor=OBJECTIVE, mode="max", patience=self.tuner.early_stopping_patience))
+        kwargs.update(verbose=0, callbacks=callbacks)
+        kwargs.setdefault("epochs", self.tuner.epochs)
+        return model.fit(datasets[features.TRAIN], validation_data=datasets[features.EVAL],
+                         **kwargs)
+
+    # ------------------------------------------------------------------------------ the search
+
+    def run(self, work_dir: str) -> List[Dict[str, Any]]:
+        import keras_tuner as kt
+
+        search = self
+        tuner_class = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
+                       "hyperband": kt.Hyperband}[self.tuner.algorithm]
+
+        class HyperModel(kt.HyperModel):
+            def declare_hyperparameters(self, hp):
+                search.declare(hp)
+
+            def build(self, hp):
+                return search.build(hp)
+
+            def fit(self, hp, model, *args, **kwargs):
+                return search.fit(hp, model, *args, **kwargs)
+
+        class Tuner(tuner_class):
+            def pre_create_trial(self):
+                # After the time cap no trial starts: the oracle is told it has had its last.
+                if search.deadline is not None and time.monotonic() >= search.deadline \
+                        and self.oracle.trials:
+                    search.stopped_by_time = True
+                    self.oracle.max_trials = len(self.oracle.trials)
+
+            def run_trial(self, trial, *args, **kwargs):
+                return search.timed_trial(trial, lambda: super(Tuner, self).run_trial(
+                    trial, *args, **kwargs))
+
+        budget = ({"max_epochs": self.tuner.epochs, "factor": self.tuner.hyperband_factor,
+                   "hyperband_iterations": 1} if self.tuner.algorithm == "hyperband"
+                  else {"max_trials": self.tuner.max_trials})
+        if self.tuner.algorithm == "bayesian":
+            _check_bayesian_available()
+        tuner = Tuner(HyperModel(), objective=kt.Objective(OBJECTIVE, "max"),
+                      seed=self.tuner.seed, distribution_strategy=self.strategy,
+                      directory=work_dir, project_name="search",
+                      overwrite=True, max_consecutive_failed_trials=self.tuner.max_trials,
+                      **budget)
+        if self.tuner.algorithm == "hyperband":
+            tuner.oracle.max_trials = self.tuner.max_trials
+        tuner.search(verbose=0)
+        rows = []
+        for trial_id, trial in sorted(tuner.oracle.trials.items()):
+            row = self._rows.get(trial_id, {"trial": trial_id, "seconds": None, "epochs": None})
+            row.update(values=decode_values(trial.hyperparameters.values),
+                       status=str(trial.status).split(".")[-1].lower(),
+                       eval_accuracy=trial.score, best_epoch=(
+                           None if trial.score is None else int(trial.best_step) + 1))
+            if trial.status != "COMPLETED" and trial.message:
+                row["error"] = _last_line(trial.message)
+            rows.append(row)
+        return rows
+
+    def timed_trial(self, trial, run):
+        """Runs a trial; records its seconds and epochs and a progress line."""
+        start = time.monotonic()
+        row = self._rows.setdefault(trial.trial_id, {"trial": trial.trial_id})
+        try:
+            result = run()
+        finally:
+            row["seconds"] = round(time.monotonic() - start, 1)
+        histories = result if isinstance(result, list) else [result]
+        row["epochs"] = max(len(getattr(h, "history", {}).get("loss", [])) for h in histories)
+        best = max((max(h.history.get(OBJECTIVE, [float("nan")])) for h in histories
+                    if hasattr(h, "history")), default=float("nan"))
+        values = decode_values(trial.hyperparameters.values)
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "  trial %s: eval accuracy %.4f in %d epochs, %.1fs: %s", trial.trial_id, best,
+            row["epochs"], row["seconds"],
+            ", ".join(f"{k} {_short(v)}" for k, v in values.items()))
+        return result
+
+
+class _Deadline:
+    """Keras callback: stops a trial at an epoch end once the search's time is up."""
+
+    def __init__(self, search: _Search):
+        self.search = search
+
+    def callback(self):
+        import tf_keras as keras
+
+        search = self.search
+
+        class Stop(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if search.deadline is not None and time.monotonic() >= search.deadline:
+                    search.stopped_by_time = True
+                    self.model.stop_training = True
+
+        return Stop()
+
+
+def _check_bayesian_available() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:  # KerasTuner's Gaussian process
+        raise UserInputError("tuner.algorithm = \"bayesian\" needs scikit-learn (a dependency "
+                             "of this project: reinstall it with `pip install -e .`)")
+
+
+def _last_line(message: str) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value for people: 0.00123, 3,4,5, True."""
+    return _short(value)
+
