@@ -61,6 +61,9 @@ class TrainerSettings:
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:
             raise UserInputError("trainer.batch_size and trainer.epochs must be at least 1")
+        if not self.learning_rate > 0:
+            raise UserInputError(f"trainer.learning_rate must be above 0; got "
+                                 f"{self.learning_rate}")
 
 
 # Task types of a MultiWorkerMirroredStrategy cluster (TF_CONFIG's convention): an optional

@@ -107,7 +107,7 @@ def _check_dimension(name: str, values: Any) -> None:
     if unknown or "min" not in values or "max" not in values:
         raise UserInputError(f"{where}: a range needs min and max (and optionally step, "
                              f"sampling); got {dict(values)}")
-    default = getattr(TrainerSettings(), name, getattr(ModelSettings(), name, None))
+    default = _default(name)
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         raise UserInputError(f"{where}: only a number can be a range; list its values instead")
     bounds = (values["min"], values["max"]) + ((values["step"],) if "step" in values else ())
@@ -122,6 +122,15 @@ def _check_dimension(name: str, values: Any) -> None:
         raise UserInputError(f"{where}: sampling must be one of {', '.join(_SAMPLINGS)}")
     if sampling != "linear" and values["min"] <= 0:
         raise UserInputError(f"{where}: {sampling} sampling needs min > 0")
+    step = values.get("step")
+    if step is not None and (step <= 0 or sampling != "linear" and step <= 1):
+        raise UserInputError(f"{where}: step must be above 0, and with {sampling} sampling above "
+                             f"1 (a factor between values); got {step}")
+
+
+def _default(name: str) -> Any:
+    """The settings' default of hyperparameter `name` (which gives its type)."""
+    return getattr(ModelSettings() if name in MODEL_KEYS else TrainerSettings(), name)
 
 
 def _encode(name: str, value: Any) -> Any:
@@ -137,8 +146,20 @@ def _encode(name: str, value: Any) -> Any:
             raise UserInputError(f"tuner.space.{name}: the values are true and false; got "
                                  f"{value!r}")
         return "true" if value else "false"  # a bool Choice would come back as 0 and 1
-    if isinstance(value, (list, tuple, Mapping)) or value is None:
-        raise UserInputError(f"tuner.space.{name}: {value!r} is not a single value")
+    if isinstance(value, (list, tuple, Mapping)) or value is None or isinstance(value, bool):
+        raise UserInputError(f"tuner.space.{name}: {value!r} is not a single value of its kind")
+    default = _default(name)
+    if isinstance(default, float):  # a Choice holds one type: 0 and 3.0 are both floats
+        if not isinstance(value, (int, float)):
+            raise UserInputError(f"tuner.space.{name}: {value!r} is not a number")
+        return float(value)
+    if isinstance(default, int) and not (isinstance(value, int) or isinstance(value, float)
+                                         and value.is_integer()):
+        raise UserInputError(f"tuner.space.{name}: {value!r} is not a whole number")
+    if isinstance(default, int):
+        return int(value)
+    if not isinstance(value, str):
+        raise UserInputError(f"tuner.space.{name}: {value!r} is not a name")
     return value
 
 
@@ -192,13 +213,20 @@ def resolve_space(tuner: TunerSettings, settings: TrainerSettings,
     and each range's ends, must make valid settings (UserInputError otherwise).
     """
     space = dict(tuner.space) or default_space(settings)
-    held_values = current_values(settings, sorted(set(held) & set(space)))
+    held = set(held)
+    if "embeddings_trainable" in held:
+        # Multichannel would leave the given choice out (both copies, one of each kind).
+        held.add("multichannel")
+    held_values = current_values(settings, sorted(held & set(space)))
     space = {k: v for k, v in space.items() if k not in held_values}
     for name, values in space.items():
         if name in _NEED_EMBEDDINGS and not settings.model.embeddings:
             raise UserInputError(f"tuner.space.{name} applies to pretrained vectors: set "
                                  f"trainer.model.embeddings (--embeddings), or leave it out of "
                                  f"the space")
+        if name == "embedding_dim" and settings.model.embeddings:
+            raise UserInputError("tuner.space.embedding_dim does not apply to pretrained "
+                                 "vectors (their file sets the size): leave it out of the space")
         candidates = (values if isinstance(values, (list, tuple))
                       else [values["min"], values["max"]])
         for value in candidates:
@@ -277,6 +305,7 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
         "trials_run": len(trials),
         "trials_failed": len(trials) - len(done),
         "stopped_by_time": search.stopped_by_time,
+        "warnings": search.warnings,
         "search_seconds": seconds,
         "space": space,
         "held": held_values,
@@ -311,6 +340,7 @@ class _Search:
         self.stopped_by_time = False
         self._matrices: Dict[str, Any] = {}
         self._rows: Dict[str, Dict[str, Any]] = {}
+        self.warnings: List[str] = []
 
     # --------------------------------------------------------------------------- the network
 
@@ -321,10 +351,10 @@ class _Search:
                 hp.Choice(name, [_encode(name, v) for v in values], ordered=False)
                 continue
             sampling = values.get("sampling", "linear")
-            if isinstance(getattr(self.trainer.model if name in MODEL_KEYS else self.trainer,
-                                  name), int):
+            if isinstance(_default(name), int):
+                step = values.get("step", 1 if sampling == "linear" else None)
                 hp.Int(name, int(values["min"]), int(values["max"]),
-                       step=int(values.get("step", 1)), sampling=sampling)
+                       step=None if step is None else int(step), sampling=sampling)
             else:
                 hp.Float(name, float(values["min"]), float(values["max"]),
                          step=values.get("step"), sampling=sampling)
@@ -425,20 +455,29 @@ class _Search:
         class Tuner(tuner_class):
             def pre_create_trial(self):
                 # After the time cap no trial starts: the oracle is told it has had its last.
+                started = len(self.oracle.trials)
                 if search.deadline is not None and time.monotonic() >= search.deadline \
-                        and self.oracle.trials:
+                        and started and started < (self.oracle.max_trials or float("inf")):
                     search.stopped_by_time = True
-                    self.oracle.max_trials = len(self.oracle.trials)
+                    self.oracle.max_trials = started
 
             def run_trial(self, trial, *args, **kwargs):
                 return search.timed_trial(trial, lambda: super(Tuner, self).run_trial(
                     trial, *args, **kwargs))
 
+        try:  # what KerasTuner refuses is the config's mistake, said as one
+            self.declare(kt.HyperParameters())
+        except (ValueError, TypeError) as e:
+            raise UserInputError(f"tuner.space: KerasTuner rejects it: {e}")
         budget = ({"max_epochs": self.tuner.epochs, "factor": self.tuner.hyperband_factor,
                    "hyperband_iterations": 1} if self.tuner.algorithm == "hyperband"
                   else {"max_trials": self.tuner.max_trials})
         if self.tuner.algorithm == "bayesian":
             _check_bayesian_available()
+            # KerasTuner's default (3 random trials per dimension) would spend a small budget
+            # before the Gaussian process ever fits: half of it at most.
+            budget["num_initial_points"] = max(2, min(3 * len(self.space),
+                                                      self.tuner.max_trials // 2))
         tuner = Tuner(HyperModel(), objective=kt.Objective(OBJECTIVE, "max"),
                       seed=self.tuner.seed, distribution_strategy=self.strategy,
                       directory=work_dir, project_name="search",
@@ -446,6 +485,13 @@ class _Search:
                       **budget)
         if self.tuner.algorithm == "hyperband":
             tuner.oracle.max_trials = self.tuner.max_trials
+            full = _hyperband_iteration_trials(tuner.oracle)
+            if full and full > self.tuner.max_trials:
+                self.warnings.append(
+                    f"Hyperband with tuner.epochs {self.tuner.epochs} and hyperband_factor "
+                    f"{self.tuner.hyperband_factor} needs {full} trials for one iteration; "
+                    f"tuner.max_trials {self.tuner.max_trials} cuts it, so the later rounds "
+                    "(which train the best trials longer) may never run")
         tuner.search(verbose=0)
         rows = []
         for trial_id, trial in sorted(tuner.oracle.trials.items()):
@@ -453,7 +499,9 @@ class _Search:
             row.update(values=decode_values(trial.hyperparameters.values),
                        status=str(trial.status).split(".")[-1].lower(),
                        eval_accuracy=trial.score, best_epoch=(
-                           None if trial.score is None else int(trial.best_step) + 1))
+                           None if trial.score is None
+                           else row.get("initial_epoch", 0) + int(trial.best_step) + 1))
+            row.pop("initial_epoch", None)
             if trial.status != "COMPLETED" and trial.message:
                 row["error"] = _last_line(trial.message)
             rows.append(row)
@@ -468,7 +516,10 @@ class _Search:
         finally:
             row["seconds"] = round(time.monotonic() - start, 1)
         histories = result if isinstance(result, list) else [result]
-        row["epochs"] = max(len(getattr(h, "history", {}).get("loss", [])) for h in histories)
+        # A Hyperband trial of a later round goes on from an earlier one's weights.
+        row["initial_epoch"] = int(trial.hyperparameters.values.get("tuner/initial_epoch", 0))
+        row["epochs"] = row["initial_epoch"] + max(
+            len(getattr(h, "history", {}).get("loss", [])) for h in histories)
         best = max((max(h.history.get(OBJECTIVE, [float("nan")])) for h in histories
                     if hasattr(h, "history")), default=float("nan"))
         values = decode_values(trial.hyperparameters.values)
@@ -497,6 +548,17 @@ class _Deadline:
                     self.model.stop_training = True
 
         return Stop()
+
+
+def _hyperband_iteration_trials(oracle) -> int:
+    """Trials in one full Hyperband iteration (every bracket, every round), from KerasTuner's
+    own bracket arithmetic; 0 if it is not there to ask."""
+    try:
+        return sum(oracle._get_size(bracket, round_num)
+                   for bracket in range(oracle._get_num_brackets())
+                   for round_num in range(oracle._get_num_rounds(bracket)))
+    except (AttributeError, TypeError):
+        return 0
 
 
 def _check_bayesian_available() -> None:

@@ -31,7 +31,8 @@ from pipeline import metadata as meta
 from pipeline.metadata import Artifact, Execution, MetadataStore
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-validation",
-            "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam")
+            "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam",
+            "keras-tuner", "scikit-learn")
 _COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "components")
 # The wiring decides too (what blocks, which checks run): its source is part of the version.

@@ -322,6 +322,8 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
             {"settings": dataclasses.asdict(config.tuner), "trainer": around, "held": given,
              "embeddings_sha256": embeddings_sha256},
             lambda d, _: {"hyperparameters": [dir_artifact(meta.HYPERPARAMETERS, d)]})
+        for message in tuned.details.get("warnings") or []:  # said again when reused
+            recorder.warn(f"Tuner: {message}")
         best = load_best(tuned.output_dir)
         hyperparameters = tuned.outputs["hyperparameters"]
     trainer_settings, sources = apply_hyperparameters(config.trainer, best, given)
@@ -338,6 +340,9 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
          "embeddings_sha256": embeddings_sha256},
         lambda d, _: {"model": [dir_artifact(meta.MODEL, fileio.join(d, MODEL_DIR),
                                              SAVED_MODEL_GRAPH)]})
+    # Where each value came from is this run's config's doing: a reused training may have been
+    # configured otherwise (the same value given explicitly then, say), so it is said anew.
+    trainer.details["hyperparameters"] = sources
     model_dir = fileio.join(trainer.output_dir, MODEL_DIR)
     [model] = trainer.outputs["model"]
     if last < configs.STAGES.index(configs.EVALUATOR):

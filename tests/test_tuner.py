@@ -34,6 +34,11 @@ SMALL = TrainerSettings(model=ModelSettings(embedding_dim=8, num_filters=4), bat
     ({"space": {"learning_rate": {"min": 0, "max": 1, "sampling": "log"}}}, "needs min > 0"),
     ({"space": {"filter_sizes": [3, 4]}}, "each value is a list of kernel sizes"),
     ({"space": {"multichannel": [0, 1]}}, "the values are true and false"),
+    ({"space": {"batch_size": [32, 40.5]}}, "40.5 is not a whole number"),
+    ({"space": {"dropout_rate": ["high"]}}, "'high' is not a number"),
+    ({"space": {"num_filters": {"min": 8, "max": 32, "step": 0}}}, "step must be above 0"),
+    ({"space": {"num_filters": {"min": 8, "max": 32, "step": 1, "sampling": "log"}}},
+     "with log sampling above 1"),
 ])
 def test_bad_tuner_settings_name_the_problem(kwargs, message):
     with pytest.raises(UserInputError, match=message):
@@ -56,8 +61,30 @@ def test_space_is_checked_against_the_trainer_settings():
     space, held = resolve_space(TunerSettings(space={"dropout_rate": [0.3], "num_filters": [2]}),
                                 SMALL, held=["num_filters", "learning_rate"])
     assert space == {"dropout_rate": [0.3]} and held == {"num_filters": 4}
+    # Pretrained vectors given as tuned: multichannel (both kinds) would drop that choice.
+    space, held = resolve_space(TunerSettings(), glove, held=["embeddings_trainable"])
+    assert held == {"embeddings_trainable": False, "multichannel": False}
+    assert "multichannel" not in space and "unknown_vectors" in space
+    with pytest.raises(UserInputError, match="embedding_dim does not apply"):
+        resolve_space(TunerSettings(space={"embedding_dim": [50, 100]}), glove)
     with pytest.raises(UserInputError, match="nothing to search"):
         resolve_space(TunerSettings(space={"num_filters": [2, 8]}), SMALL, held=["num_filters"])
+
+
+def test_a_list_of_mixed_numbers_and_log_ranges_declare_in_keras_tuner():
+    import keras_tuner as kt
+
+    from components.tuner import _Search
+
+    space = {"max_norm": [0, 3.0], "batch_size": [32.0, 64], "num_filters": {
+        "min": 50, "max": 400, "sampling": "log"}, "learning_rate": {
+        "min": 0.0001, "max": 0.01, "sampling": "log"}}
+    tuner = TunerSettings(space=space)
+    search = _Search("unused", {}, SMALL, tuner, resolve_space(tuner, SMALL)[0], None)
+    values = search.declare(kt.HyperParameters())
+    assert values["max_norm"] == 0.0 and values["batch_size"] == 32
+    assert 50 <= values["num_filters"] <= 400 and isinstance(values["num_filters"], int)
+    assert with_values(SMALL, values).batch_size == 32
 
 
 def test_best_values_apply_unless_the_config_gives_them():
@@ -129,6 +156,8 @@ def test_the_time_cap_stops_the_search(transformed, tmp_path):
     result = run_tuner(transformed, str(tmp_path / "t"), SMALL, tuner)
     assert result["stopped_by_time"] and result["trials_run"] == 1
     assert result["trials"][0]["epochs"] == 1  # stopped at the end of its first epoch
+    # 3 epochs and factor 3: brackets of 2 trials, and of 3 then 1; 5 trials cut that short.
+    assert result["warnings"] and "needs 6 trials for one iteration" in result["warnings"][0]
 
 
 # --- in the pipeline --------------------------------------------------------------------------
