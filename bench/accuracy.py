@@ -3,6 +3,7 @@
     .venv/bin/python bench/accuracy.py [--datasets trec,mr,bbc] [--seeds 3]
                                        [--variants random,...] [--max-len auto,50]
                                        [--tune-trials 16] [--tune-epochs 10]
+                                       [--tune-patience 3] [--tune-algorithm random]
 
 For each dataset and max_len it runs the real pipeline once up to Transform (ExampleGen ...
 Transform, on the DirectRunner), then trains the Trainer stage once per variant and seed on that
@@ -57,9 +58,11 @@ def tuned_values(transform_dir: str, glove: str, model_options: dict, args) -> d
     """The Tuner's best values for GloVe vectors on this Transform output (searched once; the
     result is kept beside it for later runs with the same budget)."""
     tuner = TunerSettings(enabled=True, algorithm=args.tune_algorithm,
-                          max_trials=args.tune_trials, epochs=args.tune_epochs, seed=42)
+                          max_trials=args.tune_trials, epochs=args.tune_epochs,
+                          early_stopping_patience=args.tune_patience, seed=42)
     out = os.path.join(transform_dir, "..", "..", "bench",
                        f"tuner-{tuner.algorithm}-{tuner.max_trials}x{tuner.epochs}"
+                       f"-patience{tuner.early_stopping_patience}"
                        + "".join(f"-{k}={v}" for k, v in sorted(model_options.items())))
     path = os.path.join(out, "best_hyperparameters.json")
     if not os.path.exists(path):
@@ -112,6 +115,8 @@ def main():
     parser.add_argument("--out", default=None, help="JSON results (default WORK_DIR/accuracy.json)")
     parser.add_argument("--tune-trials", type=int, default=16, help="the tuned variant's trials")
     parser.add_argument("--tune-epochs", type=int, default=10, help="epochs per trial at most")
+    parser.add_argument("--tune-patience", type=int, default=3,
+                        help="early-stopping patience within a trial")
     parser.add_argument("--tune-algorithm", default="random")
     args = parser.parse_args()
     model_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.model)}

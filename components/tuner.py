@@ -293,7 +293,8 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
     done = [t for t in trials if t["eval_accuracy"] is not None]
     if not done:
         raise RuntimeError("every Tuner trial failed; the first: "
-                           + (trials[0]["error"] if trials else "no trial ran"))
+                           + ((trials[0].get("error") or "no message") if trials
+                              else "no trial ran"))
     best = max(done, key=lambda t: (t["eval_accuracy"], -int(t["trial"])))
     result = {
         "values": best["values"],
@@ -341,6 +342,7 @@ class _Search:
         self._matrices: Dict[str, Any] = {}
         self._rows: Dict[str, Dict[str, Any]] = {}
         self.warnings: List[str] = []
+        self.declaring = False  # while KerasTuner reads the space (the Tuner's construction)
 
     # --------------------------------------------------------------------------- the network
 
@@ -447,6 +449,9 @@ class _Search:
                 search.declare(hp)
 
             def build(self, hp):
+                if search.declaring:  # KerasTuner's first look at the space: no model needed
+                    search.declare(hp)
+                    return None
                 return search.build(hp)
 
             def fit(self, hp, model, *args, **kwargs):
@@ -478,11 +483,13 @@ class _Search:
             # before the Gaussian process ever fits: half of it at most.
             budget["num_initial_points"] = max(2, min(3 * len(self.space),
                                                       self.tuner.max_trials // 2))
+        self.declaring = True
         tuner = Tuner(HyperModel(), objective=kt.Objective(OBJECTIVE, "max"),
                       seed=self.tuner.seed, distribution_strategy=self.strategy,
                       directory=work_dir, project_name="search",
                       overwrite=True, max_consecutive_failed_trials=self.tuner.max_trials,
                       **budget)
+        self.declaring = False
         if self.tuner.algorithm == "hyperband":
             tuner.oracle.max_trials = self.tuner.max_trials
             full = _hyperband_iteration_trials(tuner.oracle)
@@ -492,7 +499,11 @@ class _Search:
                     f"{self.tuner.hyperband_factor} needs {full} trials for one iteration; "
                     f"tuner.max_trials {self.tuner.max_trials} cuts it, so the later rounds "
                     "(which train the best trials longer) may never run")
-        tuner.search(verbose=0)
+        try:
+            tuner.search(verbose=0)
+        except RuntimeError as e:  # KerasTuner gives up after max_consecutive_failed_trials:
+            if "consecutive failures" not in str(e):  # every trial failed, said below
+                raise
         rows = []
         for trial_id, trial in sorted(tuner.oracle.trials.items()):
             row = self._rows.get(trial_id, {"trial": trial_id, "seconds": None, "epochs": None})

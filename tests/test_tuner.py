@@ -160,6 +160,19 @@ def test_the_time_cap_stops_the_search(transformed, tmp_path):
     assert result["warnings"] and "needs 6 trials for one iteration" in result["warnings"][0]
 
 
+def test_a_search_whose_trials_all_fail_says_why(transformed, tmp_path, monkeypatch):
+    from components import tuner as tuner_module
+
+    def broken(self, hp):
+        raise ValueError("no model today")
+
+    monkeypatch.setattr(tuner_module._Search, "build", broken)
+    settings = TunerSettings(enabled=True, max_trials=2, epochs=1, space=SPACE)
+    with pytest.raises(RuntimeError, match="every Tuner trial failed; the first: .*no model"):
+        run_tuner(transformed, str(tmp_path / "f"), SMALL, settings)
+    assert not os.path.exists(tmp_path / "f")
+
+
 # --- in the pipeline --------------------------------------------------------------------------
 
 # The tiny run of test_cli, with a dropout rate given explicitly (the Trainer keeps it, the
