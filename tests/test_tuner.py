@@ -150,6 +150,15 @@ def test_a_search_is_repeatable_and_writes_its_trials(transformed, tmp_path):
     assert best["best_eval_accuracy"] == max(t["eval_accuracy"] for t in trials)
 
 
+def test_bayesian_search_goes_past_its_random_start(transformed, tmp_path):
+    # 3 trials: 2 random (at most half the budget), then one the Gaussian process proposes.
+    tuner = TunerSettings(enabled=True, algorithm="bayesian", max_trials=3, epochs=1,
+                          space=SPACE)
+    result = run_tuner(transformed, str(tmp_path / "b"), SMALL, tuner)
+    assert result["trials_run"] == 3 and result["trials_failed"] == 0
+    assert len({json.dumps(t["values"], sort_keys=True) for t in result["trials"]}) == 3
+
+
 def test_the_time_cap_stops_the_search(transformed, tmp_path):
     tuner = TunerSettings(enabled=True, max_trials=5, epochs=3, space=SPACE,
                           algorithm="hyperband", max_seconds=0.001)
