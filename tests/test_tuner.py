@@ -8,7 +8,8 @@ from components.errors import UserInputError
 from components.model import ModelSettings
 from components.trainer import TrainerSettings
 from components.tuner import (BEST_FILE, TRIALS_FILE, TunerSettings, apply_hyperparameters,
-                              decode_values, resolve_space, run_tuner, with_values)
+                              decode_values, format_value, resolve_space, run_tuner,
+                              with_values)
 from conftest import IN_MEMORY, run_cli
 from pipeline import configs
 from test_cli import TINY_TRAINER, summary_of, trec_like, write_csv
@@ -148,6 +149,23 @@ def test_a_search_is_repeatable_and_writes_its_trials(transformed, tmp_path):
                                     and 0 <= t["eval_accuracy"] <= 1 and t["seconds"] > 0
                                     for t in trials)
     assert best["best_eval_accuracy"] == max(t["eval_accuracy"] for t in trials)
+
+    # One worker's Trainer (`train`) takes the search's values; the config's own still win.
+    config = tmp_path / "train.toml"
+    config.write_text("[trainer]\nepochs = 1\nbatch_size = 8\n[trainer.model]\n"
+                      "embedding_dim = 8\nnum_filters = 4\n")
+    proc = run_cli("train", "--transform-dir", transformed, "--output", str(tmp_path / "t"),
+                   "--config", str(config), "--hyperparameters", str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    chosen = {k: v for k, v in best["values"].items() if k != "num_filters"}
+    for name, value in chosen.items():
+        assert f"{name} {format_value(value)} (tuner)" in proc.stdout
+    assert "num_filters 4 (config)" in proc.stdout
+    with open(tmp_path / "t" / "history.json") as f:
+        used = json.load(f)["settings"]
+    assert used["model"]["num_filters"] == 4
+    assert used["model"]["dropout_rate"] == best["values"]["dropout_rate"]
+    assert used["learning_rate"] == best["values"]["learning_rate"]
 
 
 def test_bayesian_search_goes_past_its_random_start(transformed, tmp_path):
