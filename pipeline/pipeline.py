@@ -517,6 +517,9 @@ def push_metadata(config: configs.PipelineConfig, recorder: RunRecorder,
                               for s in available_splits(examples)},
         "vocabulary_size": transform.get("vocabulary_size"),
         "classes": transform.get("classes"),
+        # What the model was trained with, and whence (the Tuner, the config or a default):
+        # `config` holds the trainer table as given.
+        "hyperparameters": stages.get(configs.TRAINER, {}).get("hyperparameters"),
         "config": configs.to_dict(config),
         "packages": {p: importlib_metadata.version(p) for p in PACKAGES},
         "git_commit": git_commit(),

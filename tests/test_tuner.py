@@ -253,6 +253,10 @@ def test_tune_runs_the_tuner_and_the_trainer_uses_its_values(tmp_path):
     with open(report) as f:
         html = f.read()
     assert "Settings the Trainer used" in html and "(best)" in html
+    [version] = os.listdir(tmp_path / "serving" / "textcnn")
+    with open(tmp_path / "serving" / "textcnn" / version / "metadata.json") as f:
+        pushed = json.load(f)["hyperparameters"]
+    assert pushed["num_filters"] == {"value": best["num_filters"], "source": "tuner"}
 
     # The same command again: the search is reused, not run again.
     again = run_cli(*args)
