@@ -48,6 +48,9 @@ class ModelSettings:
             raise UserInputError(f"trainer.model.pooling must be one of {', '.join(POOLINGS)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise UserInputError("trainer.model.dropout_rate is the fraction dropped, in [0, 1)")
+        if self.embedding_dim < 1 or self.num_filters < 1 or self.max_norm < 0:
+            raise UserInputError("trainer.model.embedding_dim and num_filters must be at least "
+                                 "1, and max_norm at least 0 (0: no constraint)")
         if not self.filter_sizes or any(int(k) < 1 for k in self.filter_sizes):
             raise UserInputError("trainer.model.filter_sizes must be positive kernel sizes")
         if self.unknown_vectors not in UNKNOWN_VECTORS:

@@ -123,6 +123,9 @@ def _check_dimension(name: str, values: Any) -> None:
     if sampling != "linear" and values["min"] <= 0:
         raise UserInputError(f"{where}: {sampling} sampling needs min > 0")
     step = values.get("step")
+    if step is not None and sampling == "linear" and step > values["max"] - values["min"]:
+        raise UserInputError(f"{where}: a step of {step} leaves only min in the range; got "
+                             f"{dict(values)}")
     if step is not None and (step <= 0 or sampling != "linear" and step <= 1):
         raise UserInputError(f"{where}: step must be above 0, and with {sampling} sampling above "
                              f"1 (a factor between values); got {step}")
@@ -204,6 +207,15 @@ def default_space(settings: TrainerSettings) -> Dict[str, Any]:
     return dict(DEFAULT_SPACE, **extra)
 
 
+def held_names(given: Iterable[str]) -> set:
+    """The hyperparameters kept at the config's value when the config gives `given`: those,
+    and multichannel with a given embeddings_trainable (both copies would drop that choice)."""
+    held = set(given)
+    if "embeddings_trainable" in held:
+        held.add("multichannel")
+    return held
+
+
 def resolve_space(tuner: TunerSettings, settings: TrainerSettings,
                   held: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(the space searched, the hyperparameters held at the Trainer's value).
@@ -213,10 +225,7 @@ def resolve_space(tuner: TunerSettings, settings: TrainerSettings,
     and each range's ends, must make valid settings (UserInputError otherwise).
     """
     space = dict(tuner.space) or default_space(settings)
-    held = set(held)
-    if "embeddings_trainable" in held:
-        # Multichannel would leave the given choice out (both copies, one of each kind).
-        held.add("multichannel")
+    held = held_names(held)
     held_values = current_values(settings, sorted(held & set(space)))
     space = {k: v for k, v in space.items() if k not in held_values}
     for name, values in space.items():
@@ -246,7 +255,7 @@ def apply_hyperparameters(settings: TrainerSettings, best: Mapping[str, Any],
     """The Trainer's settings with the Tuner's `best` values, except those in `given` (set
     explicitly in the config: they win). Returns (settings, {name: {"value", "source"}}) for
     every tunable hyperparameter, source "config", "tuner" or "default"."""
-    given = set(given)
+    given = held_names(given)
     tuned = {k: v for k, v in best.items() if k not in given}
     result = with_values(settings, tuned)
     sources = {name: {"value": value,
@@ -292,9 +301,11 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
     seconds = round(time.monotonic() - start, 1)
     done = [t for t in trials if t["eval_accuracy"] is not None]
     if not done:
-        raise RuntimeError("every Tuner trial failed; the first: "
-                           + ((trials[0].get("error") or "no message") if trials
-                              else "no trial ran"))
+        error = RuntimeError("every Tuner trial failed; the first: "
+                             + ((trials[0].get("error") or "no message") if trials
+                                else "no trial ran"))
+        error.details = {"trials": trials}  # for the run's summary and report
+        raise error
     best = max(done, key=lambda t: (t["eval_accuracy"], -int(t["trial"])))
     result = {
         "values": best["values"],
@@ -308,6 +319,8 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
         "stopped_by_time": search.stopped_by_time,
         "warnings": search.warnings,
         "search_seconds": seconds,
+        "settings": {k: v for k, v in dataclasses.asdict(tuner).items()
+                     if k not in ("enabled", "space")},
         "space": space,
         "held": held_values,
     }
@@ -484,12 +497,14 @@ class _Search:
             budget["num_initial_points"] = max(2, min(3 * len(self.space),
                                                       self.tuner.max_trials // 2))
         self.declaring = True
-        tuner = Tuner(HyperModel(), objective=kt.Objective(OBJECTIVE, "max"),
-                      seed=self.tuner.seed, distribution_strategy=self.strategy,
-                      directory=work_dir, project_name="search",
-                      overwrite=True, max_consecutive_failed_trials=self.tuner.max_trials,
-                      **budget)
-        self.declaring = False
+        try:
+            tuner = Tuner(HyperModel(), objective=kt.Objective(OBJECTIVE, "max"),
+                          seed=self.tuner.seed, distribution_strategy=self.strategy,
+                          directory=work_dir, project_name="search",
+                          overwrite=True, max_consecutive_failed_trials=self.tuner.max_trials,
+                          **budget)
+        finally:
+            self.declaring = False
         if self.tuner.algorithm == "hyperband":
             tuner.oracle.max_trials = self.tuner.max_trials
             full = _hyperband_iteration_trials(tuner.oracle)
@@ -555,8 +570,9 @@ class _Deadline:
         class Stop(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 if search.deadline is not None and time.monotonic() >= search.deadline:
-                    search.stopped_by_time = True
                     self.model.stop_training = True
+                    if epoch + 1 < self.params.get("epochs", epoch + 2):  # epochs were left
+                        search.stopped_by_time = True
 
         return Stop()
 

@@ -38,6 +38,7 @@ SMALL = TrainerSettings(model=ModelSettings(embedding_dim=8, num_filters=4), bat
     ({"space": {"batch_size": [32, 40.5]}}, "40.5 is not a whole number"),
     ({"space": {"dropout_rate": ["high"]}}, "'high' is not a number"),
     ({"space": {"num_filters": {"min": 8, "max": 32, "step": 0}}}, "step must be above 0"),
+    ({"space": {"dropout_rate": {"min": 0.0, "max": 0.5, "step": 1}}}, "leaves only min"),
     ({"space": {"num_filters": {"min": 8, "max": 32, "step": 1, "sampling": "log"}}},
      "with log sampling above 1"),
 ])
@@ -49,6 +50,8 @@ def test_bad_tuner_settings_name_the_problem(kwargs, message):
 def test_space_is_checked_against_the_trainer_settings():
     with pytest.raises(UserInputError, match=r"tuner.space.dropout_rate: 1.5 is not a valid"):
         resolve_space(TunerSettings(space={"dropout_rate": [0.5, 1.5]}), SMALL)
+    with pytest.raises(UserInputError, match=r"tuner.space.num_filters: 0 is not a valid"):
+        resolve_space(TunerSettings(space={"num_filters": [0, 100]}), SMALL)
     with pytest.raises(UserInputError, match="multichannel applies to pretrained vectors"):
         resolve_space(TunerSettings(space={"multichannel": [False, True]}), SMALL)
     # The default space depends on the embeddings: a size for random vectors, modes for GloVe.
@@ -91,6 +94,10 @@ def test_a_list_of_mixed_numbers_and_log_ranges_declare_in_keras_tuner():
 def test_best_values_apply_unless_the_config_gives_them():
     best = {"dropout_rate": 0.3, "filter_sizes": [2, 3], "learning_rate": 0.003,
             "batch_size": 32}
+    glove = TrainerSettings(model=ModelSettings(embeddings="vectors.txt"))
+    settings, sources = apply_hyperparameters(
+        glove, {"multichannel": True, "dropout_rate": 0.3}, given=["embeddings_trainable"])
+    assert not settings.model.multichannel and sources["multichannel"]["source"] == "config"
     settings, sources = apply_hyperparameters(SMALL, best, given=["learning_rate"])
     assert settings.model.dropout_rate == 0.3 and settings.model.filter_sizes == (2, 3)
     assert settings.batch_size == 32 and settings.learning_rate == SMALL.learning_rate
@@ -195,8 +202,12 @@ def test_a_search_whose_trials_all_fail_says_why(transformed, tmp_path, monkeypa
 
     monkeypatch.setattr(tuner_module._Search, "build", broken)
     settings = TunerSettings(enabled=True, max_trials=2, epochs=1, space=SPACE)
-    with pytest.raises(RuntimeError, match="every Tuner trial failed; the first: .*no model"):
+    with pytest.raises(RuntimeError, match="every Tuner trial failed; the first: .*no model") \
+            as failed:
         run_tuner(transformed, str(tmp_path / "f"), SMALL, settings)
+    trials = failed.value.details["trials"]  # recorded with the failed stage
+    assert [t["status"] for t in trials] == ["failed", "failed"]
+    assert all("no model today" in t["error"] for t in trials)
     assert not os.path.exists(tmp_path / "f")
 
 
