@@ -329,6 +329,40 @@ def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def split_datasets(transform_dir: str, info: Dict[str, Any], feature_spec: Dict[str, Any],
+                   splits, global_batch: int, settings: TrainerSettings):
+    """One machine's datasets of the transformed `splits` (Split-train shuffled) and their
+    batches per pass (`batches_per_pass`, None when unknown): ({split: dataset},
+    {split: batches})."""
+    batches = {split: batches_per_pass(info, split, global_batch, settings) for split in splits}
+    datasets = {split: make_dataset(transformed_data_pattern(transform_dir, split), feature_spec,
+                                    info["max_len"], len(info["classes"]), global_batch,
+                                    split == features.TRAIN, settings, batches=batches[split])
+                for split in splits}
+    return datasets, batches
+
+
+def compile_textcnn(model, settings: TrainerSettings, steps_known: bool) -> None:
+    """Categorical cross-entropy, Adam at the settings' rate, accuracy; several steps per call
+    when the steps of a pass are known (`STEPS_PER_EXECUTION`), else one."""
+    import tf_keras as keras
+
+    model.compile(loss="categorical_crossentropy",
+                  optimizer=keras.optimizers.Adam(settings.learning_rate),
+                  metrics=["accuracy"],
+                  steps_per_execution=STEPS_PER_EXECUTION if steps_known else 1)
+
+
+def load_vocabulary_vectors(tft_output, info: Dict[str, Any], model: ModelSettings, seed: int
+                            ) -> Tuple[Any, int]:
+    """The embedding matrix of `model.embeddings` in the Transform's vocabulary order, and the
+    number of vocabulary tokens the file has (`load_embedding_matrix`)."""
+    vocabulary = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+                  for t in tft_output.vocabulary_by_name(VOCAB_NAME)]
+    return load_embedding_matrix(model.embeddings, vocabulary, info["input_dim"], seed,
+                                 model.unknown_vectors)
+
+
 def _length_bucketed(ds, spec: Dict[str, Any], max_len: int, num_classes: int,
                      batch_size: int):
     """Serialized records -> (ids, one-hot label) batches of one length bucket each, padded to
@@ -554,11 +588,8 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
 
     embedding_matrix, embeddings_found = None, None
     if settings.model.embeddings:
-        vocabulary = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t
-                      for t in tft_output.vocabulary_by_name(VOCAB_NAME)]
-        embedding_matrix, embeddings_found = load_embedding_matrix(
-            settings.model.embeddings, vocabulary, info["input_dim"], settings.seed,
-            settings.model.unknown_vectors)
+        embedding_matrix, embeddings_found = load_vocabulary_vectors(tft_output, info,
+                                                                     settings.model, settings.seed)
 
     if multi_worker:
         # Each worker reads its own share of every split: its own files when there are
@@ -598,19 +629,13 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
                                       False, settings, shards[split])
                   for split in info["splits"]}
     else:
-        batches = {split: batches_per_pass(info, split, global_batch, settings)
-                   for split in info["splits"]}
-        datasets = {split: make_dataset(transformed_data_pattern(transform_dir, split),
-                                        feature_spec, info["max_len"], num_classes,
-                                        global_batch, split == features.TRAIN, settings,
-                                        batches=batches[split])
-                    for split in info["splits"]}
+        datasets, batches = split_datasets(transform_dir, info, feature_spec, info["splits"],
+                                           global_batch, settings)
         train_data = datasets[features.TRAIN]
         fit_args = {"validation_data": datasets[features.EVAL]}
     # Several steps per call need the steps of a pass known: given with several workers,
     # else from the Transform's statistics (an output without them trains a step per call).
     steps_known = multi_worker or None not in batches.values()
-    steps_per_execution = STEPS_PER_EXECUTION if steps_known else 1
 
     # The chief stages the real output; another worker works in a scratch directory.
     output = (staged_output(output_dir) if is_chief
@@ -619,9 +644,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
         with strategy.scope():
             model = build_textcnn(info["input_dim"], info["max_len"], num_classes,
                                   settings.model, embedding_matrix)
-            model.compile(loss="categorical_crossentropy",
-                          optimizer=keras.optimizers.Adam(settings.learning_rate),
-                          metrics=["accuracy"], steps_per_execution=steps_per_execution)
+            compile_textcnn(model, settings, steps_known)
         callbacks = [keras.callbacks.TensorBoard(fileio.join(tmp, LOGS_DIR)),
                      _EpochProgress(settings.epochs).callback]
         if multi_worker:

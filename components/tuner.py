@@ -353,6 +353,7 @@ class _Search:
         self.deadline = (time.monotonic() + tuner.max_seconds) if tuner.max_seconds else None
         self.stopped_by_time = False
         self._matrices: Dict[str, Any] = {}
+        self._tft_output = None  # the Transform output, read on first use
         self._rows: Dict[str, Dict[str, Any]] = {}
         self.warnings: List[str] = []
         self.declaring = False  # while KerasTuner reads the space (the Tuner's construction)
@@ -382,64 +383,52 @@ class _Search:
         import tf_keras as keras
 
         from components.model import build_textcnn
-        from components.trainer import STEPS_PER_EXECUTION
+        from components.trainer import batches_per_pass, compile_textcnn
 
         settings = self.settings(hp)
         keras.utils.set_random_seed(self.tuner.seed)  # every trial starts from the same state
         model = build_textcnn(self.info["input_dim"], self.info["max_len"],
                               len(self.info["classes"]), settings.model,
                               self._embeddings(settings))
-        steps_known = self._batches(settings, features.TRAIN) is not None
-        model.compile(loss="categorical_crossentropy",
-                      optimizer=keras.optimizers.Adam(settings.learning_rate),
-                      metrics=["accuracy"],
-                      steps_per_execution=STEPS_PER_EXECUTION if steps_known else 1)
+        compile_textcnn(model, settings, batches_per_pass(
+            self.info, features.TRAIN, self._global_batch(settings), settings) is not None)
         return model
 
     def _global_batch(self, settings: TrainerSettings) -> int:
         return settings.batch_size * self.strategy.num_replicas_in_sync
 
-    def _batches(self, settings: TrainerSettings, split: str):
-        from components.trainer import batches_per_pass
+    def _transform_output(self):
+        if self._tft_output is None:
+            import tensorflow_transform as tft
 
-        return batches_per_pass(self.info, split, self._global_batch(settings), settings)
+            self._tft_output = tft.TFTransformOutput(self.transform_dir)
+        return self._tft_output
 
     def _embeddings(self, settings: TrainerSettings):
+        """The pretrained matrix for this trial's settings (one per unknown_vectors rule)."""
         if not settings.model.embeddings:
             return None
         key = settings.model.unknown_vectors
         if key not in self._matrices:
-            import tensorflow_transform as tft
+            from components.trainer import load_vocabulary_vectors
 
-            from components.model import load_embedding_matrix
-            from components.transform import VOCAB_NAME
-
-            vocabulary = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t
-                          for t in tft.TFTransformOutput(self.transform_dir)
-                          .vocabulary_by_name(VOCAB_NAME)]
-            self._matrices[key], _ = load_embedding_matrix(
-                settings.model.embeddings, vocabulary, self.info["input_dim"],
-                self.trainer.seed, key)
+            self._matrices[key], _ = load_vocabulary_vectors(
+                self._transform_output(), self.info, settings.model, self.trainer.seed)
         return self._matrices[key]
 
     def fit(self, hp, model, *args, callbacks=(), **kwargs):
         """Fits a trial's model on Split-train, validating on Split-eval: the Trainer's
         datasets for this trial's batch size."""
-        import tensorflow_transform as tft
         import tf_keras as keras
 
-        from components.trainer import make_dataset
-        from components.transform import transformed_data_pattern
+        from components.trainer import split_datasets
 
         settings = self.settings(hp)
-        spec = tft.TFTransformOutput(self.transform_dir).transformed_feature_spec()
-        datasets = {}
-        for split in (features.TRAIN, features.EVAL):
-            datasets[split] = make_dataset(
-                transformed_data_pattern(self.transform_dir, split), spec,
-                self.info["max_len"], len(self.info["classes"]), self._global_batch(settings),
-                split == features.TRAIN, settings, batches=self._batches(settings, split))
-        callbacks = list(callbacks) + [_Deadline(self).callback()]
+        datasets, _ = split_datasets(self.transform_dir, self.info,
+                                     self._transform_output().transformed_feature_spec(),
+                                     (features.TRAIN, features.EVAL),
+                                     self._global_batch(settings), settings)
+        callbacks = list(callbacks) + [_deadline_callback(self)]
         if self.tuner.algorithm != "hyperband" and self.tuner.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor=OBJECTIVE, mode="max", patience=self.tuner.early_stopping_patience))
@@ -552,29 +541,22 @@ class _Search:
         logging.getLogger(PROGRESS_LOGGER).info(
             "  trial %s: eval accuracy %.4f in %d epochs, %.1fs: %s", trial.trial_id, best,
             row["epochs"], row["seconds"],
-            ", ".join(f"{k} {_short(v)}" for k, v in values.items()))
+            ", ".join(f"{k} {format_value(v)}" for k, v in values.items()))
         return result
 
 
-class _Deadline:
-    """Keras callback: stops a trial at an epoch end once the search's time is up."""
+def _deadline_callback(search: _Search):
+    """A Keras callback that stops a trial at an epoch end once the search's time is up."""
+    import tf_keras as keras
 
-    def __init__(self, search: _Search):
-        self.search = search
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if search.deadline is not None and time.monotonic() >= search.deadline:
+                self.model.stop_training = True
+                if epoch + 1 < self.params.get("epochs", epoch + 2):  # epochs were left
+                    search.stopped_by_time = True
 
-    def callback(self):
-        import tf_keras as keras
-
-        search = self.search
-
-        class Stop(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if search.deadline is not None and time.monotonic() >= search.deadline:
-                    self.model.stop_training = True
-                    if epoch + 1 < self.params.get("epochs", epoch + 2):  # epochs were left
-                        search.stopped_by_time = True
-
-        return Stop()
+    return Stop()
 
 
 def _hyperband_iteration_trials(oracle) -> int:
@@ -601,15 +583,11 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else message
 
 
-def _short(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A hyperparameter value for people: 0.00123, 3,4,5, True."""
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value)
-
-
-def format_value(value: Any) -> str:
-    """A hyperparameter value for people: 0.00123, 3,4,5, True."""
-    return _short(value)
 

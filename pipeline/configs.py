@@ -139,18 +139,19 @@ def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfi
         raise UserInputError(f"unknown config key {GIVEN_KEYS!r} (the pipeline records it)")
     _merge(values, overrides)
     config = _build(PipelineConfig, values, "")
-    return dataclasses.replace(config, given_keys=tuple(sorted(_leaf_keys(values))))
+    return dataclasses.replace(config, given_keys=tuple(sorted(_given_keys(config, values))))
 
 
-def _leaf_keys(values: Dict[str, Any], prefix: str = "") -> List[str]:
-    """The dotted keys of a nested dict's leaves (a table such as tuner.space is one leaf)."""
+def _given_keys(config: Any, values: Dict[str, Any], prefix: str = "") -> List[str]:
+    """The dotted names of the settings `values` gives: a table is followed down when its
+    setting is a dataclass, and is one setting otherwise (e.g. tuner.space)."""
     keys = []
     for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name != "tuner.space":
-            keys += _leaf_keys(value, name + ".")
+        setting = getattr(config, key)
+        if dataclasses.is_dataclass(setting):
+            keys += _given_keys(setting, value, f"{prefix}{key}.")
         else:
-            keys.append(name)
+            keys.append(f"{prefix}{key}")
     return keys
 
 
