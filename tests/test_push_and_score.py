@@ -87,7 +87,12 @@ def test_first_run_is_evaluated_and_pushed(first_push):
     matrix = np.array(overall["confusion_matrix"])
     assert matrix.shape == (6, 6) and matrix.sum() == 18
     assert np.isclose(np.trace(matrix) / 18, overall["sparse_categorical_accuracy"])
-    assert 0 <= overall["macro_f1"] <= 1 and "precision/class_4" in overall
+    # Per-class scores agree with the matrix (precision over a predicted column, recall over an
+    # actual row); tests/test_evaluator.py checks them on numbers worked out by hand.
+    for c in range(6):
+        column, row = matrix[:, c].sum(), matrix[c].sum()
+        assert overall[f"precision/class_{c}"] == (matrix[c, c] / column if column else None)
+        assert overall[f"recall/class_{c}"] == (matrix[c, c] / row if row else None)
     slices = set(result["metrics"])
     assert {"label:NUM", "label:ABBR", "label:DESC"} <= slices  # the labels of Split-test
     assert any(s.startswith("text_length_bucket:") for s in slices)
