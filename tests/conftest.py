@@ -9,7 +9,7 @@ import components  # noqa: F401
 import pytest
 # The emulated object store (gs://) for the tests that need one; imported here, before any test
 # module imports TensorFlow, so that TensorFlow's GCS stat cache is off in this process.
-from objstore import gcs_bucket  # noqa: F401,E402
+from objstore import gcs_bucket, gcs_store, object_store  # noqa: F401,E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]

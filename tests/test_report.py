@@ -10,6 +10,7 @@ import pytest
 from components.errors import UserInputError
 from components.trainer import HISTORY_FILE
 from conftest import IN_MEMORY, run_cli
+from needs import missing
 from pipeline.report import REPORT_FILE, find_run_dir, write_report
 from test_cli import TINY_TRAINER, summary_of, trec_like, write_csv
 
@@ -202,8 +203,8 @@ def test_run_writes_the_report_and_the_report_command_rewrites_it(real_run):
 def test_report_renders_in_headless_chromium(real_run, tmp_path):
     chromium = shutil.which("chromium")
     if not chromium:
-        pytest.skip("needs a browser to render the report: install Debian's chromium "
-                    "(apt-get install chromium)")
+        missing("needs a browser to render the report: install Debian's chromium "
+                "(apt-get install chromium)")
     root, record, _ = real_run
     url = "file://" + os.path.join(root, "runs", record["run_id"], REPORT_FILE)
     browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
