@@ -193,12 +193,28 @@ def trained(tmp_path_factory):
 
 
 def test_trainer_outputs_and_history(trained):
-    _, _, result, tmp = trained
+    import json
+
+    transform_dir, texts, result, tmp = trained
     assert result["epochs_run"] == 3
     assert set(result["metrics"]) >= {"train_accuracy", "eval_accuracy", "test_accuracy"}
-    assert os.path.exists(os.path.join(tmp, "Trainer", "history.json"))
-    assert os.listdir(os.path.join(tmp, "Trainer", "logs"))
+    with open(os.path.join(tmp, "Trainer", "history.json")) as f:
+        history = json.load(f)
+    assert history["epochs_run"] == 3 and history["metrics"] == result["metrics"]
+    assert {len(v) for v in history["history"].values()} == {3}
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history["history"])
+    # TensorBoard event files for the training and the validation curves.
+    logs = os.path.join(tmp, "Trainer", "logs")
+    for part in ("train", "validation"):
+        assert tf.io.gfile.glob(os.path.join(logs, part, "events.out.tfevents.*")), part
     assert result["strategy"] == "_DefaultDistributionStrategy" and result["replicas"] == 1
+    # The reported test accuracy is the exported model's on the test texts.
+    loaded = tf.saved_model.load(result["model"])
+    test = texts["test"]
+    predicted = loaded.signatures[export.SERVING_DEFAULT](
+        text=tf.constant([t for t, _ in test]))[export.PREDICTED_CLASS].numpy()
+    correct = sum(p.decode() == label for p, (_, label) in zip(predicted, test))
+    assert result["metrics"]["test_accuracy"] == pytest.approx(correct / len(test), abs=1e-6)
 
 
 def test_training_path_equals_serving_path(trained):
@@ -232,8 +248,13 @@ def test_training_path_equals_serving_path(trained):
             map(tuple, ids.numpy().tolist()))
         assert transformed["label_xf"].numpy().tolist() == [CLASSES.index(l)
                                                             for _, l in texts[split]]
-        np.testing.assert_allclose(np.sort(serving[export.PROBABILITIES].numpy(), axis=0),
-                                   np.sort(training_path, axis=0), rtol=1e-5, atol=1e-6)
+        # Row by row: each text's served probabilities are those the training path gives the ids
+        # Beam wrote for it (the same ids give the same probabilities, so a repeat is harmless).
+        by_ids = {tuple(row): probs for row, probs in zip(ids.numpy().tolist(), training_path)}
+        served = serving[export.PROBABILITIES].numpy()
+        for i, row in enumerate(transformed["text_xf"].numpy().tolist()):
+            np.testing.assert_allclose(served[i], by_ids[tuple(row)], rtol=1e-5, atol=1e-6)
+        assert len({tuple(p) for p in np.round(served, 4)}) > 1  # the texts are told apart
         np.testing.assert_allclose(served_examples[export.PROBABILITIES].numpy(),
                                    serving[export.PROBABILITIES].numpy(), rtol=1e-6)
         names = serving[export.PREDICTED_CLASS].numpy().tolist()
