@@ -609,7 +609,8 @@ def _warnings(warnings: Sequence[str]) -> str:
 
 def _status_badge(status: Optional[str]) -> str:
     kind = {"succeeded": "ok", "running": "warn"}.get(status or "", "bad")
-    return f'<span class="badge {kind}">{html.escape(str(status))}</span>'
+    text = "status not recorded" if status is None else str(status)
+    return f'<span class="badge {kind}">{html.escape(text)}</span>'
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

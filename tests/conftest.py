@@ -15,6 +15,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
+# What `make run` and the CLI's defaults write into the repository (relative to the working
+# directory run_cli uses): no test may add to them. Everything a test writes is under its tmp_path.
+REPO_OUTPUTS = ("serving", "pipeline_root", "scored", "data")
+
+
+def _repo_snapshot():
+    """Top-level names in the repository, and every file under its default output directories."""
+    skip = {".git", ".venv", ".pytest_cache", "__pycache__"}
+    names = {n for n in os.listdir(REPO) if n not in skip and not n.endswith(".egg-info")}
+    files = set()
+    for name in REPO_OUTPUTS:
+        for parent, _, children in os.walk(os.path.join(REPO, name)):
+            files.update(os.path.join(parent, c) for c in children)
+    return names, files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_repository():
+    """Fails the session if a test wrote into the repository (say, a `run` without
+    --serving-dir that pushed into ./serving) instead of its temporary directory."""
+    before = _repo_snapshot()
+    yield
+    after = _repo_snapshot()
+    added = sorted((after[0] - before[0]) | (after[1] - before[1]))
+    assert not added, f"tests wrote into the repository: {added[:10]}"
+
+
 def run_cli(*args, timeout=600):
     """Runs `python local_runner.py ARGS` as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(REPO, "local_runner.py"), *args],

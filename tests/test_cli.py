@@ -107,7 +107,8 @@ def test_label_outside_domain_stops_with_exit_3(tmp_path):
     rows = trec_like() + [("What is love ?", "EMOTION", "")]
     data = write_csv(tmp_path / "q.csv", rows)
     root = str(tmp_path / "root")
-    proc = run_cli("run", "--input", data, "--pipeline-root", root, *IN_MEMORY)
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--serving-dir",
+                   str(tmp_path / "serving"), *IN_MEMORY)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "'label'" in proc.stderr and "EMOTION" in proc.stderr
     assert "--allow-anomalies" in proc.stderr and "--schema infer" in proc.stderr
@@ -188,7 +189,8 @@ def test_rare_class_only_in_eval_and_test_is_a_warning_not_a_stop(tmp_path):
 def test_input_without_usable_rows_stops_at_example_gen(tmp_path):
     data = write_csv(tmp_path / "bad.csv", [("   ", "a", ""), ("", "b", "")])
     root = str(tmp_path / "root")
-    proc = run_cli("run", "--input", data, "--pipeline-root", root, *IN_MEMORY)
+    proc = run_cli("run", "--input", data, "--pipeline-root", root, "--serving-dir",
+                   str(tmp_path / "serving"), *IN_MEMORY)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "no usable rows in" in proc.stderr and "bad.csv" in proc.stderr
     assert "quarantined 2 (2 empty_text)" in proc.stderr
@@ -200,7 +202,7 @@ def test_input_without_usable_rows_stops_at_example_gen(tmp_path):
     only_test = write_csv(tmp_path / "test_only.csv", [("q one", "a", "test"),
                                                        ("q two", "b", "test")])
     proc = run_cli("run", "--input", only_test, "--pipeline-root", str(tmp_path / "r2"),
-                   *IN_MEMORY)
+                   "--serving-dir", str(tmp_path / "serving"), *IN_MEMORY)
     assert proc.returncode == 2 and "no row went to Split-train" in proc.stderr
 
 

@@ -127,4 +127,8 @@ def test_auto_max_len_reads_long_documents_where_50_tokens_cannot(tmp_path):
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     trainer = summary_of(str(tmp_path / "fixed"))["stages"][-1]["details"]
     assert trainer["metrics"]["test_accuracy"] <= 0.7
-    assert only_dir(os.path.join(str(tmp_path / "fixed"), "Transform"))
+    with open(os.path.join(only_dir(os.path.join(str(tmp_path / "fixed"), "Transform")),
+                           "transform_info.json")) as f:
+        info = json.load(f)
+    assert info["max_len"] == 50 and info["max_len_source"] == "fixed"
+    assert info["token_lengths"]["train"]["truncated"] > 0  # every document is cut

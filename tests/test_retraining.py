@@ -1,7 +1,7 @@
 """Scheduled retraining: content-keyed caching, incremental ingest, lineage, resume, the store.
 
 The runs are real subprocess runs of local_runner.py (in-memory Beam, a tiny model). One root is
-shared by the first tests, in file order: its first run is the uninterrupted reference.
+shared by the first tests, in any order: its first run is the uninterrupted reference.
 """
 import glob
 import hashlib
@@ -73,31 +73,39 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    """A root after one complete run (the reference); yields (setup, root, first summary)."""
+    """A root after one complete run (the reference); yields (setup, root, first summary).
+
+    The unchanged rerun and `runs` happen here too, before any test can add a run, so that no
+    test depends on the order the others ran in; the tests that add runs only add, and never
+    read what another test added.
+    """
     setup = Setup(tmp_path_factory.mktemp("retrain"))
     root = str(setup.tmp / "root")
     proc = run_cli(*setup.args(root))
     assert proc.returncode == 0, proc.stderr[-3000:]
     [summary] = summaries(root)
     assert set(how(summary).values()) == {"executed"}
+    rerun = run_cli(*setup.args(root))
+    setup.rerun = (rerun, summaries(root), run_cli("runs", root),
+                   sorted(os.listdir(os.path.join(setup.serving, "textcnn"))))
     yield setup, root, summary
 
 
 def test_a_rerun_on_unchanged_data_executes_nothing(first_run):
     setup, root, first = first_run
-    proc = run_cli(*setup.args(root))
+    proc, runs_then, runs, versions = setup.rerun
     assert proc.returncode == 0, proc.stderr[-3000:]
-    second = summaries(root)[-1]
+    assert len(runs_then) == 2 and runs_then[0]["run_id"] == first["run_id"]
+    second = runs_then[-1]
     assert how(second) == {s: "reused" for s in STAGES}
     assert {stage(second, s)["reused_from"] for s in STAGES} == {first["run_id"]}
     assert f"Pusher: reused from run {first['run_id']}" in proc.stderr
     assert "nothing new to do" in proc.stderr and second["nothing_new"]
-    assert len(os.listdir(os.path.join(setup.serving, "textcnn"))) == 1  # nothing pushed again
-    for name in STAGES:  # and no new artifact anywhere
-        assert [d for d in os.listdir(os.path.join(root, name)) if not d.startswith(".")] == [
-            first["run_id"]]
+    assert len(versions) == 1  # nothing pushed again
+    for name in STAGES:  # and no new artifact anywhere (the runs of other tests come later)
+        assert first["run_id"] in os.listdir(os.path.join(root, name))
+        assert second["run_id"] not in os.listdir(os.path.join(root, name))
 
-    runs = run_cli("runs", root)
     assert runs.returncode == 0, runs.stderr
     lines = runs.stdout.strip().splitlines()
     assert len(lines) == 3
