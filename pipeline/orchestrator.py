@@ -1,8 +1,9 @@
 """Content-keyed caching, lineage and resume around the stages (which know nothing of them).
 
-A stage's cache key is a sha256 over its name, the code version (a hash of the `components`
-sources and the pinned libraries' versions), its parameters and the content fingerprints of its
-input artifacts: never paths or run ids. When an earlier COMPLETE execution in the root's ML
+A stage's cache key is a sha256 over its name, its code version (a hash of the sources of the
+project modules it runs, followed through their imports, of the wiring, and of the versions of
+the pinned libraries they import: `code_version`), its parameters and the content fingerprints
+of its input artifacts: never paths or run ids. When an earlier COMPLETE execution in the root's ML
 Metadata store has the same key and its outputs are still there, published (the stage's
 directory has its marker, see `components.fileio.publishing`), the stage is not executed: the
 run records a CACHED execution pointing at those outputs and goes on with them. Otherwise the
@@ -16,12 +17,12 @@ no reader takes for an artifact) is removed when the next run takes the root.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-import glob
 import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from components import fileio
 from components.artifacts import fingerprint_dir
@@ -33,26 +34,94 @@ from pipeline.metadata import Artifact, Execution, MetadataStore
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-data-validation",
             "tensorflow-model-analysis", "tfx-bsl", "tensorflow-metadata", "apache-beam",
             "keras-tuner", "scikit-learn")
-_COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "components")
-# The wiring decides too (what blocks, which checks run): its source is part of the version.
-_WIRING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline.py")
+# The import names of the pinned libraries. KerasTuner's Bayesian search runs scikit-learn.
+_IMPORTS = {"tensorflow": ("tensorflow",), "tf_keras": ("tf-keras",),
+            "tensorflow_transform": ("tensorflow-transform",),
+            "tensorflow_data_validation": ("tensorflow-data-validation",),
+            "tensorflow_model_analysis": ("tensorflow-model-analysis",), "tfx_bsl": ("tfx-bsl",),
+            "tensorflow_metadata": ("tensorflow-metadata",), "apache_beam": ("apache-beam",),
+            "keras_tuner": ("keras-tuner", "scikit-learn"), "sklearn": ("scikit-learn",)}
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROJECT_PACKAGES = ("components", "pipeline")
 
 
-def code_version() -> str:
-    """sha256 of the stages' source files, the wiring's, and the libraries' versions.
+def _module_path(module: str) -> Optional[str]:
+    """The source file of a project module (`components.transform`), or None when the name is
+    not a module of the project (a library, or a name imported from a package)."""
+    if module.split(".")[0] not in _PROJECT_PACKAGES:
+        return None
+    base = os.path.join(_PROJECT_ROOT, *module.split("."))
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _imported_names(path: str) -> List[str]:
+    """Every module name a source file imports, at the top or inside a function."""
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), path)
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            # `from components import fileio` imports the module components.fileio.
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+def module_closure(modules: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
+    """({module: source path}, [pinned distributions]) for `modules` and every project module
+    they import, followed transitively (packages' `__init__` included: importing a module runs
+    them). Lazy imports inside functions count too: what a stage may run is what it imports."""
+    found: Dict[str, str] = {}
+    libraries = set()
+    todo = list(modules)
+    while todo:
+        module = todo.pop()
+        if module in found:
+            continue
+        path = _module_path(module)
+        if path is None:
+            continue
+        found[module] = path
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages
+        for name in _imported_names(path):
+            top = name.split(".")[0]
+            if top in _PROJECT_PACKAGES:
+                todo.append(name)
+            libraries.update(_IMPORTS.get(top, ()))
+    return found, sorted(libraries)
+
+
+def code_version(modules: Sequence[str] = (), wiring: Sequence[str] = ()) -> str:
+    """sha256 of the source of `modules` and of the project modules they import (transitively),
+    the source of the `wiring` modules (not followed: they call every stage), and the versions
+    of the pinned libraries those modules import. With no modules: every stage's and the
+    wiring's, the version of the pipeline as a whole.
 
     A content hash rather than a git commit: an uncommitted edit changes it, and a commit that
-    touches only docs or the CLI does not.
+    touches only docs, the CLI, the report or the scorer does not. An edit to a stage's module
+    changes the version of that stage and of every stage that imports it, no other.
     """
     from importlib import metadata as importlib_metadata
 
+    if not modules:
+        from pipeline.stages import STAGE_SPECS, WIRING
+
+        modules = sorted({m for spec in STAGE_SPECS for m in spec.modules})
+        wiring = WIRING
+    found, libraries = module_closure(modules)
+    for module in wiring:
+        found[module] = _module_path(module)
     h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(_COMPONENTS_DIR, "*.py"))) + [_WIRING]:
-        h.update(os.path.basename(path).encode() + b"\0")
-        with open(path, "rb") as f:
+    for module in sorted(found):
+        h.update(module.encode() + b"\0")
+        with open(found[module], "rb") as f:
             h.update(f.read())
-    for package in PACKAGES:
+    for package in libraries:
         h.update(f"{package}=={importlib_metadata.version(package)}\0".encode())
     return h.hexdigest()
 
@@ -90,7 +159,15 @@ class Orchestrator:
         self.store = store
         self.recorder = recorder
         self.use_cache = use_cache
-        self.code = code_version()
+        self.code = code_version()  # the whole pipeline's, for the run record
+        self._stage_code: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], str] = {}
+
+    def code_for(self, modules: Sequence[str], wiring: Sequence[str] = ()) -> str:
+        """The code version of a stage that runs `modules` (see `code_version`)."""
+        key = (tuple(modules), tuple(wiring))
+        if key not in self._stage_code:
+            self._stage_code[key] = code_version(modules, wiring)
+        return self._stage_code[key]
 
     def known(self, artifact: Artifact) -> Artifact:
         """The stored artifact with the same type, URI and fingerprint, if any (else `artifact`)."""
@@ -101,14 +178,17 @@ class Orchestrator:
 
     def run(self, stage: str, output_dir: str, fn: Callable[[], Dict[str, Any]],
             inputs: Dict[str, List[Artifact]], params: Dict[str, Any],
-            outputs: Callable[[str, Dict[str, Any]], Dict[str, List[Artifact]]]) -> StageResult:
+            outputs: Callable[[str, Dict[str, Any]], Dict[str, List[Artifact]]],
+            code: Optional[str] = None) -> StageResult:
         """Reuses an earlier execution with the same key, or executes `fn` into `output_dir`.
 
-        `outputs(output_dir, details)` describes the artifacts an execution produced.
+        `outputs(output_dir, details)` describes the artifacts an execution produced; `code` is
+        the stage's code version (default: the whole pipeline's).
         """
         inputs = {k: [a for a in v if a is not None] for k, v in inputs.items()}
-        key = cache_key(stage, self.code, params, inputs)
-        properties = {"cache_key": key, "code_version": self.code, "params": params,
+        code = code or self.code
+        key = cache_key(stage, code, params, inputs)
+        properties = {"cache_key": key, "code_version": code, "params": params,
                       "output_dir": output_dir}
         cached = self.store.find_cached(stage, key, outputs_live) if self.use_cache else None
         if cached is not None:

@@ -1,7 +1,8 @@
-"""Wires the stages: each gets its input artifact directories and its own settings, nothing else."""
+"""A run of the pipeline: its Beam flags, its record (summary.json) and the loop over the declared
+stages (`pipeline.stages`), each of which gets its input artifact directories and its own
+settings, nothing else."""
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
@@ -13,30 +14,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components import PROGRESS_LOGGER, features, fileio
-from components.artifacts import artifact_dir, file_sha256, fingerprint_dir
-from components.drift import DRIFT_ANOMALIES_FILE, train_statistics_files
-from components.errors import BlockingAnomaliesError, UserInputError
-from components.evaluator import run_evaluator
-from components.example_gen import forget_unit, plan_units, run_example_gen, unit_fingerprint
-from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
-                                          run_example_validator)
-from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, label_classes, load_schema,
-                                   run_schema_gen)
-from components.statistics_gen import (available_splits, load_statistics, run_statistics_gen,
-                                       value_counts)
-from components.pusher import ModelNotBlessedError, latest_version_dir, run_pusher
-from components.trainer import MODEL_DIR, run_trainer
-from components.transform import run_transform
-from components.tuner import (apply_hyperparameters, format_value, load_best, resolve_space,
-                              run_tuner)
+from components.errors import UserInputError
+from components.schema_gen import check_schema_path
+from components.tuner import format_value, resolve_space
 from pipeline import configs
-from pipeline import metadata as meta
-from pipeline.metadata import Artifact, MetadataStore
-from pipeline.orchestrator import (PACKAGES, SAVED_MODEL_GRAPH, Orchestrator, cache_key,
-                                   dir_artifact)
-
-DRIFT_SELF = "itself"  # the drift reference is the data itself: it was accepted before
-UNITS_DIR = ".units"  # ExampleGen's parsed input units, keyed by content, settings and code
+from pipeline.metadata import MetadataStore
+from pipeline.orchestrator import Orchestrator
+from pipeline.stages import Run, git_commit, run_stages  # noqa: F401  (git_commit: the CLI's)
 
 
 # Up to this much input data the DirectRunner runs a pipeline in the driver process
@@ -151,379 +135,25 @@ class RunRecorder:
 
 def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
                  recorder: RunRecorder, store: MetadataStore, use_cache: bool = True) -> None:
-    """Runs the stages in order up to `config.until`; raises on a failed stage.
+    """Runs the stages (`pipeline.stages.STAGE_SPECS`) in order up to `config.until`; raises on a
+    failed stage.
 
     Each stage gets the artifact directories of the stages before it (this run's, or an
     earlier run's when the stage was reused) and its own settings; the orchestrator decides
     whether it executes and records the lineage. `beam_args`: every Beam flag of the run
     (`full_beam_args`).
     """
-    options = PipelineOptions(list(beam_args))
-    run_id = recorder.summary["run_id"]
-    root = config.pipeline_root
     orchestrator = Orchestrator(store, recorder, use_cache)
     recorder.summary["code_version"] = orchestrator.code
-    fresh = {stage: artifact_dir(root, stage, run_id) for stage in configs.STAGES}
-    last = configs.STAGES.index(config.until)
-    model_base = fileio.join(config.pusher.serving_dir, config.pusher.model_name)
-    check_schema_path(config.schema_path)  # a typo fails now, not after the first stages
+    # What would fail a later stage fails now, before the first one runs.
+    check_schema_path(config.schema_path)
     embeddings = config.trainer.model.embeddings
     if embeddings and (not fileio.exists(embeddings) or fileio.isdir(embeddings)):
         raise UserInputError(f"embeddings file {embeddings} does not exist")
-    given = configs.given_hyperparameters(config)  # explicit trainer settings: they win
     if config.tuner.enabled:
-        resolve_space(config.tuner, config.trainer, given)  # a bad space fails now
-
-    # ExampleGen: each input unit (file, or folder of .txt files) is fingerprinted by content;
-    # a unit parsed before under the same settings and code is not parsed again. The settings
-    # are what the records depend on (in_process_max_bytes only says where parsing runs).
-    eg_settings = {k: v for k, v in dataclasses.asdict(config.example_gen).items()
-                   if k != "in_process_max_bytes"}
-    units = plan_units(config.inputs, config.example_gen)
-    files = []
-    for u in units:
-        hashes = [file_sha256(path) for path, _ in u.items]
-        properties = {"files": len(u.items)}
-        if len(u.items) == 1:
-            properties["sha256"] = hashes[0]
-        files.append(orchestrator.known(Artifact(meta.EXTERNAL, u.name,
-                                                 unit_fingerprint(u, hashes), properties)))
-    unit_dirs = {u.name: fileio.join(root, configs.EXAMPLE_GEN, UNITS_DIR, cache_key(
-        "ExampleGenUnit", orchestrator.code, eg_settings, {"unit": [f]})[:32])
-        for u, f in zip(units, files)}
-    if not use_cache:  # parse every file again (artifacts made from them keep their hard links)
-        for unit_dir in unit_dirs.values():
-            forget_unit(unit_dir)
-
-    examples = orchestrator.run(
-        configs.EXAMPLE_GEN, fresh[configs.EXAMPLE_GEN],
-        lambda: run_example_gen(config.inputs, fresh[configs.EXAMPLE_GEN], config.example_gen,
-                                options, unit_dirs),
-        {"files": files}, {"settings": eg_settings},
-        lambda d, details: {"examples": [dir_artifact(meta.EXAMPLES, d,
-                                                      splits=details["splits"])]})
-    examples_dir = examples.output_dir
-    if last >= configs.STAGES.index(configs.TRANSFORM):
-        check_training_splits(examples.details, config.example_gen.eval_ratio)
-    if last < configs.STAGES.index(configs.STATISTICS_GEN):
-        return
-
-    def statistics_gen():
-        paths = run_statistics_gen(examples_dir, fresh[configs.STATISTICS_GEN], options)
-        return {"splits": paths,
-                "label_counts": {s: value_counts(load_statistics(
-                    fresh[configs.STATISTICS_GEN], s), features.LABEL) for s in paths}}
-
-    stats = orchestrator.run(
-        configs.STATISTICS_GEN, fresh[configs.STATISTICS_GEN], statistics_gen,
-        {"examples": examples.outputs["examples"]}, {},
-        lambda d, _: {"statistics": [dir_artifact(meta.STATISTICS, d)]})
-    stats_dir = stats.output_dir
-    if last < configs.STAGES.index(configs.SCHEMA_GEN):
-        return
-
-    def schema_gen():
-        out = fresh[configs.SCHEMA_GEN]
-        path, origin = run_schema_gen(stats_dir, available_splits(examples_dir), out,
-                                      config.schema_path)
-        if origin == "inferred":
-            _print_curation_hint(path, config.inputs, run_id)
-        return {"schema": path, "origin": origin, "classes": label_classes(load_schema(out))}
-
-    schema_params = {"schema_path": config.schema_path, "schema_sha256": None
-                     if config.schema_path == INFER else file_sha256(config.schema_path)}
-    schema = orchestrator.run(
-        configs.SCHEMA_GEN, fresh[configs.SCHEMA_GEN], schema_gen,
-        {"statistics": stats.outputs["statistics"], "examples": examples.outputs["examples"]},
-        schema_params, lambda d, _: {"schema": [dir_artifact(meta.SCHEMA, d)]})
-    schema_dir = schema.output_dir
-    classes = schema.details["classes"]
-    if last < configs.STAGES.index(configs.EXAMPLE_VALIDATOR):
-        return
-
-    [statistics] = stats.outputs["statistics"]
-    previous = previous_statistics(store, statistics)
-    if previous is not None and not fileio.is_published(previous.uri):
-        recorder.warn(f"the drift reference {previous.uri} (the last accepted training "
-                      "statistics) no longer exists, or not whole: drift is not checked in this "
-                      "run")
-        previous = None
-
-    def validate():
-        schema_proto, splits = load_schema(schema_dir), available_splits(examples_dir)
-        result = run_example_validator(stats_dir, schema_proto, splits,
-                                       fresh[configs.EXAMPLE_VALIDATOR],
-                                       previous.uri if previous else None,
-                                       config.example_validator)
-        messages = [m for r in result["splits"].values() for m in r["messages"]]
-        drift = result["drift"] or {}
-        reported = messages + drift.get("messages", [])
-        warnings = (rare_class_warnings(stats_dir, classes, config.example_validator)
-                    if features.TRAIN in splits else [])
-        blocking = [m for r in result["splits"].values() if r["blocking"] for m in r["messages"]]
-        if drift.get("blocking"):
-            blocking += drift["messages"]
-        found = {"anomalies": {s: r["messages"] for s, r in result["splits"].items()},
-                 "drift": dict(drift, previous_statistics=previous.uri) if previous else None}
-        if blocking and not config.allow_anomalies:
-            where = fresh[configs.EXAMPLE_VALIDATOR]
-            files = ([f"{where}/Split-*/{ANOMALIES_FILE}"] if messages else []) + (
-                [f"{where}/{DRIFT_ANOMALIES_FILE}"] if drift.get("blocking") else [])
-            raise BlockingAnomaliesError(
-                f"data validation found blocking anomalies (see {', '.join(files)}):\n  "
-                + "\n  ".join(reported) + "\n"
-                + _how_to_go_on(messages, config.schema_path, bool(drift.get("blocking"))),
-                details=dict(found, allowed=False))
-        return dict(found, allowed=bool(blocking) and config.allow_anomalies,
-                    warnings=warnings + [f"anomaly: {m}" for m in reported])
-
-    # Data accepted before is its own reference (MLMD records an artifact once per execution).
-    itself = previous is not None and previous.fingerprint == statistics.fingerprint
-    validation = orchestrator.run(
-        configs.EXAMPLE_VALIDATOR, fresh[configs.EXAMPLE_VALIDATOR], validate,
-        {"statistics": [statistics], "schema": schema.outputs["schema"],
-         "previous_statistics": [] if itself else [previous]},
-        {"settings": dataclasses.asdict(config.example_validator),
-         "allow_anomalies": config.allow_anomalies,
-         "drift_reference": DRIFT_SELF if itself else None},
-        lambda d, _: {"anomalies": [dir_artifact(meta.ANOMALIES, d)]})
-    for w in validation.details.get("warnings", []):  # said again when the stage is reused
-        recorder.warn(w)
-    if last < configs.STAGES.index(configs.TRANSFORM):
-        return
-
-    def transform():
-        info = run_transform(examples_dir, classes, fresh[configs.TRANSFORM], config.transform,
-                             options)
-        check_token_counts(info, examples.details)
-        return info
-
-    transformed = orchestrator.run(
-        configs.TRANSFORM, fresh[configs.TRANSFORM], transform,
-        {"examples": examples.outputs["examples"], "schema": schema.outputs["schema"]},
-        {"settings": dataclasses.asdict(config.transform)},
-        lambda d, _: {"transform_graph": [dir_artifact(meta.TRANSFORM_GRAPH, d,
-                                                       SAVED_MODEL_GRAPH)]})
-    if last < configs.STAGES.index(configs.TUNER):
-        return
-
-    embeddings_sha256 = file_sha256(embeddings) if embeddings else None
-    best, hyperparameters = {}, []
-    if config.tuner.enabled:
-        # The search runs around the Trainer's settings; how long the Trainer trains is not
-        # part of it.
-        around = {k: v for k, v in dataclasses.asdict(config.trainer).items()
-                  if k not in ("epochs", "early_stopping_patience")}
-        tuned = orchestrator.run(
-            configs.TUNER, fresh[configs.TUNER],
-            lambda: run_tuner(transformed.output_dir, fresh[configs.TUNER], config.trainer,
-                              config.tuner, given),
-            {"transform_graph": transformed.outputs["transform_graph"]},
-            {"settings": dataclasses.asdict(config.tuner), "trainer": around, "held": given,
-             "embeddings_sha256": embeddings_sha256},
-            lambda d, _: {"hyperparameters": [dir_artifact(meta.HYPERPARAMETERS, d)]})
-        for message in tuned.details.get("warnings") or []:  # said again when reused
-            recorder.warn(f"Tuner: {message}")
-        best = load_best(tuned.output_dir)
-        hyperparameters = tuned.outputs["hyperparameters"]
-    trainer_settings, sources = apply_hyperparameters(config.trainer, best, given)
-    if last < configs.STAGES.index(configs.TRAINER):
-        return
-
-    trainer = orchestrator.run(
-        configs.TRAINER, fresh[configs.TRAINER],
-        lambda: dict(run_trainer(transformed.output_dir, fresh[configs.TRAINER],
-                                 trainer_settings), hyperparameters=sources),
-        {"transform_graph": transformed.outputs["transform_graph"],
-         "hyperparameters": hyperparameters},
-        {"settings": dataclasses.asdict(trainer_settings),
-         "embeddings_sha256": embeddings_sha256},
-        lambda d, _: {"model": [dir_artifact(meta.MODEL, fileio.join(d, MODEL_DIR),
-                                             SAVED_MODEL_GRAPH)]})
-    # Where each value came from is this run's config's doing: a reused training may have been
-    # configured otherwise (the same value given explicitly then, say), so it is said anew.
-    trainer.details["hyperparameters"] = sources
-    model_dir = fileio.join(trainer.output_dir, MODEL_DIR)
-    [model] = trainer.outputs["model"]
-    if last < configs.STAGES.index(configs.EVALUATOR):
-        return
-
-    baseline = resolve_baseline(store, model_base, model, orchestrator)
-    evaluation = orchestrator.run(
-        configs.EVALUATOR, fresh[configs.EVALUATOR],
-        lambda: run_evaluator(examples_dir, model_dir, classes,
-                              baseline.uri if baseline else None, fresh[configs.EVALUATOR],
-                              config.evaluator, options),
-        {"examples": examples.outputs["examples"], "model": [model],
-         "schema": schema.outputs["schema"], "baseline_model": [baseline]},
-        {"settings": dataclasses.asdict(config.evaluator)},
-        lambda d, details: {"evaluation": [dir_artifact(meta.EVALUATION, d)],
-                            "blessing": [dir_artifact(meta.BLESSING, d,
-                                                      blessed=bool(details["blessed"]))]})
-    if last < configs.STAGES.index(configs.PUSHER):
-        return
-
-    def pusher():
-        dirs = {configs.EXAMPLE_GEN: examples_dir}
-        try:
-            return run_pusher(evaluation.output_dir, model_dir,
-                              push_metadata(config, recorder, dirs), config.pusher,
-                              fresh[configs.PUSHER],
-                              dict(train_statistics_files(stats_dir),
-                                   **{SCHEMA_FILE: fileio.join(schema_dir, SCHEMA_FILE)}))
-        except ModelNotBlessedError as e:  # a decision, recorded like any other outcome
-            return {"pushed": False, "not_blessed": str(e)}
-
-    push = orchestrator.run(
-        configs.PUSHER, fresh[configs.PUSHER], pusher,
-        {"model": [model], "blessing": evaluation.outputs["blessing"],
-         "schema": schema.outputs["schema"], "statistics": stats.outputs["statistics"]},
-        {"settings": dataclasses.asdict(config.pusher)},
-        lambda d, details: {"pushed_model": [dir_artifact(
-            meta.PUSHED_MODEL, details["path"], SAVED_MODEL_GRAPH, version=details["version"],
-            model_fingerprint=model.fingerprint)]} if details.get("pushed", True) else {})
-    if push.reused_from:
-        recorder.summary["nothing_new"] = True
-        what = (f"version {push.details['version']} was pushed by run {push.reused_from}"
-                if push.details.get("pushed", True) else
-                f"this model was judged not blessed by run {push.reused_from}")
-        progress(f"nothing new to do: {what}")
-    elif not push.details.get("pushed", True):
-        raise ModelNotBlessedError(push.details["not_blessed"])
-
-
-def previous_statistics(store: MetadataStore, current: Artifact) -> Optional[Artifact]:
-    """The training statistics to compare the new data with for drift.
-
-    Those of the newest data the ExampleValidator accepted. When that is the current data
-    itself (a rerun): the data it was compared with then, so the rerun has the same inputs and is
-    reused; or, if it was accepted with --allow-anomalies, itself (its drift was accepted).
-    """
-    accepted = store.latest_complete(configs.EXAMPLE_VALIDATOR)
-    if accepted is None:
-        return None
-    [statistics] = accepted.inputs["statistics"]
-    params = accepted.properties.get("params")
-    params = json.loads(params) if isinstance(params, str) else {}
-    if (statistics.fingerprint != current.fingerprint or params.get("allow_anomalies")
-            or params.get("drift_reference") == DRIFT_SELF):
-        return statistics
-    return (accepted.inputs.get("previous_statistics") or [None])[0]
-
-
-def resolve_baseline(store: MetadataStore, model_base: str, candidate: Artifact,
-                     orchestrator: Orchestrator) -> Optional[Artifact]:
-    """The model to beat: the newest version this root pushed that is not the candidate itself.
-
-    From the store; a root whose store has recorded no push under `model_base` (a root made
-    before lineage existed, or a new root sharing a serving directory) falls back to the newest
-    version in the serving directory.
-    """
-    pushed = store.pushed_models(model_base)
-    if pushed:
-        others = [a for a in pushed
-                  if a.properties.get("model_fingerprint") != candidate.fingerprint]
-        return others[0] if others else None
-    latest = latest_version_dir(model_base)
-    return (orchestrator.known(dir_artifact(meta.PUSHED_MODEL, latest, SAVED_MODEL_GRAPH))
-            if latest else None)
-
-
-def _print_curation_hint(path: str, inputs: Sequence[str], run_id: str) -> None:
-    curated = os.path.join(configs.PROJECT_ROOT, "schemas", f"{dataset_name(inputs)}.pbtxt")
-    if os.path.exists(curated):  # never suggest overwriting a curated schema
-        curated = curated[:-len(".pbtxt")] + f"-{run_id}.pbtxt"
-    if not os.path.relpath(curated).startswith(".."):
-        curated = os.path.relpath(curated)
-    progress(f"SchemaGen: inferred the schema; to curate it (then pass --schema "
-             f"{curated}):\n    cp {path} {curated}")
-
-
-def check_training_splits(counts: Dict[str, Any], eval_ratio: float) -> None:
-    """Training needs rows in Split-train, and in Split-eval for early stopping."""
-    splits = counts["splits"]
-    if not splits[features.TRAIN]:
-        raise UserInputError(
-            f"no row went to Split-train: of {counts['written']} usable rows, "
-            + ", ".join(f"{n} {s}" for s, n in splits.items() if n)
-            + "; leave rows unmarked (or marked train) to train on them", details=counts)
-    if not splits[features.EVAL]:
-        raise UserInputError(
-            f"no row went to Split-eval (early stopping needs it): the hash split sends "
-            f"{eval_ratio:.0%} of unmarked rows there and picked none of {splits[features.TRAIN]}; "
-            "mark some rows `eval` or raise example_gen.eval_ratio", details=counts)
-
-
-def check_token_counts(info: Dict[str, Any], counts: Dict[str, Any]) -> None:
-    """The Transform's per-split document counts equal the rows ExampleGen wrote."""
-    written = counts["splits"]
-    transformed = {s: t["documents"] for s, t in info["token_lengths"].items()}
-    if transformed != {s: n for s, n in written.items() if n}:
-        raise RuntimeError(f"Transform counts do not reconcile with ExampleGen's: transformed "
-                           f"{transformed}, written {written}")
-
-
-def dataset_name(inputs: Sequence[str]) -> str:
-    """A name for the data from its first input: data/news.csv.gz -> news."""
-    base = fileio.basename(inputs[0]) if inputs else "data"
-    name = base.split(".")[0].strip("*?[]") if not base.startswith(".") else ""
-    return name or "data"
-
-
-def _how_to_go_on(messages: Sequence[str], schema_path: str, drift: bool = False) -> str:
-    hints = []
-    if drift:
-        hints.append("The training data drifted from the data of the last accepted run "
-                     "(thresholds: example_validator.drift_label_linf / drift_text_length_jsd). "
-                     "If the change is expected, pass --allow-anomalies once: this run's data "
-                     "then becomes the reference.")
-    if schema_path != INFER and any(f"feature {features.LABEL!r}" in m for m in messages):
-        hints.append(
-            f"The labels do not match the schema {schema_path}. If this is a new dataset, "
-            f"run with `--schema {INFER}` to infer a schema from it (then curate it), or "
-            "pass --schema with a schema that lists its classes. If the data is wrong, fix "
-            "it; or pass --allow-anomalies to proceed knowingly.")
-    elif messages or not drift:
-        hints.append("Fix the data or the schema, or pass --allow-anomalies to proceed knowingly.")
-    return " ".join(hints)
-
-
-def git_commit() -> Optional[str]:
-    import subprocess
-
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=configs.PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def push_metadata(config: configs.PipelineConfig, recorder: RunRecorder,
-                  dirs: Dict[str, str]) -> Dict[str, Any]:
-    """What a pushed version records about how it was made."""
-    from importlib import metadata as importlib_metadata
-
-    stages = {s["name"]: s.get("details") or {} for s in recorder.summary["stages"]}
-    transform = stages.get(configs.TRANSFORM, {})
-    evaluation = stages.get(configs.EVALUATOR, {})
-    examples = dirs[configs.EXAMPLE_GEN]
-    return {
-        "run_id": recorder.summary["run_id"],
-        "metrics": (evaluation.get("metrics") or {}).get("Overall"),
-        "evaluated_on": evaluation.get("split"),
-        "data_fingerprints": {s: fingerprint_dir(fileio.join(examples,
-                                                             features.split_dir_name(s)))
-                              for s in available_splits(examples)},
-        "vocabulary_size": transform.get("vocabulary_size"),
-        "classes": transform.get("classes"),
-        # What the model was trained with, and whence (the Tuner, the config or a default):
-        # `config` holds the trainer table as given.
-        "hyperparameters": stages.get(configs.TRAINER, {}).get("hyperparameters"),
-        "config": configs.to_dict(config),
-        "packages": {p: importlib_metadata.version(p) for p in PACKAGES},
-        "git_commit": git_commit(),
-    }
+        resolve_space(config.tuner, config.trainer, configs.given_hyperparameters(config))
+    run = Run(config, PipelineOptions(list(beam_args)), recorder, store, orchestrator, progress)
+    run_stages(run, config.until)
 
 
 def format_summary(summary: Dict[str, Any]) -> str:

@@ -13,8 +13,9 @@ import datetime
 import html
 import io
 import json
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -275,7 +276,7 @@ def _training_section(summary: Dict[str, Any], history: Dict[str, Any]) -> str:
     if rows:
         parts.append(_table(["split", "accuracy", "loss"], rows))
     curves = history.get("history") or {}
-    parts.append(_img(_curves_figure(curves, best), "loss and accuracy per epoch") if curves
+    parts.append(_chart(lambda: _curves_figure(curves, best), "loss and accuracy per epoch") if curves
                  else '<p class="muted">No per-epoch history was recorded.</p>')
     if d.get("model"):
         parts.append(f"<p>Model: <code>{html.escape(str(d['model']))}</code></p>")
@@ -296,7 +297,7 @@ def _evaluation_section(summary: Dict[str, Any]) -> str:
     parts += [_blessing(d, overall), _headline_table(d, overall)]
     if overall.get("confusion_matrix"):
         parts.append('<div class="row"><div><h3>Confusion matrix</h3>'
-                     + _img(_confusion_figure(overall["confusion_matrix"], classes),
+                     + _chart(lambda: _confusion_figure(overall["confusion_matrix"], classes),
                             "confusion matrix")
                      + '</div><div class="grow"><h3>Per class</h3>'
                      + _per_class_table(overall, classes) + "</div></div>")
@@ -399,7 +400,7 @@ def _label_distribution(summary: Dict[str, Any]) -> str:
     known = _classes(summary)
     labels = known + sorted({lab for c in counts.values() for lab in c} - set(known))
     splits = sorted(counts, key=_split_order)
-    return _failure(stage) + _img(_label_figure(labels, splits, counts), "labels per split")
+    return _failure(stage) + _chart(lambda: _label_figure(labels, splits, counts), "labels per split")
 
 
 def _token_lengths(summary: Dict[str, Any]) -> str:
@@ -418,7 +419,7 @@ def _token_lengths(summary: Dict[str, Any]) -> str:
                      + (f" ({source})" if source else "") + ".</p>")
     train = lengths.get(features.TRAIN) or {}
     if train.get("histogram"):
-        parts.append(_img(_length_figure(train["histogram"], max_len),
+        parts.append(_chart(lambda: _length_figure(train["histogram"], max_len),
                           "token lengths of the training split"))
     if train.get("documents"):
         parts.append(f"<p>{_fmt(train.get('truncated'))} of {_fmt(train['documents'])} training "
@@ -495,11 +496,36 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _img(fig: Figure, alt: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+# Longer user strings (labels, class names) are cut on charts, with an ellipsis; the tables
+# show them whole.
+CHART_TEXT_MAX = 40
+
+
+def _chart(draw: Callable[[], Figure], alt: str) -> str:
+    """`draw()`'s figure as an inline PNG.
+
+    User strings are drawn as written: matplotlib's mathtext is off while the figure is made
+    and drawn, so a class named `$money$` is not set as italic math (and `$\\frac$` is no
+    parse error). A chart that cannot be drawn all the same becomes a line saying so: the
+    report is never lost to a chart.
+    """
+    try:
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            fig = draw()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight",
+                        metadata={"Software": None})
+    except Exception as e:  # noqa: BLE001  (whatever a string did to matplotlib)
+        return (f'<p class="muted">The chart of {html.escape(alt)} could not be drawn: '
+                f"{html.escape(type(e).__name__)}: {html.escape(str(e)[:300])}</p>")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def chart_text(value: Any) -> str:
+    """A user string as a chart shows it: whole up to CHART_TEXT_MAX characters."""
+    text = str(value)
+    return text if len(text) <= CHART_TEXT_MAX else text[:CHART_TEXT_MAX - 1] + "\u2026"
 
 
 def _label_figure(labels: Sequence[str], splits: Sequence[str],
@@ -511,7 +537,7 @@ def _label_figure(labels: Sequence[str], splits: Sequence[str],
         xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(labels))]
         bars = ax.bar(xs, [counts[split].get(lab, 0) for lab in labels], width, label=split)
         ax.bar_label(bars, fontsize=8)
-    ax.set_xticks(range(len(labels)), labels=labels)
+    ax.set_xticks(range(len(labels)), labels=[chart_text(lab) for lab in labels])
     ax.set_ylabel("examples")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(title="split")
@@ -555,7 +581,7 @@ def _confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -
     fig = _figure(max(4.0, 0.7 * n + 2.5), max(3.5, 0.6 * n + 1.8))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
-    names = [_class_name(classes, i) for i in range(n)]
+    names = [chart_text(_class_name(classes, i)) for i in range(n)]
     ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=names)
     top = max((v for row in matrix for v in row), default=0)

@@ -269,3 +269,69 @@ def test_tuning_section_shows_the_trials_and_where_each_setting_came_from(tmp_pa
     off = render(tmp_path / "off", summary([stage("Trainer", {})], config={"until": "Pusher"}))
     assert "<td>Tuner</td><td><span class=\"muted\">off</span>" in off
     assert "Off: the Trainer used the config" in off
+
+
+# Class names as users write them: dollar signs (matplotlib's math delimiters), HTML.
+LITERAL = ["$money$", "a$b", "<b>x</b>", "money"]
+
+
+def test_labels_are_drawn_as_written():
+    from pipeline import report
+
+    figures = []
+
+    def keep(fig):
+        figures.append(fig)
+        return fig
+
+    counts = {"train": {label: 3 for label in LITERAL}}
+    drawn = report._chart(lambda: keep(report._label_figure(LITERAL, ["train"], counts)), "x")
+    assert drawn.startswith('<img alt="x" src="data:image/png;base64,')
+    [fig] = figures
+    renderer = fig.canvas.get_renderer()
+    ticks = {t.get_text(): t.get_window_extent(renderer).width
+             for t in fig.axes[0].get_xticklabels()}
+    assert set(ticks) == set(LITERAL)
+    # As math, "$money$" is an italic "money" no wider than the plain word; drawn as written
+    # it has its two dollar signs too.
+    assert ticks["$money$"] > ticks["money"] + 10, ticks
+
+    report._chart(lambda: keep(report._confusion_figure([[1, 0], [0, 1]], ["$\\frac$", "a$b"])),
+                  "y")  # not a mathtext parse error
+    assert [t.get_text() for t in figures[-1].axes[0].get_yticklabels()] == ["$\\frac$", "a$b"]
+    long_name = "x" * 500
+    report._chart(lambda: keep(report._label_figure([long_name], ["train"],
+                                                     {"train": {long_name: 1}})), "z")
+    [tick] = figures[-1].axes[0].get_xticklabels()
+    assert tick.get_text() == "x" * (report.CHART_TEXT_MAX - 1) + "\u2026"
+
+
+def test_a_report_with_such_labels_shows_them_escaped_and_survives_a_broken_chart(
+        tmp_path, monkeypatch):
+    from pipeline import report
+
+    classes = LITERAL[:3]
+    eg = dict(EXAMPLE_GEN, splits={"train": 6, "eval": 0, "test": 3})
+    record = summary([
+        stage("ExampleGen", eg),
+        stage("StatisticsGen", {"label_counts": {"train": {c: 2 for c in classes},
+                                                 "test": {c: 1 for c in classes}}}),
+        stage("SchemaGen", {"classes": classes, "origin": "inferred", "schema": "/s"}),
+        stage("Evaluator", {"blessed": True, "split": "test", "classes": classes,
+                            "baseline": None, "failures": [], "thresholds": {},
+                            "metrics": {"Overall": {
+                                "example_count": 3, "sparse_categorical_accuracy": 1.0,
+                                "confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}}}),
+    ], run_id="r1")
+    page = render(tmp_path / "a", record)
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "$money$" in page and "a$b" in page
+    assert page.count('src="data:image/png;base64,') == 2  # labels per split, confusion matrix
+
+    def broken(*args, **kwargs):
+        raise ValueError("a label matplotlib cannot draw")
+
+    monkeypatch.setattr(report, "_label_figure", broken)
+    page = render(tmp_path / "b", record)
+    assert "could not be drawn: ValueError: a label matplotlib cannot draw" in page
+    assert page.count('src="data:image/png;base64,') == 1  # the other chart is still there

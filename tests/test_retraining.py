@@ -345,3 +345,53 @@ def test_a_shifted_label_distribution_is_blocking_drift_until_accepted(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run(shifted)
     assert proc.returncode == 0 and "ExampleValidator: reused from run" in proc.stderr
+
+
+def test_each_stage_is_keyed_by_the_code_it_runs():
+    from pipeline import orchestrator
+    from pipeline.stages import STAGE_SPECS
+
+    closures = {s.name: set(orchestrator.module_closure(s.modules)[0]) for s in STAGE_SPECS}
+    assert not any("components.scorer" in c for c in closures.values())
+    assert not any(m.startswith("pipeline.") for c in closures.values() for m in c)
+    for name in STAGES[:4]:
+        assert "components.transform" not in closures[name], name
+    for name in ["Transform", "Tuner", "Trainer", "Evaluator", "Pusher"]:
+        assert "components.transform" in closures[name], name
+    assert "components.fileio" in closures["ExampleGen"]  # followed through imports
+    assert "scikit-learn" in orchestrator.module_closure(["components.tuner"])[1]
+    assert "tensorflow-model-analysis" not in orchestrator.module_closure(
+        ["components.transform"])[1]
+
+
+def test_an_edit_reexecutes_only_the_stages_whose_code_changed(tmp_path):
+    """In a copy of the tree: an edit to the scorer and the report reuses every stage; an edit
+    to the Transform's module re-executes the Transform and what follows, not the data stages."""
+    tree = tmp_path / "tree"
+    for part in ("components", "pipeline", "schemas"):
+        shutil.copytree(os.path.join(REPO, part), tree / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "local_runner.py"), tree)
+    setup = Setup(tmp_path)
+    root = str(tmp_path / "root")
+
+    def run_copy():
+        proc = subprocess.run([sys.executable, str(tree / "local_runner.py"), *setup.args(root)],
+                              cwd=str(tree), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return summaries(root)[-1]
+
+    first = run_copy()
+    assert set(how(first).values()) == {"executed"}
+    for name in ("components/scorer.py", "pipeline/report.py"):
+        with open(tree / name, "a") as f:
+            f.write("\n# an edit that changes no stage\n")
+    assert how(run_copy()) == {s: "reused" for s in STAGES}
+
+    with open(tree / "components" / "transform.py", "a") as f:
+        f.write("\n# an edit to the Transform's code\n")
+    third = run_copy()
+    assert how(third) == dict({s: "reused" for s in STAGES[:4]},
+                              **{s: "executed" for s in STAGES[4:]})
+    assert {stage(third, s)["reused_from"] for s in STAGES[:4]} == {first["run_id"]}
+    assert third["code_version"] != first["code_version"]  # the copy's code was hashed
