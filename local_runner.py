@@ -114,9 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _data(args) -> int:
-    from pipeline import datasets
+    from pipeline import api
 
-    result = datasets.write_dataset(args.name, args.out, args.cache_dir or datasets.DEFAULT_CACHE)
+    result = api.fetch_dataset(args.name, args.out, args.cache_dir)
     print(f"wrote {result['path']}: {result['rows']} rows")
     print("  splits:  " + ", ".join(f"{k} {v}" for k, v in result["splits"].items()))
     print("  classes: " + ", ".join(f"{k} {v}" for k, v in result["classes"].items()))
@@ -126,11 +126,9 @@ def _data(args) -> int:
 
 
 def _run(args, beam_args) -> int:
-    from pipeline import configs
-    from pipeline.lock import RootLock
-    from pipeline.pipeline import new_run_id
+    from pipeline import api
 
-    config = configs.load_config(args.config, {
+    config = api.load_config(args.config, {
         "inputs": tuple(args.input), "pipeline_root": args.pipeline_root, "until": args.until,
         "metadata_dir": args.metadata_dir,
         "schema_path": args.schema, "allow_anomalies": args.allow_anomalies,
@@ -138,115 +136,53 @@ def _run(args, beam_args) -> int:
                               "embeddings_trainable": args.embeddings_trainable}},
         "tuner": {"enabled": args.tune},
         "pusher": {"serving_dir": args.serving_dir}})
-    config = configs.with_absolute_paths(config)
-    run_id = new_run_id()
-    metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
-    # One run at a time per root: the lock lives beside the store (object storage has none).
-    with RootLock(metadata_dir, run_id, root=config.pipeline_root):
-        return _run_recorded(config, beam_args, run_id, metadata_dir,
-                             use_cache=not args.no_cache)
-
-
-def _run_recorded(config, beam_args, run_id: str, metadata_dir: str,
-                  use_cache: bool = True) -> int:
-    """Runs the pipeline; the summary, the store and the report are updated however it ends."""
-    from components import fileio
-    from pipeline import configs
-    from pipeline.metadata import MetadataStore
-    from pipeline.orchestrator import clean_stale_temporaries
-    from pipeline.pipeline import (RunRecorder, format_summary, full_beam_args, git_commit,
-                                   progress, run_pipeline)
-
-    # The DirectRunner's mode follows the size of the input (see `default_beam_args`).
-    beam_args = full_beam_args(beam_args, _input_bytes(config.inputs, config.example_gen))
-    store = MetadataStore(metadata_dir)
-    for dead in store.mark_dead_runs():  # the lock is ours: a "running" run there died
-        progress(f"run {dead} ended without finishing (killed?); its completed stages will be "
-                 "reused")
-    clean_stale_temporaries(config.pipeline_root, keep=store.complete_output_dirs())
-    recorder = RunRecorder(config, run_id, beam_args)
-    store.start_run(configs.PIPELINE_NAME, run_id, {
-        "config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
-        "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path})
-    status, code = "failed", 1
-    try:
-        run_pipeline(config, beam_args, recorder, store, use_cache)
-        status, code = "succeeded", 0
-    except BaseException as e:
-        code = getattr(e, "exit_code", 1)
-        status = {3: "blocked by anomalies", 4: "not blessed"}.get(code, "failed")
-        raise
-    finally:
-        recorder.finish(status, code)
-        store.finish_run(run_id, status, code)
-        print(format_summary(recorder.summary))
-        print(f"summary: {recorder.path}")
-        _write_report(fileio.dirname(recorder.path))
-    return code
-
-
-def _input_bytes(inputs, settings):
-    """The size of the input files (which sets the DirectRunner's default mode), or None when
-    they cannot be listed: the stage that reads them then says what is wrong."""
-    from components.errors import UserInputError
-    from components.example_gen import plan_units, total_bytes
-
-    try:
-        return total_bytes(plan_units(inputs, settings))
-    except (UserInputError, OSError):
-        return None
-
-
-def _write_report(run_dir: str) -> None:
-    """Writes the run's report.html; failing to render it is a warning, never the run's result."""
-    try:
-        from pipeline.report import write_report
-
-        print(f"report: {write_report(run_dir)}")
-    except Exception as e:
-        print(f"warning: could not write the run report: {e}", file=sys.stderr)
+    result = api.run(config, beam_args, use_cache=not args.no_cache)
+    print(api.format_summary(result))
+    print(f"summary: {result.summary_path}")
+    if result.report_path:
+        print(f"report: {result.report_path}")
+    else:
+        print(f"warning: {result.report_error}", file=sys.stderr)
+    result.raise_for_status()  # the error the run ended with, mapped to its exit code by main
+    return result.exit_code
 
 
 def _report(args) -> int:
-    from pipeline.report import find_run_dir, write_report
+    from pipeline import api
 
-    print(f"report: {write_report(find_run_dir(args.pipeline_root, args.run))}")
+    print(f"report: {api.write_report(args.pipeline_root, args.run)}")
     return 0
 
 
 def _runs(args) -> int:
-    from pipeline.lineage import format_runs
+    from pipeline import api
 
-    print(format_runs(args.pipeline_root, args.metadata_dir))
+    print(api.format_runs(api.list_runs(args.pipeline_root, args.metadata_dir),
+                          args.pipeline_root))
     return 0
 
 
 def _lineage(args) -> int:
-    from pipeline.lineage import format_lineage
+    from pipeline import api
 
-    print(format_lineage(args.version_dir, args.pipeline_root, args.metadata_dir))
+    print(api.lineage(args.version_dir, args.pipeline_root, args.metadata_dir).text())
     return 0
 
 
 def _score(args, beam_args) -> int:
-    from components.scorer import ScoreSettings, run_score
-    from pipeline import configs
-    from pipeline.pipeline import beam_options
+    from pipeline import api
 
-    config = configs.load_config(args.config, {})
-    data_bytes = _input_bytes(args.input, config.example_gen)
-    summary = run_score(args.model, args.version, args.input, args.output, args.schema,
-                        config.schema_path, config.example_gen,
-                        ScoreSettings(write_csv=args.csv,
-                                      allow_anomalies=args.allow_anomalies),
-                        beam_options(beam_args, data_bytes))
-    print(f"scored with {summary['model']}: rows read {summary['read']} = scored "
-          f"{summary['scored']} + quarantined {summary['quarantined']}")
-    for reason, n in sorted(summary["quarantine_reasons"].items()):
+    config = api.load_config(args.config, {})
+    result = api.score(args.model, args.input, args.output, args.version, args.schema, config,
+                       api.ScoreSettings(write_csv=args.csv,
+                                         allow_anomalies=args.allow_anomalies), beam_args)
+    print(f"scored with {result.model}: rows read {result.read} = scored "
+          f"{result.scored} + quarantined {result.quarantined}")
+    for reason, n in sorted(result.quarantine_reasons.items()):
         print(f"  quarantined {n}: {reason}")
-    if summary["labelled"]:
-        print(f"  accuracy on the {summary['labelled']} labelled rows: {summary['accuracy']:.4f}")
-    skew = summary.get("skew") or {}
+    if result.labelled:
+        print(f"  accuracy on the {result.labelled} labelled rows: {result.accuracy:.4f}")
+    skew = result.skew
     if skew.get("skipped"):
         print(f"  skew: not checked ({skew['skipped']})")
     for message in skew.get("messages", []):
@@ -259,51 +195,35 @@ def _score(args, beam_args) -> int:
 
 def _train(args) -> int:
     """One worker's Trainer; the cluster is TF_CONFIG's (none when it is unset)."""
-    import json
+    from pipeline import api
 
-    from components.errors import UserInputError
-
-    tf_config = os.environ.get("TF_CONFIG", "").strip()
-    try:
-        cluster_spec = json.loads(tf_config) if tf_config else None
-    except ValueError as e:
-        raise UserInputError(f"TF_CONFIG is not valid JSON ({e}): set it to the cluster and this "
-                             'task, e.g. {"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
-                             '"task": {"type": "worker", "index": 0}}, or unset it to train on '
-                             "this machine alone")
-    # Imported after the check: TensorFlow must not start before the Trainer creates its
+    # Read before TensorFlow starts: it must not start before the Trainer creates its
     # distribution strategy (see components.trainer.choose_strategy).
-    from components.trainer import run_trainer
-    from pipeline import configs
-
-    config = configs.with_absolute_paths(configs.load_config(args.config, {}))
-    settings = config.trainer
+    cluster_spec = api.environment_cluster_spec()
+    config = api.load_config(args.config, {})
+    result = api.train_worker(args.transform_dir, args.output, config, args.hyperparameters,
+                              cluster_spec)
     if args.hyperparameters:
-        from components.tuner import apply_hyperparameters, format_value, load_best
-
-        settings, sources = apply_hyperparameters(settings, load_best(args.hyperparameters),
-                                                  configs.given_hyperparameters(config))
-        print("hyperparameters: " + ", ".join(f"{k} {format_value(c['value'])} ({c['source']})"
-                                              for k, c in sources.items()
-                                              if c["source"] != "default"))
-    result = run_trainer(args.transform_dir, args.output, settings, cluster_spec)
-    where = (f"{result['task_type']} {result['task_id']} of {result['workers']} workers"
-             if result["task_type"] is not None else "this machine")
-    print(f"trained on {where} ({result['strategy']}, {result['replicas']} replica(s), global "
-          f"batch {result['global_batch_size']}): {result['epochs_run']} epochs, best "
-          f"{result['best_epoch']}, eval accuracy {result['metrics']['eval_accuracy']:.4f}")
-    print(f"weights sha256: {result['weights_sha256']}")
-    if result["is_chief"]:
-        print(f"model: {result['model']}")
+        print("hyperparameters: " + ", ".join(
+            f"{k} {api.format_value(c['value'])} ({c['source']})"
+            for k, c in result.hyperparameters.items() if c["source"] != "default"))
+    where = (f"{result.task_type} {result.task_id} of {result.workers} workers"
+             if result.task_type is not None else "this machine")
+    print(f"trained on {where} ({result.strategy}, {result.replicas} replica(s), global "
+          f"batch {result.global_batch_size}): {result.epochs_run} epochs, best "
+          f"{result.best_epoch}, eval accuracy {result.metrics['eval_accuracy']:.4f}")
+    print(f"weights sha256: {result.weights_sha256}")
+    if result.is_chief:
+        print(f"model: {result.model}")
     else:
-        print(f"not the chief: the model was also saved to {result['scratch_dir']} (now "
+        print(f"not the chief: the model was also saved to {result.scratch_dir} (now "
               "removed; the chief exports it)")
     return 0
 
 
 def _configure_console(verbose: bool) -> None:
     """Progress lines always; library warnings, C++ logs and worker chatter only with -v."""
-    from components import PROGRESS_LOGGER
+    from pipeline.api import PROGRESS_LOGGER
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -329,7 +249,7 @@ def main(argv=None) -> int:
     try:
         if args.command in ("data", "train", "report", "runs", "lineage"):
             if unknown:
-                from components.errors import UserInputError
+                from pipeline.api import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
             return {"data": _data, "train": _train, "report": _report, "runs": _runs,

@@ -57,10 +57,22 @@ class TrainerSettings:
     # depend on padding (`model.length_free`: mask_zero with max_over_time pooling); any
     # other is fed sequences padded to max_len.
     bucket_by_length: bool = True
+    # Processes the Trainer stage of `run` trains on, one model under MultiWorkerMirroredStrategy
+    # (pipeline/launcher.py starts them); `batch_size` is per worker then. The `train` command
+    # is one worker and takes its cluster from TF_CONFIG instead.
+    workers: int = 1
+    # A training on several workers that has not finished by then is stopped and fails.
+    worker_timeout_seconds: float = 6 * 3600
 
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:
             raise UserInputError("trainer.batch_size and trainer.epochs must be at least 1")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or \
+                self.workers < 1:
+            raise UserInputError(f"trainer.workers must be an integer of at least 1; got "
+                                 f"{self.workers!r}")
+        if not self.worker_timeout_seconds > 0:
+            raise UserInputError("trainer.worker_timeout_seconds must be above 0")
         if not self.learning_rate > 0:
             raise UserInputError(f"trainer.learning_rate must be above 0; got "
                                  f"{self.learning_rate}")

@@ -1,8 +1,9 @@
 """Questions answered from a root's ML Metadata store: which runs happened, how a version was made."""
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from components.errors import UserInputError
 from components import features, fileio
@@ -30,26 +31,56 @@ def _store(pipeline_root: str, metadata_dir: Optional[str] = None) -> meta.Metad
     return store
 
 
-def format_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> str:
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One run a root's store records: when, how it ended, its stages executed and reused, and
+    the version it pushed (or reused the push of)."""
+
+    run_id: str
+    started: Optional[str]
+    status: Optional[str]
+    exit_code: Optional[int]
+    executed: int
+    reused: int
+    pushed_version: Optional[int]
+    pushed_by: Optional[str]  # the run that pushed it, when this run reused that push
+
+    def pushed(self) -> str:
+        if self.pushed_version is None:
+            return "-"
+        return f"version {self.pushed_version}" + (
+            f" (pushed by {self.pushed_by})" if self.pushed_by else "")
+
+
+def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> List[RunInfo]:
+    """The runs recorded in a root's metadata store, oldest first."""
+    out = []
+    for run in _store(pipeline_root, metadata_dir).runs():
+        executions = run["executions"]
+        pushed = next(((a.properties.get("version"),
+                        e.properties.get("reused_from") if e.state == "CACHED" else None)
+                       for e in executions for a in e.outputs.get("pushed_model", [])),
+                      (None, None))
+        out.append(RunInfo(
+            run_id=run["run_id"], started=run.get("started"), status=run.get("status"),
+            exit_code=run.get("exit_code"),
+            executed=sum(1 for e in executions
+                         if e.state in ("COMPLETE", "FAILED", "RUNNING", "CANCELED")),
+            reused=sum(1 for e in executions if e.state == "CACHED"),
+            pushed_version=pushed[0], pushed_by=pushed[1]))
+    return out
+
+
+def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
     """One line per run: id, start, status, exit code, stages executed/reused, pushed version."""
-    runs = _store(pipeline_root, metadata_dir).runs()
     if not runs:
         return f"no runs recorded in {pipeline_root}"
     lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
              f"{'executed':>8} {'reused':>6}  pushed"]
     for run in runs:
-        executions = run["executions"]
-        executed = sum(1 for e in executions if e.state in ("COMPLETE", "FAILED", "RUNNING",
-                                                            "CANCELED"))
-        reused = sum(1 for e in executions if e.state == "CACHED")
-        pushed = next((f"version {a.properties.get('version')}" + (
-            f" (pushed by {e.properties.get('reused_from')})" if e.state == "CACHED" else "")
-            for e in executions for a in e.outputs.get("pushed_model", [])), "-")
-        exit_code = run.get("exit_code")
-        lines.append(f"{run['run_id']:<24} {run.get('started', '?'):<25} "
-                     f"{run.get('status', '?'):<20} "
-                     f"{'' if exit_code is None else exit_code:>4}  {executed:>8} {reused:>6}  "
-                     f"{pushed}")
+        lines.append(f"{run.run_id:<24} {run.started or '?':<25} {run.status or '?':<20} "
+                     f"{'' if run.exit_code is None else run.exit_code:>4}  {run.executed:>8} "
+                     f"{run.reused:>6}  {run.pushed()}")
     return "\n".join(lines)
 
 
@@ -66,8 +97,25 @@ def _recorded_root(version_dir: str) -> Tuple[str, Optional[str]]:
     return config["pipeline_root"], config.get("metadata_dir")
 
 
+@dataclasses.dataclass(frozen=True)
+class Lineage:
+    """What made a pushed version: its run, and per stage (as the store recorded it) what it
+    read, did and produced. `text()` reads it out."""
+
+    version: Optional[int]
+    path: str
+    root: str
+    run_id: str
+    run: Dict[str, Any]
+    config: Optional[Dict[str, Any]]
+    stages: Dict[str, Dict[str, Any]]
+
+    def text(self) -> str:
+        return format_lineage(self)
+
+
 def lineage(version_dir: str, pipeline_root: Optional[str] = None,
-            metadata_dir: Optional[str] = None) -> Dict[str, Any]:
+            metadata_dir: Optional[str] = None) -> Lineage:
     """What made a pushed version: its run, and per stage what it read, did and produced.
 
     The root and its metadata directory default to those the version records."""
@@ -93,21 +141,19 @@ def lineage(version_dir: str, pipeline_root: Optional[str] = None,
                            "output_dir": e.properties.get("output_dir")}
     run = store.run_properties(run_id)
     config = run.get("config")
-    return {"version": pushed.properties.get("version"), "path": version_dir, "root": root,
-            "run_id": run_id, "run": run,
-            "config": json.loads(config) if isinstance(config, str) else config,
-            "stages": stages}
+    return Lineage(version=pushed.properties.get("version"), path=version_dir, root=root,
+                   run_id=run_id, run=run,
+                   config=json.loads(config) if isinstance(config, str) else config,
+                   stages=stages)
 
 
-def format_lineage(version_dir: str, pipeline_root: Optional[str] = None,
-                   metadata_dir: Optional[str] = None) -> str:
-    info = lineage(version_dir, pipeline_root, metadata_dir)
-    stages = info["stages"]
-    run = info["run"]
-    lines = [f"version {info['version']} ({info['path']}) was pushed by run {info['run_id']}",
+def format_lineage(info: Lineage) -> str:
+    stages = info.stages
+    run = info.run
+    lines = [f"version {info.version} ({info.path}) was pushed by run {info.run_id}",
              f"  run started {run.get('started')}, {run.get('status')} (exit "
              f"{run.get('exit_code')}), git commit {run.get('git_commit') or 'unknown'}",
-             f"  pipeline root {info['root']}"]
+             f"  pipeline root {info.root}"]
 
     def how(stage: str) -> str:
         s = stages.get(stage, {})
@@ -164,5 +210,5 @@ def format_lineage(version_dir: str, pipeline_root: Optional[str] = None,
                          + (f" (accuracy {acc:.4f})" if isinstance(acc, float) else ""))
         else:
             lines.append("baseline it beat: none (no earlier version to compare with)")
-    lines.append("config: " + json.dumps(info["config"], sort_keys=True))
+    lines.append("config: " + json.dumps(info.config, sort_keys=True))
     return "\n".join(lines)

@@ -68,6 +68,17 @@ def beam_options(beam_args: Sequence[str], data_bytes: Optional[int] = None) -> 
     return PipelineOptions(full_beam_args(beam_args, data_bytes))
 
 
+def input_bytes(inputs: Sequence[str], settings) -> Optional[int]:
+    """The size of the input files (which sets the DirectRunner's default mode), or None when
+    they cannot be listed: the stage that reads them then says what is wrong."""
+    from components.example_gen import plan_units, total_bytes
+
+    try:
+        return total_bytes(plan_units(inputs, settings))
+    except (UserInputError, OSError):
+        return None
+
+
 def progress(message: str) -> None:
     """A line for the person watching the run (stage starts and ends)."""
     logging.getLogger(PROGRESS_LOGGER).info("%s", message)
@@ -134,14 +145,16 @@ class RunRecorder:
 
 
 def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
-                 recorder: RunRecorder, store: MetadataStore, use_cache: bool = True) -> None:
+                 recorder: RunRecorder, store: MetadataStore, use_cache: bool = True,
+                 launcher=None) -> None:
     """Runs the stages (`pipeline.stages.STAGE_SPECS`) in order up to `config.until`; raises on a
     failed stage.
 
     Each stage gets the artifact directories of the stages before it (this run's, or an
     earlier run's when the stage was reused) and its own settings; the orchestrator decides
     whether it executes and records the lineage. `beam_args`: every Beam flag of the run
-    (`full_beam_args`).
+    (`full_beam_args`). `launcher` starts the Trainer's workers when `trainer.workers` > 1
+    (default: `pipeline.launcher.LocalLauncher`).
     """
     orchestrator = Orchestrator(store, recorder, use_cache)
     recorder.summary["code_version"] = orchestrator.code
@@ -152,7 +165,8 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
         raise UserInputError(f"embeddings file {embeddings} does not exist")
     if config.tuner.enabled:
         resolve_space(config.tuner, config.trainer, configs.given_hyperparameters(config))
-    run = Run(config, PipelineOptions(list(beam_args)), recorder, store, orchestrator, progress)
+    run = Run(config, PipelineOptions(list(beam_args)), recorder, store, orchestrator, progress,
+              launcher)
     run_stages(run, config.until)
 
 
@@ -216,8 +230,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
             scores = ", ".join(f"{k.replace('_accuracy', '')} {v:.3f}"
                                for k, v in m.items() if k.endswith("_accuracy"))
             lines.append(f"      {details['epochs_run']} epochs (best {details['best_epoch']}), "
-                         f"{details['train_seconds']}s on {details['replicas']} replica(s); "
-                         f"accuracy {scores}")
+                         f"{details['train_seconds']}s on {details['replicas']} replica(s)"
+                         + (f" of {details['workers']} workers"
+                            if (details.get("workers") or 1) > 1 else "")
+                         + f"; accuracy {scores}")
             lines.append(f"      model: {details['model']}")
         if stage["name"] == configs.EVALUATOR and details:
             overall = details["metrics"].get("Overall", {})

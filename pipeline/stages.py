@@ -35,8 +35,9 @@ from components.statistics_gen import (available_splits, load_statistics, run_st
 from components.trainer import MODEL_DIR, run_trainer
 from components.transform import run_transform
 from components.tuner import apply_hyperparameters, load_best, run_tuner
-from pipeline import configs
+from pipeline import configs, process_state
 from pipeline import metadata as meta
+from pipeline.launcher import Launcher, LocalLauncher
 from pipeline.metadata import Artifact, MetadataStore
 from pipeline.orchestrator import (PACKAGES, SAVED_MODEL_GRAPH, Orchestrator, StageResult,
                                    cache_key, dir_artifact)
@@ -55,8 +56,10 @@ class Run:
     when it executes, and the results of the stages run so far."""
 
     def __init__(self, config: configs.PipelineConfig, options, recorder, store: MetadataStore,
-                 orchestrator: Orchestrator, progress: Callable[[str], None]):
+                 orchestrator: Orchestrator, progress: Callable[[str], None],
+                 launcher: Optional[Launcher] = None):
         self.config = config
+        self.launcher = launcher or LocalLauncher()
         self.options = options
         self.recorder = recorder
         self.store = store
@@ -79,6 +82,12 @@ class Run:
 
     def artifacts(self, stage: str, name: str) -> List[Artifact]:
         return self.results[stage].outputs[name]
+
+    def local_record_dir(self, name: str) -> str:
+        """`runs/<run_id>/<name>` on a local disk (the root, or its metadata directory when the
+        root is on object storage): for what local processes write, such as worker logs."""
+        local = configs.metadata_dir_for(self.config.pipeline_root, self.config.metadata_dir)
+        return os.path.join(local, "runs", self.run_id, name)
 
     @functools.cached_property
     def embeddings_sha256(self) -> Optional[str]:
@@ -123,8 +132,13 @@ def run_stages(run: Run, until: str, specs: Sequence[StageSpec] = None) -> None:
         if spec.prepare is not None:
             spec.prepare(run)
         out = run.fresh[spec.name]
+
+        def execute():
+            with process_state.contained():  # what the stage sets for the process, it unsets
+                return spec.execute(run, out)
+
         result = run.orchestrator.run(
-            spec.name, out, lambda: spec.execute(run, out), spec.inputs(run), spec.params(run),
+            spec.name, out, execute, spec.inputs(run), spec.params(run),
             lambda d, details: spec.outputs(run, d, details),
             code=run.orchestrator.code_for(spec.modules, WIRING))
         run.results[spec.name] = result
@@ -312,8 +326,8 @@ TRANSFORM = StageSpec(
 def _tuner_params(run: Run) -> Dict[str, Any]:
     # The search runs around the Trainer's settings; how long the Trainer trains is not part of
     # it.
-    around = {k: v for k, v in dataclasses.asdict(run.config.trainer).items()
-              if k not in ("epochs", "early_stopping_patience")}
+    around = _without(dataclasses.asdict(run.config.trainer), "epochs",
+                      "early_stopping_patience", "workers", "worker_timeout_seconds")
     return {"settings": dataclasses.asdict(run.config.tuner), "trainer": around,
             "held": run.given, "embeddings_sha256": run.embeddings_sha256}
 
@@ -338,10 +352,25 @@ def _prepare_trainer(run: Run) -> None:
         run.config.trainer, best, run.given)
 
 
+def _trainer(run: Run, out: str) -> Dict[str, Any]:
+    settings = run.scratch["trainer_settings"]
+    if settings.workers > 1:  # worker processes, started by the launcher; the chief writes out
+        result = run.launcher.train(run.output(configs.TRANSFORM), out, settings,
+                                    run.local_record_dir("trainer-workers"))
+    else:
+        result = run_trainer(run.output(configs.TRANSFORM), out, settings)
+    return dict(result, hyperparameters=run.scratch["hyperparameters"])
+
+
+def _without(settings: Dict[str, Any], *names: str) -> Dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in names}
+
+
 def _after_trainer(run: Run, result: StageResult) -> None:
     # Where each value came from is this run's config's doing: a reused training may have been
     # configured otherwise (the same value given explicitly then, say), so it is said anew.
     result.details["hyperparameters"] = run.scratch["hyperparameters"]
+    _warn_again(run, result, "Trainer: ")  # e.g. how the workers shared the data
 
 
 TRAINER = StageSpec(
@@ -350,11 +379,10 @@ TRAINER = StageSpec(
         "transform_graph": run.artifacts(configs.TRANSFORM, "transform_graph"),
         "hyperparameters": (run.artifacts(configs.TUNER, "hyperparameters")
                             if configs.TUNER in run.results else [])},
-    params=lambda run: {"settings": dataclasses.asdict(run.scratch["trainer_settings"]),
+    params=lambda run: {"settings": _without(dataclasses.asdict(
+                            run.scratch["trainer_settings"]), "worker_timeout_seconds"),
                         "embeddings_sha256": run.embeddings_sha256},
-    execute=lambda run, out: dict(run_trainer(run.output(configs.TRANSFORM), out,
-                                              run.scratch["trainer_settings"]),
-                                  hyperparameters=run.scratch["hyperparameters"]),
+    execute=_trainer,
     outputs=lambda run, d, _: {"model": [dir_artifact(meta.MODEL, fileio.join(d, MODEL_DIR),
                                                       SAVED_MODEL_GRAPH)]},
     prepare=_prepare_trainer, after=_after_trainer)

@@ -1,8 +1,10 @@
 """Training on several workers: MultiWorkerMirroredStrategy from TF_CONFIG, two real worker
 processes of `local_runner.py train` on this machine."""
+import glob
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -292,3 +294,106 @@ def test_two_workers_train_one_model_and_only_the_chief_exports_it(transformed, 
     np.testing.assert_allclose(served[export.PROBABILITIES].numpy().sum(axis=1), 1.0,
                                rtol=1e-5)
     assert set(served[export.PREDICTED_CLASS].numpy().tolist()) <= {c.encode() for c in CLASSES}
+
+
+# --- `run` with [trainer] workers = N (pipeline/launcher.py) ----------------------------------
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def _workers_config(tmp_path, extra="", epochs=2):
+    from test_cli import TINY_TRAINER
+
+    assert "epochs = 2\n" in TINY_TRAINER
+    path = tmp_path / "workers.toml"
+    path.write_text(TINY_TRAINER.replace("[trainer]\n", "[trainer]\nworkers = 2\n" + extra)
+                    .replace("epochs = 2\n", f"epochs = {epochs}\n"))
+    return str(path)
+
+
+def _run_args(tmp_path, data, config):
+    return [sys.executable, os.path.join(REPO, "local_runner.py"), "run", "--input", data,
+            "--pipeline-root", str(tmp_path / "root"), "--serving-dir",
+            str(tmp_path / "serving"), "--config", config, *IN_MEMORY]
+
+
+def test_run_trains_on_two_worker_processes(tmp_path):
+    from test_cli import summary_of, trec_like, write_csv
+
+    data = write_csv(tmp_path / "q.csv", trec_like(120))
+    proc = subprocess.run(_run_args(tmp_path, data, _workers_config(tmp_path)), cwd=REPO,
+                          capture_output=True, text=True, timeout=WORKER_TIMEOUT * 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(str(tmp_path / "root"))
+    stages = {s["name"]: s for s in summary["stages"]}
+    trainer = stages["Trainer"]["details"]
+    assert (trainer["workers"], trainer["replicas"], trainer["strategy"]) == (
+        2, 2, "MultiWorkerMirroredStrategy")
+    assert trainer["is_chief"] and trainer["task_id"] == 0
+    assert trainer["settings"]["workers"] == 2
+    assert "replica(s) of 2 workers" in proc.stdout
+    # The chief's model is the stage's output, and the one evaluated and pushed.
+    model = os.path.join(stages["Trainer"]["output"], "model")
+    assert trainer["model"] == model and os.path.isfile(os.path.join(model, "saved_model.pb"))
+    assert stages["Evaluator"]["status"] == stages["Pusher"]["status"] == "ok"
+    pushed = stages["Pusher"]["details"]["path"]
+    with open(os.path.join(pushed, "metadata.json")) as f:
+        assert json.load(f)["hyperparameters"] is not None
+    assert sorted(os.listdir(os.path.join(pushed, "variables"))) == sorted(
+        os.listdir(os.path.join(model, "variables")))
+    # Each worker's log is kept with the run's record; no worker is left running.
+    logs = os.path.join(str(tmp_path / "root"), "runs", summary["run_id"], "trainer-workers")
+    for i in range(2):
+        with open(os.path.join(logs, f"worker-{i}.log")) as f:
+            assert "epoch 2/2" in f.read()
+    with open(os.path.join(logs, "workers.json")) as f:
+        assert not any(_alive(pid) for pid in json.load(f))
+    assert any("sharded by DATA" in w for w in summary.get("warnings", []))
+
+
+def test_a_killed_worker_fails_the_stage_in_bounded_time_leaving_no_process(tmp_path):
+    from test_cli import summary_of, trec_like, write_csv
+
+    data = write_csv(tmp_path / "q.csv", trec_like(120))
+    # Long enough to be killed in the middle: many epochs, no early stopping.
+    config = _workers_config(tmp_path, "early_stopping_patience = 0\n", epochs=500)
+    run = subprocess.Popen(_run_args(tmp_path, data, config), cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        pattern = os.path.join(str(tmp_path / "root"), "runs", "*", "trainer-workers")
+        log_dir, pids = None, None
+        while time.monotonic() < deadline and run.poll() is None:
+            found = glob.glob(pattern)
+            if found and os.path.exists(os.path.join(found[0], "workers.json")):
+                log_dir = found[0]
+                with open(os.path.join(log_dir, "workers.json")) as f:
+                    pids = json.load(f)
+                with open(os.path.join(log_dir, "worker-1.log")) as f:
+                    if "epoch 3/500" in f.read():
+                        break
+            time.sleep(0.2)
+        assert pids and run.poll() is None, "training never got going"
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = run.communicate(timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 1, stderr[-3000:]
+    assert waited < 60, waited  # noticed at once, not after the collective ops' timeouts
+    assert "Trainer worker 1 of 2 was killed by signal 9" in stderr
+    assert os.path.join(log_dir, "worker-1.log") in stderr
+    summary = summary_of(str(tmp_path / "root"))
+    assert [(s["name"], s["status"]) for s in summary["stages"]][-1] == ("Trainer", "failed")
+    assert summary["exit_code"] == 1
+    assert not any(_alive(pid) for pid in pids)
+    assert not glob.glob(os.path.join(str(tmp_path / "root"), "Trainer", "2*"))  # unpublished

