@@ -163,8 +163,10 @@ def format_lineage(info: Lineage) -> str:
     eg = stages.get(configs.EXAMPLE_GEN, {})
     lines.append(f"inputs (ExampleGen {how(configs.EXAMPLE_GEN)}):")
     for artifact in eg.get("inputs", {}).get("files", []):
-        sha = artifact.properties.get("sha256") or f"{artifact.properties.get('files')} files"
-        lines.append(f"  {artifact.uri}  sha256 {sha}")
+        props = artifact.properties
+        what = (f"sha256 {props['sha256']}" if props.get("sha256") else props.get("checksum")
+                or f"{props.get('files')} files")
+        lines.append(f"  {artifact.uri}  {what}")
     counts = eg.get("details", {})
     if counts:
         splits = ", ".join(f"{s} {counts['splits'][s]}" for s in features.SPLITS

@@ -22,10 +22,10 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from components import fileio
-from components.artifacts import fingerprint_dir
+from components.artifacts import content_id, fingerprint_dir, local_stat
 from components.pusher import is_complete_version
 from pipeline import configs
 from pipeline import metadata as meta
@@ -124,6 +124,31 @@ def code_version(modules: Sequence[str] = (), wiring: Sequence[str] = ()) -> str
     for package in libraries:
         h.update(f"{package}=={importlib_metadata.version(package)}\0".encode())
     return h.hexdigest()
+
+
+def input_properties(paths: Sequence[str], recorded: Optional[Mapping[str, object]] = None
+                ) -> Dict[str, object]:
+    """{"content_ids": [content_id per path], "stat": [local_stat per path] or None}: the
+    properties an input artifact records. `recorded`: the properties of the same input's last
+    record; when every path is local and its stat is the same, its content ids are reused
+    without reading the files."""
+    stats = [local_stat(p) for p in paths]
+    stat = stats if all(stats) else None
+    if recorded and stat is not None and recorded_value(recorded.get("stat")) == stat:
+        ids = recorded_value(recorded.get("content_ids"))
+        if isinstance(ids, list) and len(ids) == len(paths):
+            return {"content_ids": ids, "stat": stat}
+    return {"content_ids": [content_id(p) for p in paths], "stat": stat}
+
+
+def recorded_value(value):
+    """A property as the metadata store gives it back: lists come back as JSON text."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
 
 
 def cache_key(stage: str, code: str, params: Dict[str, Any],

@@ -20,7 +20,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from components import features, fileio
-from components.artifacts import file_sha256, fingerprint_dir
+from components.artifacts import file_digests, file_sha256, fingerprint_dir, fingerprint_of
 from components.drift import DRIFT_ANOMALIES_FILE, train_statistics_files
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.evaluator import run_evaluator
@@ -40,7 +40,7 @@ from pipeline import metadata as meta
 from pipeline.launcher import Launcher, LocalLauncher
 from pipeline.metadata import Artifact, MetadataStore
 from pipeline.orchestrator import (PACKAGES, SAVED_MODEL_GRAPH, Orchestrator, StageResult,
-                                   cache_key, dir_artifact)
+                                   cache_key, dir_artifact, input_properties, recorded_value)
 
 DRIFT_SELF = "itself"  # the drift reference is the data itself: it was accepted before
 UNITS_DIR = ".units"  # ExampleGen's parsed input units, keyed by content, settings and code
@@ -161,12 +161,21 @@ def _prepare_example_gen(run: Run) -> None:
     units = plan_units(config.inputs, config.example_gen)
     files = []
     for u in units:
-        hashes = [file_sha256(path) for path, _ in u.items]
-        properties = {"files": len(u.items)}
+        # Read again only what changed: a local file with the size and time recorded for it
+        # keeps its recorded sha256; object storage gives its own checksums.
+        recorded = (run.store.artifact_by_uri(u.name, meta.EXTERNAL) if orchestrator.use_cache
+                    else None)
+        identity = input_properties([path for path, _ in u.items],
+                                    recorded.properties if recorded else None)
+        ids = identity["content_ids"]
+        properties = dict(identity, files=len(u.items))
         if len(u.items) == 1:
-            properties["sha256"] = hashes[0]
-        files.append(orchestrator.known(Artifact(meta.EXTERNAL, u.name,
-                                                 unit_fingerprint(u, hashes), properties)))
+            properties["sha256" if fileio.is_local(u.items[0][0]) else "checksum"] = ids[0]
+        artifact = Artifact(meta.EXTERNAL, u.name, unit_fingerprint(u, ids), properties)
+        known = orchestrator.known(artifact)
+        # A record made before stats were kept is superseded, so that the next run has them.
+        files.append(known if recorded_value(known.properties.get("stat")) == identity["stat"]
+                     else artifact)
     code = orchestrator.code_for(EXAMPLE_GEN_MODULES, WIRING)
     unit_dirs = {u.name: fileio.join(config.pipeline_root, configs.EXAMPLE_GEN, UNITS_DIR,
                                      cache_key("ExampleGenUnit", code, _example_gen_settings(run),
@@ -176,6 +185,16 @@ def _prepare_example_gen(run: Run) -> None:
         for unit_dir in unit_dirs.values():
             forget_unit(unit_dir)
     run.scratch["files"], run.scratch["unit_dirs"] = files, unit_dirs
+
+
+def _examples_artifact(d: str, details: Dict[str, Any]) -> Artifact:
+    """The Examples artifact, fingerprinted once, as a whole and per split (what a pushed
+    version records of its data: the Pusher reads these instead of the files)."""
+    digests = file_digests(d)
+    splits = {s: fingerprint_of(digests, features.split_dir_name(s))
+              for s, n in details["splits"].items() if n}
+    return Artifact(meta.EXAMPLES, d, fingerprint_of(digests),
+                    {"splits": details["splits"], "split_fingerprints": splits})
 
 
 def _after_example_gen(run: Run, result: StageResult) -> None:
@@ -190,8 +209,7 @@ EXAMPLE_GEN = StageSpec(
     params=lambda run: {"settings": _example_gen_settings(run)},
     execute=lambda run, out: run_example_gen(run.config.inputs, out, run.config.example_gen,
                                              run.options, run.scratch["unit_dirs"]),
-    outputs=lambda run, d, details: {"examples": [dir_artifact(meta.EXAMPLES, d,
-                                                               splits=details["splits"])]},
+    outputs=lambda run, d, details: {"examples": [_examples_artifact(d, details)]},
     prepare=_prepare_example_gen, after=_after_example_gen)
 
 
@@ -587,13 +605,16 @@ def push_metadata(run: Run) -> Dict[str, Any]:
     transform = stages.get(configs.TRANSFORM, {})
     evaluation = stages.get(configs.EVALUATOR, {})
     examples = run.output(configs.EXAMPLE_GEN)
+    [artifact] = run.artifacts(configs.EXAMPLE_GEN, "examples")
+    recorded = recorded_value(artifact.properties.get("split_fingerprints"))
     return {
         "run_id": run.run_id,
         "metrics": (evaluation.get("metrics") or {}).get("Overall"),
         "evaluated_on": evaluation.get("split"),
-        "data_fingerprints": {s: fingerprint_dir(fileio.join(examples,
-                                                             features.split_dir_name(s)))
-                              for s in available_splits(examples)},
+        # Recorded when ExampleGen published them (computed here for an older record).
+        "data_fingerprints": recorded or {
+            s: fingerprint_dir(fileio.join(examples, features.split_dir_name(s)))
+            for s in available_splits(examples)},
         "vocabulary_size": transform.get("vocabulary_size"),
         "classes": transform.get("classes"),
         # What the model was trained with, and whence (the Tuner, the config or a default):

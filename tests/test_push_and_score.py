@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from components import pusher
+from components.artifacts import fingerprint_dir
 from conftest import IN_MEMORY, REPO, run_cli
 from test_cli import trec_like, write_csv
 
@@ -105,7 +106,10 @@ def test_first_run_is_evaluated_and_pushed(first_push):
     assert meta["classes"] == ["DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
     assert meta["metrics"]["sparse_categorical_accuracy"] == overall[
         "sparse_categorical_accuracy"]
-    assert set(meta["data_fingerprints"]) == {"train", "eval", "test"}
+    # Recorded when ExampleGen published its splits, and read from that record.
+    [examples] = glob.glob(os.path.join(tmp, "root-v1", "ExampleGen", "2*"))
+    assert meta["data_fingerprints"] == {
+        s: fingerprint_dir(os.path.join(examples, f"Split-{s}")) for s in ("train", "eval", "test")}
     assert meta["vocabulary_size"] > 0 and meta["packages"]["tensorflow"] == "2.16.2"
     assert meta["config"]["trainer"]["epochs"] == 20 and "git_commit" in meta
 

@@ -395,3 +395,20 @@ def test_an_edit_reexecutes_only_the_stages_whose_code_changed(tmp_path):
                               **{s: "executed" for s in STAGES[4:]})
     assert {stage(third, s)["reused_from"] for s in STAGES[:4]} == {first["run_id"]}
     assert third["code_version"] != first["code_version"]  # the copy's code was hashed
+
+
+def test_an_unchanged_local_input_is_not_read_again(tmp_path):
+    """Its recorded sha256 stands while its size and modification time do; a touched or changed
+    file is read again."""
+    from components.artifacts import file_sha256, local_stat
+    from pipeline.orchestrator import input_properties
+
+    path = tmp_path / "a.csv"
+    path.write_text("text,label\nwhat is x ?,DESC\n")
+    first = input_properties([str(path)])
+    assert first == {"content_ids": [file_sha256(str(path))], "stat": [local_stat(str(path))]}
+    # As the store gives them back (lists as JSON), with a content id that reading would not give:
+    recorded = {"stat": json.dumps(first["stat"]), "content_ids": json.dumps(["recorded"])}
+    assert input_properties([str(path)], recorded)["content_ids"] == ["recorded"]
+    os.utime(path, ns=(1, 1))  # the same bytes, another time: read again
+    assert input_properties([str(path)], recorded)["content_ids"] == first["content_ids"]
