@@ -12,7 +12,7 @@ pipeline's defaults, so that the two can be compared:
 - Splits: rows whose `split` is `test` are the test set; rows marked `eval`/`dev`/`valid`/
   `validation` go to eval; unmarked rows and rows marked `train` go to eval when
   sha256(text as UTF-8)[:8] (big-endian) % 10000 < 1000, else to train -- components/
-  example_gen.py `hash_split` with the default eval_ratio 0.1, so the three sets are the
+  readers.py `hash_split` with the default eval_ratio 0.1, so the three sets are the
   pipeline's (rows with an empty text or label are dropped, as ExampleGen quarantines them).
 - Tokens: lowercase, ASCII punctuation split off as tokens of its own, split on whitespace
   (components/transform.py `tokenize`). Vocabulary: every token of the training rows, most
@@ -60,7 +60,7 @@ EVAL_MARKS = {"eval", "dev", "valid", "validation"}
 
 
 def split_of(text: str, marked: str, eval_ratio: float = 0.1):
-    """The pipeline's split of a row (components/example_gen.py check_record / hash_split)."""
+    """The pipeline's split of a row (components/readers.py check_record / hash_split)."""
     marked = (marked or "").strip().lower()
     if marked == "test":
         return "test"

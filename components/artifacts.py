@@ -8,9 +8,8 @@ later stage takes for a complete artifact.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 from components import fileio
 

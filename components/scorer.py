@@ -38,7 +38,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
     RunInference
 
 from components import drift
-from components import example_gen as eg
+from components import readers as rd
 from components import export, features, fileio
 from components.beam_pipeline import beam_pipeline
 from components.errors import BlockingAnomaliesError, UserInputError
@@ -123,27 +123,27 @@ class RawTextModelHandler(ModelHandler[str, PredictionResult, Any]):
         return False
 
 
-def _to_scoring_example(record: eg.RawRecord, settings: eg.ExampleGenSettings):
+def _to_scoring_example(record: rd.RawRecord, settings: rd.ExampleGenSettings):
     """(id, serialized tf.Example) or a quarantine record; the id defaults to source:line."""
-    _, values, problem = eg.check_record(record, settings)
+    _, values, problem = rd.check_record(record, settings)
     if problem:
-        return beam.pvalue.TaggedOutput("quarantine", eg.quarantine_record(record, *problem))
+        return beam.pvalue.TaggedOutput("quarantine", rd.quarantine_record(record, *problem))
     if features.ID not in values:
         values[features.ID] = f"{record.source}:{record.line}".encode("utf-8")
-    return eg.to_tf_example(values)
+    return rd.to_tf_example(values)
 
 
-def plan_reading(items: Sequence[Tuple[str, str]], settings: eg.ExampleGenSettings,
+def plan_reading(items: Sequence[Tuple[str, str]], settings: rd.ExampleGenSettings,
                  work_dir: str, beam_options
-                 ) -> List[Tuple[Tuple[str, str], Optional[eg.Piece], int]]:
+                 ) -> List[Tuple[Tuple[str, str], Optional[rd.Piece], int]]:
     """(item, piece, lines before the piece) to read: a big JSONL or TSV file in byte-range
-    pieces (`eg.plan_pieces`), each read by its own worker, anything else whole.
+    pieces (`rd.plan_pieces`), each read by its own worker, anything else whole.
 
     A row's line number (in its quarantine record, and its default id `source:line`) is the
     line in the file, so when a file is cut its pieces' lines are counted first, in parallel
     (a pass that counts lines without parsing them).
     """
-    planned = [(item, eg.plan_pieces(eg.InputUnit(item[0], (item,)), settings)) for item in items]
+    planned = [(item, rd.plan_pieces(rd.InputUnit(item[0], (item,)), settings)) for item in items]
     cut = [(item, piece) for item, pieces in planned if len(pieces) > 1 for piece in pieces]
     lines: Dict[Tuple[str, int], int] = {}
     if cut:
@@ -153,7 +153,7 @@ def plan_reading(items: Sequence[Tuple[str, str]], settings: eg.ExampleGenSettin
                  | "CreatePieces" >> beam.Create(cut)
                  | "Distribute" >> beam.Reshuffle()
                  | "CountLines" >> beam.MapTuple(
-                     lambda item, piece: (item[0], piece.start, eg.count_lines(item, piece)))
+                     lambda item, piece: (item[0], piece.start, rd.count_lines(item, piece)))
                  | "Collect" >> beam.combiners.ToList()
                  | "ToJson" >> beam.Map(json.dumps)
                  | "Write" >> beam.io.WriteToText(lines_file, shard_name_template=""))
@@ -169,18 +169,18 @@ def plan_reading(items: Sequence[Tuple[str, str]], settings: eg.ExampleGenSettin
     return out
 
 
-def _read_piece(planned: Tuple[Tuple[str, str], Optional[eg.Piece], int],
-                settings: eg.ExampleGenSettings) -> Iterator[eg.RawRecord]:
+def _read_piece(planned: Tuple[Tuple[str, str], Optional[rd.Piece], int],
+                settings: rd.ExampleGenSettings) -> Iterator[rd.RawRecord]:
     """The records of one entry of `plan_reading`, with the line numbers of the file."""
     item, piece, lines_before = planned
-    for record in eg.read_records(item, settings, piece):
+    for record in rd.read_records(item, settings, piece):
         if record.line:
             record.line += lines_before
         yield record
 
 
 @beam.ptransform_fn
-def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir: str,
+def IngestForScoring(pipeline, items, settings: rd.ExampleGenSettings, work_dir: str,
                      validated_features: Sequence[str], chunk_rows: int = MAX_CHUNK_ROWS):
     import tensorflow_data_validation as tfdv
     from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
@@ -201,7 +201,7 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
          | "ChunksToJson" >> beam.Map(lambda chunks: json.dumps(sorted(chunks)))
          | "WriteChunks" >> beam.io.WriteToText(os.path.join(work_dir, EXAMPLES_DIR, CHUNKS_FILE),
                                                 shard_name_template=""))
-    _ = quarantined | "WriteQuarantine" >> eg.WriteQuarantine(work_dir)
+    _ = quarantined | "WriteQuarantine" >> rd.WriteQuarantine(work_dir)
     batches = (examples
                | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
                | "ToRecordBatch" >> beam.Map(
@@ -223,7 +223,7 @@ def IngestForScoring(pipeline, items, settings: eg.ExampleGenSettings, work_dir:
          | "WriteLabelStatistics" >> tfdv.WriteStatisticsToBinaryFile(
              os.path.join(work_dir, LABEL_STATS_FILE)))
     _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
-         quarantined) | "WriteCounts" >> eg.WriteCounts(work_dir)
+         quarantined) | "WriteCounts" >> rd.WriteCounts(work_dir)
 
 
 class _WriteExampleChunks(beam.DoFn):
@@ -493,7 +493,7 @@ def check_skew(model_dir: str, output_dir: str, settings: ScoreSettings) -> Dict
 
 
 def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], output_dir: str,
-              schema_path: Optional[str], fallback_schema: str, reader: eg.ExampleGenSettings,
+              schema_path: Optional[str], fallback_schema: str, reader: rd.ExampleGenSettings,
               settings: ScoreSettings, beam_options) -> Dict[str, Any]:
     """Scores `inputs` with a pushed version; returns the summary also written to the output.
 
@@ -508,7 +508,7 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     schema = load_schema(schema_path)
     classes = fileio.read_json(fileio.join(model_dir, METADATA_FILE))["classes"]
     reader = dataclasses.replace(reader, require_label=False)
-    items = eg.discover_inputs(inputs, reader)
+    items = rd.discover_inputs(inputs, reader)
     if fileio.listdir(output_dir):
         raise UserInputError(f"output directory {output_dir} is not empty")
 
@@ -517,7 +517,7 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
         _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir,
                                                         _validated_features(schema),
                                                         settings.chunk_rows)
-    counts = eg.summarize_counts(fileio.read_json(fileio.join(output_dir, eg.COUNTS_FILE)),
+    counts = rd.summarize_counts(fileio.read_json(fileio.join(output_dir, rd.COUNTS_FILE)),
                                  splits=(SCORE_SPLIT,))
     chunks = [tuple(c) for c in fileio.read_json(fileio.join(output_dir, EXAMPLES_DIR,
                                                              CHUNKS_FILE))]

@@ -333,7 +333,7 @@ def transformed_num_shards(examples_dir: str, split: str, settings: TransformSet
 
 def read_split_count(examples_dir: str, split: str) -> Optional[int]:
     """Records of `split` in an ExampleGen artifact, from its `counts.json`; None if unknown."""
-    from components.example_gen import COUNTS_FILE
+    from components.readers import COUNTS_FILE
 
     path = fileio.join(examples_dir, COUNTS_FILE)
     if not fileio.exists(path):

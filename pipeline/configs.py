@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 from components import fileio
 from components.errors import UserInputError
 from components.evaluator import EvaluatorSettings
-from components.example_gen import ExampleGenSettings
+from components.readers import ExampleGenSettings
 from components.example_validator import ExampleValidatorSettings
 from components.pusher import PusherSettings
 from components.trainer import TrainerSettings

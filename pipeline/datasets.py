@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from components.artifacts import file_sha256
 from components.errors import UserInputError
-from components.example_gen import stable_bucket
+from components.readers import stable_bucket
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textcnn-pipeline", "wheels")
 

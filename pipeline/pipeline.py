@@ -71,7 +71,7 @@ def beam_options(beam_args: Sequence[str], data_bytes: Optional[int] = None) -> 
 def input_bytes(inputs: Sequence[str], settings) -> Optional[int]:
     """The size of the input files (which sets the DirectRunner's default mode), or None when
     they cannot be listed: the stage that reads them then says what is wrong."""
-    from components.example_gen import plan_units, total_bytes
+    from components.readers import plan_units, total_bytes
 
     try:
         return total_bytes(plan_units(inputs, settings))

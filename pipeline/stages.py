@@ -24,7 +24,8 @@ from components.artifacts import file_digests, file_sha256, fingerprint_dir, fin
 from components.drift import DRIFT_ANOMALIES_FILE, train_statistics_files
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.evaluator import run_evaluator
-from components.example_gen import forget_unit, plan_units, run_example_gen, unit_fingerprint
+from components.example_gen import forget_unit, run_example_gen, unit_fingerprint
+from components.readers import plan_units
 from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
                                           run_example_validator)
 from components.pusher import ModelNotBlessedError, latest_version_dir, run_pusher

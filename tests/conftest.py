@@ -69,7 +69,7 @@ def write_examples(examples_dir, rows_by_split):
     import tensorflow as tf
 
     from components import features
-    from components.example_gen import to_tf_example
+    from components.readers import to_tf_example
 
     for split, rows in rows_by_split.items():
         split_dir = os.path.join(str(examples_dir), features.split_dir_name(split))

@@ -128,3 +128,21 @@ def test_a_whole_run_in_this_process_leaves_its_settings_as_they_were(tmp_path):
         IN_MEMORY)
     assert result.ok, result.error
     assert same_state(process_state.snapshot(), before)
+
+
+def test_ingest_and_scoring_share_the_readers_and_the_scorer_needs_no_example_gen():
+    from pipeline.orchestrator import module_closure
+
+    def imports(module):
+        with open(os.path.join(REPO, *module.split(".")) + ".py") as f:
+            tree = ast.parse(f.read())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                names += [n.module] + [f"{n.module}.{a.name}" for a in n.names]
+        return names
+
+    for module in ("components.scorer", "components.example_gen"):
+        assert "components.readers" in imports(module), module
+    assert not any(n.startswith("components.example_gen") for n in imports("components.scorer"))
+    assert "components.example_gen" not in module_closure(["components.scorer"])[0]

@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from components import canonical, features
 from components import transform as tr
 from components.errors import UserInputError
-from components.example_gen import COUNTS_FILE, to_tf_example
+from components.readers import COUNTS_FILE, to_tf_example
 from components.model import ModelSettings
 from components.trainer import INTERLEAVE_CYCLE, TrainerSettings, record_dataset, run_trainer
 from conftest import IN_MEMORY

@@ -7,7 +7,7 @@ import components  # noqa: F401  (legacy Keras before TensorFlow)
 import pytest
 
 from components import drift, features
-from components import example_gen as eg
+from components import readers as rd
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.example_validator import ExampleValidatorSettings
 from components.schema_gen import load_schema
@@ -208,7 +208,7 @@ def score(tmp_path, model_base, rows, name, **settings):
     data = tmp_path / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_score(model_base, None, [str(data)], str(tmp_path / name), None, SCHEMA,
-                     eg.ExampleGenSettings(), ScoreSettings(**settings), beam_options())
+                     rd.ExampleGenSettings(), ScoreSettings(**settings), beam_options())
 
 
 def test_scoring_summary_reports_skew_against_the_training_data(stats, tmp_path):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from components import example_gen as eg
+from components import readers as rd
 from components import fileio, pusher
 from components.artifacts import staged_output
 from pipeline import metadata as meta
@@ -214,7 +215,7 @@ def test_clean_stale_temporaries_removes_unpublished_stage_dirs_only(tmp_path, o
 def _unit(tmp_path):
     path = str(tmp_path / "a.csv")
     write_file(path, "text,label,split\nwhat is x ?,DESC,test\n ,DESC,\nwho is y ?,HUM,train\n")
-    return eg.InputUnit(path, ((path, "csv"),))
+    return rd.InputUnit(path, ((path, "csv"),))
 
 
 def test_parse_unit_in_place_writes_counts_last(tmp_path, object_store, monkeypatch):
@@ -224,17 +225,17 @@ def test_parse_unit_in_place_writes_counts_last(tmp_path, object_store, monkeypa
     real_write_json = fileio.write_json
 
     def write_json(path, obj, **kwargs):
-        if path.endswith(eg.COUNTS_FILE):  # every file it counts is complete by now
+        if path.endswith(rd.COUNTS_FILE):  # every file it counts is complete by now
             at_counts.append(sorted(os.path.relpath(os.path.join(d, f), unit_dir)
                                     for d, _, files in os.walk(unit_dir) for f in files))
             assert not eg.is_parsed(unit_dir)
         real_write_json(path, obj, **kwargs)
 
     monkeypatch.setattr(fileio, "write_json", write_json)
-    [(name, tallies)] = eg.ParseUnitFn(eg.ExampleGenSettings()).process((unit, unit_dir))
+    [(name, tallies)] = eg.ParseUnitFn(rd.ExampleGenSettings()).process((unit, unit_dir))
     assert at_counts == [sorted([os.path.join("Split-test", eg.UNIT_DATA_FILE),
                                  os.path.join("Split-train", eg.UNIT_DATA_FILE),
-                                 os.path.join(eg.QUARANTINE_DIR, eg.UNIT_QUARANTINE_FILE)])]
+                                 os.path.join(rd.QUARANTINE_DIR, eg.UNIT_QUARANTINE_FILE)])]
     assert tallies == {"read": 3, "split:test": 1, "split:train": 1, "quarantine:empty_text": 1}
     assert names(tmp_path / "units") == ["u1"]  # written in place: no temporary sibling
     assert eg.is_parsed(unit_dir)
@@ -247,13 +248,13 @@ def test_a_partial_unit_left_in_place_is_parsed_again(tmp_path, object_store, le
     write_file(os.path.join(unit_dir, "Split-train", eg.UNIT_DATA_FILE), "truncated gzip")
     write_file(os.path.join(unit_dir, "stray.txt"))
     if leftover == "missing_file":  # counts that name a split whose file never arrived
-        write_file(os.path.join(unit_dir, eg.COUNTS_FILE),
+        write_file(os.path.join(unit_dir, rd.COUNTS_FILE),
                    json.dumps({"read": 2, "split:eval": 2}))
     assert not eg.is_parsed(unit_dir)
-    [(_, tallies)] = eg.ParseUnitFn(eg.ExampleGenSettings()).process((unit, unit_dir))
+    [(_, tallies)] = eg.ParseUnitFn(rd.ExampleGenSettings()).process((unit, unit_dir))
     assert tallies["read"] == 3 and eg.is_parsed(unit_dir)
-    assert names(unit_dir) == sorted([eg.COUNTS_FILE, "Split-test", "Split-train",
-                                      eg.QUARANTINE_DIR])
+    assert names(unit_dir) == sorted([rd.COUNTS_FILE, "Split-test", "Split-train",
+                                      rd.QUARANTINE_DIR])
     out = str(tmp_path / "ExampleGen" / "run1")
     counts = eg.assemble_examples([(unit, [(unit_dir, None)])], out)
     assert counts["written"] == 2 and fileio.is_published(out)

@@ -17,7 +17,7 @@ import pytest
 from components import export
 from components import transform as tr
 from components.errors import UserInputError
-from components.example_gen import COUNTS_FILE
+from components.readers import COUNTS_FILE
 from components.trainer import (DATA_SHARDING, FILE_SHARDING, Shard, choose_sharding,
                                 parse_cluster, record_dataset, saved_variables_sha256)
 from conftest import IN_MEMORY, REPO, write_examples

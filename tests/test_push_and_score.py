@@ -343,7 +343,7 @@ def test_a_shard_in_several_pieces_is_published_whole(tmp_path):
 @pytest.mark.parametrize("beam_args", [IN_MEMORY, []], ids=["in_memory", "multi_processing"])
 def test_score_shards_follow_the_data_and_hold_every_row_once(first_push, tmp_path, beam_args):
     """Multi-processing: the chunks are scored by two workers, so a shard may come in pieces."""
-    from components import example_gen as eg
+    from components import readers as rd
     from components.scorer import ScoreSettings, run_score
     from pipeline.pipeline import beam_options
 
@@ -360,7 +360,7 @@ def test_score_shards_follow_the_data_and_hold_every_row_once(first_push, tmp_pa
             f.write(json.dumps({"id": f"blank-{name}", "text": " "}) + "\n")  # quarantined
     out = tmp_path / "scored"
     summary = run_score(base, None, [str(tmp_path / "in" / "*.jsonl")], str(out), None,
-                        os.path.join(REPO, "schemas", "schema.pbtxt"), eg.ExampleGenSettings(),
+                        os.path.join(REPO, "schemas", "schema.pbtxt"), rd.ExampleGenSettings(),
                         ScoreSettings(rows_per_shard=10, write_csv=True),
                         beam_options(beam_args))
     assert summary["read"] == 27 and summary["scored"] == 25 and summary["shards"] == 3
@@ -384,7 +384,7 @@ def test_scoring_a_file_cut_in_pieces_equals_scoring_it_whole(first_push, tmp_pa
                                                               in_memory_options):
     """A big line-based file is read in byte ranges by several workers; the rows' default ids
     (`source:line`) and the quarantine's line numbers are still the file's."""
-    from components import example_gen as eg
+    from components import readers as rd
     from components.scorer import ScoreSettings, plan_reading, run_score
 
     _, _, serving, _ = first_push
@@ -403,7 +403,7 @@ def test_scoring_a_file_cut_in_pieces_equals_scoring_it_whole(first_push, tmp_pa
         out = tmp_path / name
         summary = run_score(base, None, [str(path)], str(out), None,
                             os.path.join(REPO, "schemas", "schema.pbtxt"),
-                            eg.ExampleGenSettings(split_bytes=split_bytes), ScoreSettings(),
+                            rd.ExampleGenSettings(split_bytes=split_bytes), ScoreSettings(),
                             in_memory_options)
         rows = sorted((r["id"], r["predicted_class"]) for p in glob.glob(
             str(out / "predictions" / "*.jsonl")) for r in map(json.loads, open(p)))
@@ -415,8 +415,8 @@ def test_scoring_a_file_cut_in_pieces_equals_scoring_it_whole(first_push, tmp_pa
     first = 1 if fmt == "jsonl" else 2  # the TSV's header is line 1
     assert whole[:2] == (30, 26) and whole[3] == [i + first for i in (3, 10, 17, 24)]
     assert score(97, "pieces") == whole
-    cut = eg.ExampleGenSettings(split_bytes=97, require_label=False)
+    cut = rd.ExampleGenSettings(split_bytes=97, require_label=False)
     (tmp_path / "plan").mkdir()
-    planned = plan_reading(eg.discover_inputs([str(path)], cut), cut, str(tmp_path / "plan"),
+    planned = plan_reading(rd.discover_inputs([str(path)], cut), cut, str(tmp_path / "plan"),
                            in_memory_options)
     assert len(planned) > 5 and [p[2] for p in planned] == sorted(p[2] for p in planned)

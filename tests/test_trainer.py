@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from components import export, features
 from components import transform as tr
-from components.example_gen import to_tf_example
+from components.readers import to_tf_example
 from conftest import write_examples
 from components.errors import UserInputError
 from components.model import ModelSettings, build_textcnn, load_embedding_matrix
