@@ -90,12 +90,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (ENV, REPO, TREC, cli, fmt_spread, git_commit,  # noqa: E402
                     load_average, log_tail, machine, mib, package_versions, psutil,
                     run_measured, spread, write_copies)
+from pipeline import configs, results  # noqa: E402  (the stages and their typed results)
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 PLAIN = os.path.join(BENCH, "plain_textcnn.py")
 DIRECT = os.path.join(BENCH, "direct_score.py")
-STAGES = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
-          "Trainer", "Evaluator", "Pusher")
+STAGES = configs.STAGES  # a stage a run did not run (the Tuner, off) reads as "-"
 SCALE_MODES = {
     "mp1": ["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
     "mp2": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
@@ -169,31 +169,29 @@ def run_facts(summary: Dict[str, Any]) -> Dict[str, Any]:
         "stage_seconds": {name: s.get("seconds") for name, s in stages.items()},
         "stage_status": {name: s.get("status") for name, s in stages.items()},
     }
-    eg = (stages.get("ExampleGen") or {}).get("details") or {}
-    facts["split_rows"] = eg.get("splits")
-    transform = (stages.get("Transform") or {}).get("details") or {}
-    train_lengths = (transform.get("token_lengths") or {}).get("train") or {}
-    facts["train_examples"] = train_lengths.get("documents") or (eg.get("splits") or {}).get(
-        "train")
-    facts["max_len"] = transform.get("max_len")
-    facts["vocabulary_size"] = transform.get("vocabulary_size")
-    trainer = (stages.get("Trainer") or {}).get("details") or {}
-    if trainer:
-        metrics = trainer.get("metrics") or {}
+    typed = results.stage_results(summary)
+    eg = typed.get("ExampleGen") or results.ExampleGenResult()
+    facts["split_rows"] = eg.splits or None
+    transform = typed.get("Transform") or results.TransformResult()
+    train_lengths = transform.token_lengths.get("train") or {}
+    facts["train_examples"] = train_lengths.get("documents") or eg.splits.get("train")
+    facts["max_len"] = transform.max_len
+    facts["vocabulary_size"] = transform.vocabulary_size
+    trainer = typed.get("Trainer")
+    if trainer is not None:
         facts.update({
-            "test_accuracy": metrics.get("test_accuracy"),
-            "eval_accuracy": metrics.get("eval_accuracy"),
-            "epochs_run": trainer.get("epochs_run"), "best_epoch": trainer.get("best_epoch"),
-            "train_seconds": trainer.get("train_seconds"),
+            "test_accuracy": trainer.metrics.get("test_accuracy"),
+            "eval_accuracy": trainer.metrics.get("eval_accuracy"),
+            "epochs_run": trainer.epochs_run, "best_epoch": trainer.best_epoch,
+            "train_seconds": trainer.train_seconds,
         })
-        if facts["train_examples"] and trainer.get("train_seconds"):
-            facts["train_examples_per_second"] = (facts["train_examples"] * trainer["epochs_run"]
-                                                  / trainer["train_seconds"])
-    evaluator = (stages.get("Evaluator") or {}).get("details") or {}
-    overall = (evaluator.get("metrics") or {}).get("Overall") or {}
-    facts["evaluator_accuracy"] = overall.get("sparse_categorical_accuracy")
-    pusher = (stages.get("Pusher") or {}).get("details") or {}
-    facts["pushed_version"] = pusher.get("version")
+        if facts["train_examples"] and trainer.train_seconds:
+            facts["train_examples_per_second"] = (facts["train_examples"] * trainer.epochs_run
+                                                  / trainer.train_seconds)
+    evaluator = typed.get("Evaluator") or results.EvaluatorResult()
+    facts["evaluator_accuracy"] = evaluator.accuracy
+    pusher = typed.get("Pusher") or results.PusherResult()
+    facts["pushed_version"] = pusher.version
     facts["stages_total_seconds"] = sum(v for v in facts["stage_seconds"].values() if v)
     return facts
 

@@ -43,6 +43,13 @@ class StageRecord:
     reused_from: Optional[str] = None
     error: Optional[str] = None
 
+    @property
+    def result(self):
+        """The stage's details, typed (`pipeline.results`: ExampleGenResult, TrainerResult...)."""
+        from pipeline.results import result_of
+
+        return result_of(self.name, self.details)
+
     @classmethod
     def from_summary(cls, entry: Mapping[str, Any]) -> "StageRecord":
         return cls(name=entry.get("name", "?"), status=entry.get("status", "?"),
@@ -88,9 +95,9 @@ class RunResult:
     def pushed_path(self) -> Optional[str]:
         """The version directory this run pushed (or reused the push of), if any."""
         pusher = self.stage(configs.PUSHER)
-        if pusher is None or not pusher.details.get("pushed", True):
+        if pusher is None or not pusher.result.pushed:
             return None
-        return pusher.details.get("path")
+        return pusher.result.path
 
     def raise_for_status(self) -> "RunResult":
         """Raises the error the run ended with (it carries its exit code); else returns self."""

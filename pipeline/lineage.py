@@ -8,11 +8,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from components.errors import UserInputError
 from components import features, fileio
 from components.tuner import format_value
-from pipeline import configs
+from pipeline import configs, results
 from pipeline import metadata as meta
 
 
-_METRICS = (("sparse_categorical_accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+_METRICS = ((results.ACCURACY, "accuracy"), ("macro_f1", "macro-F1"),
             ("example_count", "examples"))
 
 
@@ -167,48 +167,50 @@ def format_lineage(info: Lineage) -> str:
         what = (f"sha256 {props['sha256']}" if props.get("sha256") else props.get("checksum")
                 or f"{props.get('files')} files")
         lines.append(f"  {artifact.uri}  {what}")
-    counts = eg.get("details", {})
+    def typed(stage: str):
+        details = stages.get(stage, {}).get("details")
+        return results.result_of(stage, details) if details else None
+
+    counts = typed(configs.EXAMPLE_GEN)
     if counts:
-        splits = ", ".join(f"{s} {counts['splits'][s]}" for s in features.SPLITS
-                           if counts.get("splits", {}).get(s))
-        lines.append(f"rows: read {counts.get('read')} = written {counts.get('written')} "
-                     f"({splits}) + quarantined {counts.get('quarantined')}")
-    schema = stages.get(configs.SCHEMA_GEN, {}).get("details", {})
+        splits = ", ".join(f"{s} {counts.splits[s]}" for s in features.SPLITS
+                           if counts.splits.get(s))
+        lines.append(f"rows: read {counts.read} = written {counts.written} ({splits}) + "
+                     f"quarantined {counts.quarantined}")
+    schema = typed(configs.SCHEMA_GEN)
     if schema:
-        lines.append(f"schema: {schema.get('origin')} ({schema.get('schema')}), classes "
-                     f"{', '.join(map(str, schema.get('classes', [])))}")
-    transform = stages.get(configs.TRANSFORM, {}).get("details", {})
+        lines.append(f"schema: {schema.origin} ({schema.schema}), classes "
+                     f"{', '.join(map(str, schema.classes))}")
+    transform = typed(configs.TRANSFORM)
     if transform:
         lines.append(f"transform ({how(configs.TRANSFORM)}): vocabulary "
-                     f"{transform.get('vocabulary_size')} tokens, max_len "
-                     f"{transform.get('max_len')}")
-    tuner = stages.get(configs.TUNER, {}).get("details", {})
+                     f"{transform.vocabulary_size} tokens, max_len {transform.max_len}")
+    tuner = typed(configs.TUNER)
     if tuner:
-        lines.append(f"tuner ({how(configs.TUNER)}): {tuner.get('algorithm')} search, "
-                     f"{tuner.get('trials_run')} trials, best trial {tuner.get('best_trial')} "
-                     f"(eval accuracy {_number(tuner.get('best_eval_accuracy'))})")
-    trainer = stages.get(configs.TRAINER, {})
-    if trainer.get("details"):
-        d = trainer["details"]
-        lines.append(f"model ({how(configs.TRAINER)}): {d.get('model')}, {d.get('epochs_run')} "
-                     f"epochs (best {d.get('best_epoch')})")
-        chosen = d.get("hyperparameters") or {}
-        if any(c.get("source") != "default" for c in chosen.values()):
+        lines.append(f"tuner ({how(configs.TUNER)}): {tuner.algorithm} search, "
+                     f"{tuner.trials_run} trials, best trial {tuner.best_trial} "
+                     f"(eval accuracy {_number(tuner.best_eval_accuracy)})")
+    trainer = typed(configs.TRAINER)
+    if trainer:
+        lines.append(f"model ({how(configs.TRAINER)}): {trainer.model}, {trainer.epochs_run} "
+                     f"epochs (best {trainer.best_epoch})"
+                     + (f", {trainer.workers} workers" if trainer.workers > 1 else ""))
+        chosen = {k: c for k, c in trainer.hyperparameters.items()
+                  if c.get("source") != "default"}
+        if chosen:
             lines.append("  hyperparameters: " + ", ".join(
                 f"{k} {format_value(c.get('value'))} ({c.get('source')})"
-                for k, c in sorted(chosen.items()) if c.get("source") != "default"))
-    evaluator = stages.get(configs.EVALUATOR, {})
-    if evaluator.get("details"):
-        d = evaluator["details"]
-        overall = (d.get("metrics") or {}).get("Overall", {})
-        lines.append(f"evaluation ({how(configs.EVALUATOR)}) on Split-{d.get('split')}: "
+                for k, c in sorted(chosen.items())))
+    evaluation = typed(configs.EVALUATOR)
+    if evaluation:
+        overall = evaluation.overall
+        lines.append(f"evaluation ({how(configs.EVALUATOR)}) on Split-{evaluation.split}: "
                      + ", ".join(f"{name} {_number(overall[key])}" for key, name in _METRICS
                                  if isinstance(overall.get(key), (int, float)))
-                     + (", BLESSED" if d.get("blessed") else ", NOT BLESSED"))
-        base = (d.get("baseline_metrics") or {}).get("Overall", {})
-        if d.get("baseline"):
-            acc = base.get("sparse_categorical_accuracy")
-            lines.append(f"baseline it beat: {d['baseline']}"
+                     + (", BLESSED" if evaluation.blessed else ", NOT BLESSED"))
+        if evaluation.baseline:
+            acc = evaluation.baseline_overall.get(results.ACCURACY)
+            lines.append(f"baseline it beat: {evaluation.baseline}"
                          + (f" (accuracy {acc:.4f})" if isinstance(acc, float) else ""))
         else:
             lines.append("baseline it beat: none (no earlier version to compare with)")

@@ -17,7 +17,7 @@ from components import PROGRESS_LOGGER, features, fileio
 from components.errors import UserInputError
 from components.schema_gen import check_schema_path
 from components.tuner import format_value, resolve_space
-from pipeline import configs
+from pipeline import configs, results
 from pipeline.metadata import MetadataStore
 from pipeline.orchestrator import Orchestrator
 from pipeline.stages import Run, git_commit, run_stages  # noqa: F401  (git_commit: the CLI's)
@@ -171,83 +171,71 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-    """A short human summary: stages, durations, counts."""
+    """A short human summary: stages, durations, counts (from the stages' typed results)."""
     lines = [f"run {summary['run_id']}: {summary['status']}"]
     if summary.get("warnings"):
         lines.append(f"  {len(summary['warnings'])} warning(s), listed in the summary and report")
     for stage in summary["stages"]:
         lines.append(f"  {stage['name']:<17} {stage.get('status', '?'):<7} "
                      f"{stage.get('seconds', 0):>7.1f}s  {stage['output']}")
-        details = stage.get("details") or {}
-        if stage["name"] == configs.EXAMPLE_GEN and details:
-            splits = ", ".join(f"{s} {details['splits'][s]}" for s in features.SPLITS
-                               if details["splits"].get(s))
-            lines.append(f"      rows read {details['read']} = written {details['written']} "
-                         f"({splits}) + quarantined {details['quarantined']}")
-            for reason, n in sorted(details["quarantine_reasons"].items()):
-                lines.append(f"      quarantined {n}: {reason}")
-            if details.get("units_parsed") is not None:
-                lines.append(f"      input files parsed {details['units_parsed']}, reused "
-                             f"{details['units_reused']} (parsed before, same content)")
-        if stage["name"] == configs.SCHEMA_GEN and details:
-            lines.append(f"      schema {details['origin']}: {details['schema']}")
-        if stage["name"] == configs.EXAMPLE_VALIDATOR and details:
-            n = sum(len(v) for v in details.get("anomalies", {}).values())
-            drift = details.get("drift") or {}
-            n += len(drift.get("messages", []))
-            lines.append(f"      anomalies: {n}" + (" (allowed)" if details.get("allowed") else "")
-                         + (f", drift checked against {drift['previous_statistics']}"
-                            if drift else ""))
-        if stage["name"] == configs.TRANSFORM and details:
-            train = (details.get("token_lengths") or {}).get(features.TRAIN) or {}
-            truncated = (f", {train['truncated'] / train['documents']:.1%} of training "
-                         "documents truncated" if train.get("documents") else "")
-            lines.append(f"      vocabulary {details['vocabulary_size']} tokens, max_len "
-                         f"{details['max_len']} ({details.get('max_len_source', 'fixed')}"
-                         f"{truncated}), {len(details['classes'])} classes")
-        if stage["name"] == configs.TUNER and details:
-            lines.append(f"      {details['trials_run']} trials ({details['algorithm']}, seed "
-                         f"{details['seed']}"
-                         + (", stopped by tuner.max_seconds" if details.get("stopped_by_time")
-                            else "")
-                         + (f", {details['trials_failed']} failed" if details.get("trials_failed")
-                            else "")
-                         + f"): best trial {details['best_trial']}, eval accuracy "
-                         f"{details['best_eval_accuracy']:.3f}")
-            lines.append("      best: " + ", ".join(f"{k} {format_value(v)}"
-                                                    for k, v in details["values"].items()))
-            if details.get("held"):
-                lines.append("      held at the config's value: " + ", ".join(
-                    f"{k} {format_value(v)}" for k, v in details["held"].items()))
-        if stage["name"] == configs.TRAINER and details:
-            chosen = details.get("hyperparameters") or {}
-            if any(c["source"] != "default" for c in chosen.values()):
-                lines.append("      hyperparameters: " + ", ".join(
-                    f"{k} {format_value(c['value'])} ({c['source']})"
-                    for k, c in chosen.items() if c["source"] != "default")
-                    + "; the rest default")
-            m = details["metrics"]
-            scores = ", ".join(f"{k.replace('_accuracy', '')} {v:.3f}"
-                               for k, v in m.items() if k.endswith("_accuracy"))
-            lines.append(f"      {details['epochs_run']} epochs (best {details['best_epoch']}), "
-                         f"{details['train_seconds']}s on {details['replicas']} replica(s)"
-                         + (f" of {details['workers']} workers"
-                            if (details.get("workers") or 1) > 1 else "")
-                         + f"; accuracy {scores}")
-            lines.append(f"      model: {details['model']}")
-        if stage["name"] == configs.EVALUATOR and details:
-            overall = details["metrics"].get("Overall", {})
-            acc, f1 = (overall.get(k) or float("nan") for k in ("sparse_categorical_accuracy",
-                                                                 "macro_f1"))
-            lines.append(f"      {'BLESSED' if details['blessed'] else 'NOT BLESSED'} on "
-                         f"Split-{details['split']}: accuracy {acc:.3f}, macro-F1 {f1:.3f}"
-                         + (f" (baseline {details['baseline']})" if details["baseline"] else
-                            " (no baseline)"))
-            for failure in details["failures"]:
-                lines.append(f"      failed: {failure}")
-        if stage["name"] == configs.PUSHER and details:
-            if details.get("pushed", True):
-                lines.append(f"      pushed version {details['version']}: {details['path']}")
-            else:
-                lines.append("      not pushed: the model was not blessed")
+        if stage.get("details"):
+            lines += [f"      {line}" for line in _detail_lines(
+                stage["name"], results.result_of(stage["name"], stage["details"]))]
     return "\n".join(lines)
+
+
+def _detail_lines(name: str, r: results.StageDetails) -> List[str]:
+    lines: List[str] = []
+    if isinstance(r, results.ExampleGenResult):
+        splits = ", ".join(f"{s} {r.splits[s]}" for s in features.SPLITS if r.splits.get(s))
+        lines.append(f"rows read {r.read} = written {r.written} ({splits}) + quarantined "
+                     f"{r.quarantined}")
+        lines += [f"quarantined {n}: {reason}"
+                  for reason, n in sorted(r.quarantine_reasons.items())]
+        if r.units_parsed is not None:
+            lines.append(f"input files parsed {r.units_parsed}, reused {r.units_reused} "
+                         "(parsed before, same content)")
+    elif isinstance(r, results.SchemaGenResult):
+        lines.append(f"schema {r.origin}: {r.schema}")
+    elif isinstance(r, results.ExampleValidatorResult):
+        lines.append(f"anomalies: {r.count}" + (" (allowed)" if r.allowed else "")
+                     + (f", drift checked against {r.drift['previous_statistics']}"
+                        if r.drift else ""))
+    elif isinstance(r, results.TransformResult):
+        share = r.train_truncated_share
+        truncated = (f", {share:.1%} of training documents truncated" if share is not None
+                     else "")
+        lines.append(f"vocabulary {r.vocabulary_size} tokens, max_len {r.max_len} "
+                     f"({r.max_len_source}{truncated}), {len(r.classes)} classes")
+    elif isinstance(r, results.TunerResult):
+        lines.append(f"{r.trials_run} trials ({r.algorithm}, seed {r.seed}"
+                     + (", stopped by tuner.max_seconds" if r.stopped_by_time else "")
+                     + (f", {r.trials_failed} failed" if r.trials_failed else "")
+                     + f"): best trial {r.best_trial}, eval accuracy "
+                     f"{r.best_eval_accuracy:.3f}")
+        lines.append("best: " + ", ".join(f"{k} {format_value(v)}" for k, v in r.values.items()))
+        if r.held:
+            lines.append("held at the config's value: " + ", ".join(
+                f"{k} {format_value(v)}" for k, v in r.held.items()))
+    elif isinstance(r, results.TrainerResult):
+        chosen = {k: c for k, c in r.hyperparameters.items() if c["source"] != "default"}
+        if chosen:
+            lines.append("hyperparameters: " + ", ".join(
+                f"{k} {format_value(c['value'])} ({c['source']})" for k, c in chosen.items())
+                + "; the rest default")
+        scores = ", ".join(f"{split} {v:.3f}" for split, v in r.accuracies.items())
+        lines.append(f"{r.epochs_run} epochs (best {r.best_epoch}), {r.train_seconds}s on "
+                     f"{r.replicas} replica(s)"
+                     + (f" of {r.workers} workers" if r.workers > 1 else "")
+                     + f"; accuracy {scores}")
+        lines.append(f"model: {r.model}")
+    elif isinstance(r, results.EvaluatorResult):
+        acc, f1 = (r.overall.get(k) or float("nan") for k in (results.ACCURACY, "macro_f1"))
+        lines.append(f"{'BLESSED' if r.blessed else 'NOT BLESSED'} on Split-{r.split}: "
+                     f"accuracy {acc:.3f}, macro-F1 {f1:.3f}"
+                     + (f" (baseline {r.baseline})" if r.baseline else " (no baseline)"))
+        lines += [f"failed: {failure}" for failure in r.failures]
+    elif isinstance(r, results.PusherResult):
+        lines.append(f"pushed version {r.version}: {r.path}" if r.pushed
+                     else "not pushed: the model was not blessed")
+    return lines

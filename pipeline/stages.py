@@ -36,7 +36,7 @@ from components.statistics_gen import (available_splits, load_statistics, run_st
 from components.trainer import MODEL_DIR, run_trainer
 from components.transform import run_transform
 from components.tuner import apply_hyperparameters, load_best, run_tuner
-from pipeline import configs, process_state
+from pipeline import configs, process_state, results
 from pipeline import metadata as meta
 from pipeline.launcher import Launcher, LocalLauncher
 from pipeline.metadata import Artifact, MetadataStore
@@ -80,6 +80,10 @@ class Run:
 
     def details(self, stage: str) -> Dict[str, Any]:
         return self.results[stage].details
+
+    def result(self, stage: str):
+        """An earlier stage's details, typed (`pipeline.results`)."""
+        return results.result_of(stage, self.results[stage].details)
 
     def artifacts(self, stage: str, name: str) -> List[Artifact]:
         return self.results[stage].outputs[name]
@@ -192,15 +196,17 @@ def _examples_artifact(d: str, details: Dict[str, Any]) -> Artifact:
     """The Examples artifact, fingerprinted once, as a whole and per split (what a pushed
     version records of its data: the Pusher reads these instead of the files)."""
     digests = file_digests(d)
+    counts = results.ExampleGenResult.from_details(details)
     splits = {s: fingerprint_of(digests, features.split_dir_name(s))
-              for s, n in details["splits"].items() if n}
+              for s, n in counts.splits.items() if n}
     return Artifact(meta.EXAMPLES, d, fingerprint_of(digests),
-                    {"splits": details["splits"], "split_fingerprints": splits})
+                    {"splits": counts.splits, "split_fingerprints": splits})
 
 
 def _after_example_gen(run: Run, result: StageResult) -> None:
     if configs.STAGES.index(run.config.until) >= configs.STAGES.index(configs.TRANSFORM):
-        check_training_splits(result.details, run.config.example_gen.eval_ratio)
+        check_training_splits(results.ExampleGenResult.from_details(result.details),
+                              run.config.example_gen.eval_ratio)
 
 
 EXAMPLE_GEN_MODULES = ("components.example_gen",) + _BEAM
@@ -279,7 +285,7 @@ def _example_validator(run: Run, out: str) -> Dict[str, Any]:
     messages = [m for r in result["splits"].values() for m in r["messages"]]
     drift = result["drift"] or {}
     reported = messages + drift.get("messages", [])
-    classes = run.details(configs.SCHEMA_GEN)["classes"]
+    classes = run.result(configs.SCHEMA_GEN).classes
     warnings = (rare_class_warnings(stats_dir, classes, config.example_validator)
                 if features.TRAIN in splits else [])
     blocking = [m for r in result["splits"].values() if r["blocking"] for m in r["messages"]]
@@ -324,9 +330,9 @@ EXAMPLE_VALIDATOR = StageSpec(
 
 def _transform(run: Run, out: str) -> Dict[str, Any]:
     info = run_transform(run.output(configs.EXAMPLE_GEN),
-                         run.details(configs.SCHEMA_GEN)["classes"], out, run.config.transform,
+                         run.result(configs.SCHEMA_GEN).classes, out, run.config.transform,
                          run.options)
-    check_token_counts(info, run.details(configs.EXAMPLE_GEN))
+    check_token_counts(info, run.result(configs.EXAMPLE_GEN))
     return info
 
 
@@ -422,7 +428,7 @@ def _prepare_evaluator(run: Run) -> None:
 def _evaluator(run: Run, out: str) -> Dict[str, Any]:
     baseline = run.scratch["baseline"]
     return run_evaluator(run.output(configs.EXAMPLE_GEN), model_dir(run),
-                         run.details(configs.SCHEMA_GEN)["classes"],
+                         run.result(configs.SCHEMA_GEN).classes,
                          baseline.uri if baseline else None, out, run.config.evaluator,
                          run.options)
 
@@ -437,7 +443,8 @@ EVALUATOR = StageSpec(
     execute=_evaluator,
     outputs=lambda run, d, details: {
         "evaluation": [dir_artifact(meta.EVALUATION, d)],
-        "blessing": [dir_artifact(meta.BLESSING, d, blessed=bool(details["blessed"]))]},
+        "blessing": [dir_artifact(meta.BLESSING, d, blessed=bool(
+            results.EvaluatorResult.from_details(details).blessed))]},
     prepare=_prepare_evaluator)
 
 
@@ -455,23 +462,24 @@ def _pusher(run: Run, out: str) -> Dict[str, Any]:
 
 
 def _pushed_outputs(run: Run, d: str, details: Dict[str, Any]) -> Dict[str, List[Artifact]]:
-    if not details.get("pushed", True):
+    push = results.PusherResult.from_details(details)
+    if not push.pushed:
         return {}
     [model] = run.artifacts(configs.TRAINER, "model")
-    return {"pushed_model": [dir_artifact(meta.PUSHED_MODEL, details["path"], SAVED_MODEL_GRAPH,
-                                          version=details["version"],
+    return {"pushed_model": [dir_artifact(meta.PUSHED_MODEL, push.path, SAVED_MODEL_GRAPH,
+                                          version=push.version,
                                           model_fingerprint=model.fingerprint)]}
 
 
-def _after_pusher(run: Run, push: StageResult) -> None:
-    if push.reused_from:
+def _after_pusher(run: Run, result: StageResult) -> None:
+    push = results.PusherResult.from_details(result.details)
+    if result.reused_from:
         run.recorder.summary["nothing_new"] = True
-        what = (f"version {push.details['version']} was pushed by run {push.reused_from}"
-                if push.details.get("pushed", True) else
-                f"this model was judged not blessed by run {push.reused_from}")
+        what = (f"version {push.version} was pushed by run {result.reused_from}" if push.pushed
+                else f"this model was judged not blessed by run {result.reused_from}")
         run.progress(f"nothing new to do: {what}")
-    elif not push.details.get("pushed", True):
-        raise ModelNotBlessedError(push.details["not_blessed"])
+    elif not push.pushed:
+        raise ModelNotBlessedError(push.not_blessed)
 
 
 PUSHER = StageSpec(
@@ -538,24 +546,26 @@ def curation_hint(path: str, inputs: Sequence[str], run_id: str) -> str:
             f"{curated}):\n    cp {path} {curated}")
 
 
-def check_training_splits(counts: Dict[str, Any], eval_ratio: float) -> None:
+def check_training_splits(counts: results.ExampleGenResult, eval_ratio: float) -> None:
     """Training needs rows in Split-train, and in Split-eval for early stopping."""
-    splits = counts["splits"]
-    if not splits[features.TRAIN]:
+    splits, details = counts.splits, dict(counts.extra, **{
+        f.name: getattr(counts, f.name) for f in dataclasses.fields(counts) if f.name != "extra"})
+    if not splits.get(features.TRAIN):
         raise UserInputError(
-            f"no row went to Split-train: of {counts['written']} usable rows, "
+            f"no row went to Split-train: of {counts.written} usable rows, "
             + ", ".join(f"{n} {s}" for s, n in splits.items() if n)
-            + "; leave rows unmarked (or marked train) to train on them", details=counts)
-    if not splits[features.EVAL]:
+            + "; leave rows unmarked (or marked train) to train on them", details=details)
+    if not splits.get(features.EVAL):
         raise UserInputError(
             f"no row went to Split-eval (early stopping needs it): the hash split sends "
-            f"{eval_ratio:.0%} of unmarked rows there and picked none of {splits[features.TRAIN]}; "
-            "mark some rows `eval` or raise example_gen.eval_ratio", details=counts)
+            f"{eval_ratio:.0%} of unmarked rows there and picked none of "
+            f"{splits.get(features.TRAIN)}; mark some rows `eval` or raise "
+            "example_gen.eval_ratio", details=details)
 
 
-def check_token_counts(info: Dict[str, Any], counts: Dict[str, Any]) -> None:
+def check_token_counts(info: Dict[str, Any], counts: results.ExampleGenResult) -> None:
     """The Transform's per-split document counts equal the rows ExampleGen wrote."""
-    written = counts["splits"]
+    written = counts.splits
     transformed = {s: t["documents"] for s, t in info["token_lengths"].items()}
     if transformed != {s: n for s, n in written.items() if n}:
         raise RuntimeError(f"Transform counts do not reconcile with ExampleGen's: transformed "
@@ -602,25 +612,26 @@ def push_metadata(run: Run) -> Dict[str, Any]:
     """What a pushed version records about how it was made."""
     from importlib import metadata as importlib_metadata
 
-    stages = {s["name"]: s.get("details") or {} for s in run.recorder.summary["stages"]}
-    transform = stages.get(configs.TRANSFORM, {})
-    evaluation = stages.get(configs.EVALUATOR, {})
+    stages = results.stage_results(run.recorder.summary)
+    transform = stages.get(configs.TRANSFORM) or results.TransformResult()
+    evaluation = stages.get(configs.EVALUATOR) or results.EvaluatorResult()
     examples = run.output(configs.EXAMPLE_GEN)
     [artifact] = run.artifacts(configs.EXAMPLE_GEN, "examples")
     recorded = recorded_value(artifact.properties.get("split_fingerprints"))
     return {
         "run_id": run.run_id,
-        "metrics": (evaluation.get("metrics") or {}).get("Overall"),
-        "evaluated_on": evaluation.get("split"),
+        "metrics": evaluation.metrics.get(results.OVERALL),
+        "evaluated_on": evaluation.split,
         # Recorded when ExampleGen published them (computed here for an older record).
         "data_fingerprints": recorded or {
             s: fingerprint_dir(fileio.join(examples, features.split_dir_name(s)))
             for s in available_splits(examples)},
-        "vocabulary_size": transform.get("vocabulary_size"),
-        "classes": transform.get("classes"),
+        "vocabulary_size": transform.vocabulary_size,
+        "classes": transform.classes or None,
         # What the model was trained with, and whence (the Tuner, the config or a default):
         # `config` holds the trainer table as given.
-        "hyperparameters": stages.get(configs.TRAINER, {}).get("hyperparameters"),
+        "hyperparameters": (stages.get(configs.TRAINER)
+                            or results.TrainerResult()).hyperparameters or None,
         "config": configs.to_dict(run.config),
         "packages": {p: importlib_metadata.version(p) for p in PACKAGES},
         "git_commit": git_commit(),

@@ -146,3 +146,30 @@ def test_ingest_and_scoring_share_the_readers_and_the_scorer_needs_no_example_ge
         assert "components.readers" in imports(module), module
     assert not any(n.startswith("components.example_gen") for n in imports("components.scorer"))
     assert "components.example_gen" not in module_closure(["components.scorer"])[0]
+
+
+def test_typed_results_read_records_of_any_age():
+    from pipeline import results
+    from pipeline.pipeline import format_summary
+
+    trainer = results.result_of("Trainer", {"metrics": {"eval_accuracy": 0.5,
+                                                        "train_accuracy": 0.75},
+                                            "epochs_run": 3, "a_key_from_the_future": 1})
+    assert isinstance(trainer, results.TrainerResult)
+    assert trainer.accuracies == {"eval": 0.5, "train": 0.75} and trainer.workers == 1
+    assert trainer.extra == {"a_key_from_the_future": 1}
+    old = results.result_of("Evaluator", {})  # a record from before a field existed
+    assert old.blessed is None and old.overall == {} and old.accuracy is None
+    assert results.result_of("Pusher", {"version": 7, "path": "/s/7"}).pushed  # the default
+    assert type(results.result_of("SomeFutureStage", {"x": 1})) is results.StageDetails
+    # A summary written before typed results (and before the Tuner and workers) still reads.
+    summary = {"run_id": "r", "status": "succeeded", "stages": [
+        {"name": "ExampleGen", "status": "ok", "seconds": 1.0, "output": "/o",
+         "details": {"read": 3, "written": 2, "quarantined": 1, "splits": {"train": 2},
+                     "quarantine_reasons": {"empty_text": 1}}},
+        {"name": "Trainer", "status": "ok", "seconds": 2.0, "output": "/t",
+         "details": {"metrics": {"eval_accuracy": 0.5}, "epochs_run": 1, "best_epoch": 1,
+                     "train_seconds": 1.5, "replicas": 1, "model": "/t/model"}}]}
+    text = format_summary(summary)
+    assert "rows read 3 = written 2 (train 2) + quarantined 1" in text
+    assert "1 epochs (best 1), 1.5s on 1 replica(s); accuracy eval 0.500" in text
