@@ -25,7 +25,7 @@ from components.errors import UserInputError
 from components.evaluator import ACCURACY
 from components.trainer import load_history
 from components.tuner import format_value
-from pipeline import configs
+from pipeline import configs, results
 
 RUNS_DIR = "runs"
 SUMMARY_FILE = "summary.json"
@@ -143,16 +143,16 @@ def _data_section(summary: Dict[str, Any]) -> str:
     stage = _stage(summary, configs.EXAMPLE_GEN)
     if not stage:
         return _not_reached(summary, configs.EXAMPLE_GEN)
-    d = stage.get("details") or {}
+    r = _result(stage)
     parts = [_failure(stage)]
-    if "read" in d:
-        parts.append(f'<p class="big">Rows read <b>{_fmt(d.get("read"))}</b> = written '
-                     f'<b>{_fmt(d.get("written"))}</b> + quarantined '
-                     f'<b>{_fmt(d.get("quarantined"))}</b></p>')
-    if d.get("splits"):
+    if r.read is not None:
+        parts.append(f'<p class="big">Rows read <b>{_fmt(r.read)}</b> = written '
+                     f'<b>{_fmt(r.written)}</b> + quarantined '
+                     f'<b>{_fmt(r.quarantined)}</b></p>')
+    if r.splits:
         parts.append(_table(["split", "rows written"], sorted(
-            d["splits"].items(), key=lambda kv: _split_order(kv[0]))))
-    parts.append(_quarantine(d))
+            r.splits.items(), key=lambda kv: _split_order(kv[0]))))
+    parts.append(_quarantine(r))
     parts += ["<h3>Labels per split</h3>", _label_distribution(summary),
               "<h3>Token lengths and vocabulary</h3>", _token_lengths(summary)]
     return "\n".join(parts)
@@ -162,27 +162,27 @@ def _validation_section(summary: Dict[str, Any]) -> str:
     parts = []
     schema = _stage(summary, configs.SCHEMA_GEN)
     if schema:
-        d = schema.get("details") or {}
-        classes = ", ".join(d.get("classes") or []) or "not recorded"
+        r = _result(schema)
+        classes = ", ".join(r.classes) or "not recorded"
         parts += [_failure(schema),
-                  f"<p>Schema: {html.escape(str(d.get('origin', '?')))} "
-                  f"(<code>{html.escape(str(d.get('schema', '')))}</code>); "
+                  f"<p>Schema: {html.escape(str(r.origin or '?'))} "
+                  f"(<code>{html.escape(str(r.schema or ''))}</code>); "
                   f"classes: {html.escape(classes)}</p>"]
     stage = _stage(summary, configs.EXAMPLE_VALIDATOR)
     if not stage:
         return "\n".join(parts + [_not_reached(summary, configs.EXAMPLE_VALIDATOR)])
-    d = stage.get("details") or {}
+    v = _result(stage)
     parts.append(_failure(stage))
-    anomalies = d.get("anomalies") or {}
+    anomalies = v.anomalies
     messages = [m for split in sorted(anomalies, key=_split_order) for m in anomalies[split]]
     if messages:  # each message names its split and feature
-        allowed = " (allowed with --allow-anomalies)" if d.get("allowed") else ""
+        allowed = " (allowed with --allow-anomalies)" if v.allowed else ""
         parts.append(f"<p><b>Anomalies{allowed}:</b></p>" + _list(messages))
     elif stage.get("status") in ("ok", "reused"):
         parts.append("<p><b>Anomalies:</b> none.</p>")
-    parts.append(_drift(d.get("drift")))
+    parts.append(_drift(v.drift))
     shown = set(summary.get("warnings") or [])  # the run's warnings are at the top already
-    warnings = [w for w in d.get("warnings") or [] if w not in shown]
+    warnings = [w for w in v.warnings if w not in shown]
     if warnings:
         parts.append("<p><b>Validation warnings:</b></p>" + _list(warnings))
     return "\n".join(parts)
@@ -209,7 +209,7 @@ def _drift(drift: Optional[Dict[str, Any]]) -> str:
 def _tuning_section(summary: Dict[str, Any]) -> str:
     """The Tuner's trials (the best one marked) and where each training setting came from."""
     stage = _stage(summary, configs.TUNER)
-    chosen = (_stage(summary, configs.TRAINER).get("details") or {}).get("hyperparameters")
+    chosen = _result(_stage(summary, configs.TRAINER), configs.TRAINER).hyperparameters
     parts = []
     if not stage:
         if _tuner_off(summary):
@@ -219,20 +219,20 @@ def _tuning_section(summary: Dict[str, Any]) -> str:
         else:
             parts.append(_not_reached(summary, configs.TUNER))
     else:
-        d = stage.get("details") or {}
+        tuned = _result(stage)
         parts.append(_failure(stage))
-        if d:
+        if stage.get("details"):
             reused = (f" Reused from run {stage['reused_from']} (same Transform output, space "
                       "and settings)." if stage.get("reused_from") else "")
-            timed = " The search stopped at tuner.max_seconds." if d.get("stopped_by_time") else ""
-            parts.append(f"<p>{html.escape(str(d.get('algorithm')))} search, seed "
-                         f"{html.escape(str(d.get('seed')))}: {_fmt(d.get('trials_run'))} trials "
-                         f"in {_fmt(_seconds(d.get('search_seconds')))} s; objective "
-                         f"{html.escape(str(d.get('objective')))}.{html.escape(timed + reused)}"
+            timed = " The search stopped at tuner.max_seconds." if tuned.stopped_by_time else ""
+            parts.append(f"<p>{html.escape(str(tuned.algorithm))} search, seed "
+                         f"{html.escape(str(tuned.seed))}: {_fmt(tuned.trials_run)} trials "
+                         f"in {_fmt(_seconds(tuned.search_seconds))} s; objective "
+                         f"{html.escape(str(tuned.objective))}.{html.escape(timed + reused)}"
                          "</p>")
             rows = []
-            for t in d.get("trials") or []:
-                mark = " (best)" if t.get("trial") == d.get("best_trial") else ""
+            for t in tuned.trials:
+                mark = " (best)" if t.get("trial") == tuned.best_trial else ""
                 values = ", ".join(f"{k} {format_value(v)}"
                                    for k, v in (t.get("values") or {}).items())
                 rows.append((f"{t.get('trial')}{mark}", t.get("status"), t.get("eval_accuracy"),
@@ -240,9 +240,9 @@ def _tuning_section(summary: Dict[str, Any]) -> str:
                              values + (f" — {t['error']}" if t.get("error") else "")))
             parts.append(_table(["trial", "status", "eval accuracy", "epochs", "seconds",
                                  "values"], rows))
-            if d.get("held"):
+            if tuned.held:
                 parts.append("<p>Held at the config's value (given explicitly): " + html.escape(
-                    ", ".join(f"{k} {format_value(v)}" for k, v in d["held"].items())) + "</p>")
+                    ", ".join(f"{k} {format_value(v)}" for k, v in tuned.held.items())) + "</p>")
     if chosen:
         parts += ["<h3>Settings the Trainer used</h3>",
                   _table(["hyperparameter", "value", "from"],
@@ -259,16 +259,17 @@ def _training_section(summary: Dict[str, Any], history: Dict[str, Any]) -> str:
     stage = _stage(summary, configs.TRAINER)
     if not stage:
         return _not_reached(summary, configs.TRAINER)
-    d = stage.get("details") or {}
-    metrics = d.get("metrics") or {}
-    best = history.get("best_epoch", d.get("best_epoch"))
+    r = _result(stage)
+    metrics = r.metrics
+    best = history.get("best_epoch", r.best_epoch)
     parts = [_failure(stage)]
-    facts = [f"{_fmt(d.get('epochs_run'))} epochs run" if d.get("epochs_run") else "",
+    facts = [f"{_fmt(r.epochs_run)} epochs run" if r.epochs_run else "",
              f"best epoch {best} (its weights kept)" if best else "",
-             f"{_fmt(_seconds(d.get('train_seconds')))} s of training"
-             if d.get("train_seconds") is not None else "",
-             f"{_fmt(d.get('replicas'))} replica(s)" if d.get("replicas") else "",
-             f"{_fmt(d.get('parameters'))} parameters" if d.get("parameters") else ""]
+             f"{_fmt(_seconds(r.train_seconds))} s of training"
+             if r.train_seconds is not None else "",
+             f"{_fmt(r.replicas)} replica(s)" if r.replicas else "",
+             f"{_fmt(r.workers)} workers" if r.workers > 1 else "",
+             f"{_fmt(r.parameters)} parameters" if r.parameters else ""]
     if any(facts):
         parts.append(f"<p>{html.escape(', '.join(f for f in facts if f))}.</p>")
     rows = [(split, metrics.get(f"{split}_accuracy"), metrics.get(f"{split}_loss"))
@@ -278,8 +279,8 @@ def _training_section(summary: Dict[str, Any], history: Dict[str, Any]) -> str:
     curves = history.get("history") or {}
     parts.append(_chart(lambda: _curves_figure(curves, best), "loss and accuracy per epoch") if curves
                  else '<p class="muted">No per-epoch history was recorded.</p>')
-    if d.get("model"):
-        parts.append(f"<p>Model: <code>{html.escape(str(d['model']))}</code></p>")
+    if r.model:
+        parts.append(f"<p>Model: <code>{html.escape(str(r.model))}</code></p>")
     return "\n".join(parts)
 
 
@@ -287,14 +288,13 @@ def _evaluation_section(summary: Dict[str, Any]) -> str:
     stage = _stage(summary, configs.EVALUATOR)
     if not stage:
         return _not_reached(summary, configs.EVALUATOR)
-    d = stage.get("details") or {}
+    e = _result(stage)
     parts = [_failure(stage)]
-    if not d:
+    if not stage.get("details"):
         return "\n".join(parts)
-    metrics = d.get("metrics") or {}
-    overall = metrics.get("Overall") or {}
-    classes = d.get("classes") or _classes(summary)
-    parts += [_blessing(d, overall), _headline_table(d, overall)]
+    metrics, overall = e.metrics, e.overall
+    classes = e.classes or _classes(summary)
+    parts += [_blessing(e), _headline_table(e)]
     if overall.get("confusion_matrix"):
         parts.append('<div class="row"><div><h3>Confusion matrix</h3>'
                      + _chart(lambda: _confusion_figure(overall["confusion_matrix"], classes),
@@ -309,21 +309,20 @@ def _evaluation_section(summary: Dict[str, Any]) -> str:
 
 
 def _push_section(summary: Dict[str, Any]) -> str:
-    evaluation = _stage(summary, configs.EVALUATOR).get("details") or {}
-    if evaluation.get("blessed") is False:
+    if _result(_stage(summary, configs.EVALUATOR), configs.EVALUATOR).blessed is False:
         return '<p class="big"><b>Not pushed:</b> the model was not blessed (see Evaluation).</p>'
     stage = _stage(summary, configs.PUSHER)
     if not stage:
         return _not_reached(summary, configs.PUSHER)
-    d = stage.get("details") or {}
+    push = _result(stage)
     parts = [_failure(stage)]
-    if d:
+    if stage.get("details"):
         by = (f" by run {html.escape(stage['reused_from'])}: nothing new to push"
               if stage.get("reused_from") else "")
-        parts.append(f'<p class="big">Pushed version <b>{html.escape(str(d.get("version")))}'
-                     f"</b> to <code>{html.escape(str(d.get('path')))}</code>{by}</p>")
-    if d.get("removed"):
-        parts.append("<p>Removed old versions:</p>" + _list(d["removed"]))
+        parts.append(f'<p class="big">Pushed version <b>{html.escape(str(push.version))}'
+                     f"</b> to <code>{html.escape(str(push.path))}</code>{by}</p>")
+    if push.removed:
+        parts.append("<p>Removed old versions:</p>" + _list(push.removed))
     return "\n".join(parts)
 
 
@@ -374,17 +373,16 @@ def _config_table(config: Optional[Dict[str, Any]]) -> str:
                     json.dumps(value)) for key, default, value in changes])
 
 
-def _quarantine(d: Dict[str, Any]) -> str:
+def _quarantine(r: results.ExampleGenResult) -> str:
     parts = []
-    reasons = d.get("quarantine_reasons") or {}
-    if reasons:
-        parts.append(_table(["quarantine reason", "rows"], sorted(reasons.items())))
-    sample = d.get("quarantine_sample") or []
+    if r.quarantine_reasons:
+        parts.append(_table(["quarantine reason", "rows"], sorted(r.quarantine_reasons.items())))
+    sample = r.quarantine_sample
     if sample:
         rows = [(r.get("source"), r.get("line"), r.get("reason"), r.get("detail"),
                  _Html(f'<span class="raw">{html.escape(_truncate(r.get("raw")))}</span>'))
                 for r in sample]
-        parts += [f"<p>The first {len(sample)} of {_fmt(d.get('quarantined'))} quarantined "
+        parts += [f"<p>The first {len(sample)} of {_fmt(r.quarantined)} quarantined "
                   "rows:</p>",
                   _table(["source", "line", "reason", "detail", "raw"], rows)]
     return "\n".join(parts)
@@ -394,7 +392,7 @@ def _label_distribution(summary: Dict[str, Any]) -> str:
     stage = _stage(summary, configs.STATISTICS_GEN)
     if not stage:
         return _not_reached(summary, configs.STATISTICS_GEN)
-    counts = (stage.get("details") or {}).get("label_counts") or {}
+    counts = _result(stage).label_counts
     if not counts:
         return _failure(stage) + '<p class="muted">Label counts were not recorded.</p>'
     known = _classes(summary)
@@ -408,13 +406,14 @@ def _token_lengths(summary: Dict[str, Any]) -> str:
     if not stage:
         return _not_reached(summary, configs.TRANSFORM)
     d = stage.get("details") or {}
-    lengths = d.get("token_lengths") or {}
-    max_len = d.get("max_len")
+    r = _result(stage)
+    lengths = r.token_lengths
+    max_len = r.max_len
     source = {"auto": "chosen automatically", "fixed": "fixed by the config"}.get(
-        d.get("max_len_source"), "")
+        r.max_len_source, "")
     parts = [_failure(stage)]
     if d:
-        parts.append(f"<p>Vocabulary: <b>{_fmt(d.get('vocabulary_size'))}</b> tokens (from "
+        parts.append(f"<p>Vocabulary: <b>{_fmt(r.vocabulary_size)}</b> tokens (from "
                      f"Split-train); max_len <b>{_fmt(max_len)}</b>"
                      + (f" ({source})" if source else "") + ".</p>")
     train = lengths.get(features.TRAIN) or {}
@@ -436,32 +435,30 @@ def _token_lengths(summary: Dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _blessing(d: Dict[str, Any], overall: Dict[str, Any]) -> str:
-    count = overall.get("example_count")
-    where = (f"on Split-{html.escape(str(d.get('split', '?')))}"
+def _blessing(e: results.EvaluatorResult) -> str:
+    count = e.overall.get("example_count")
+    where = (f"on Split-{html.escape(str(e.split or '?'))}"
              + (f" ({_fmt(_count(count))} examples)" if count is not None else ""))
-    if d.get("blessed") is None:
+    if e.blessed is None:
         return f"<p>{where}</p>"
-    badge = ('<span class="badge ok">BLESSED</span>' if d["blessed"]
+    badge = ('<span class="badge ok">BLESSED</span>' if e.blessed
              else '<span class="badge bad">NOT BLESSED</span>')
-    failed = ("<p><b>Failed thresholds:</b></p>" + _list(d["failures"])) if d.get(
-        "failures") else ""
+    failed = ("<p><b>Failed thresholds:</b></p>" + _list(e.failures)) if e.failures else ""
     return f'<p class="big">{badge} {where}</p>{failed}'
 
 
-def _headline_table(d: Dict[str, Any], overall: Dict[str, Any]) -> str:
-    base = (d.get("baseline_metrics") or {}).get("Overall") or {}
-    thresholds = d.get("thresholds") or {}
+def _headline_table(e: results.EvaluatorResult) -> str:
+    overall, base, thresholds = e.overall, e.baseline_overall, e.thresholds
     floor, drop = thresholds.get("min_accuracy"), thresholds.get("max_accuracy_drop")
     accuracy_rule = [f"≥ {floor}" if floor is not None else ""]
     if base.get(ACCURACY) is not None and drop is not None:
         accuracy_rule.append(f"≥ baseline − {drop} = {base[ACCURACY] - drop:.3f}")
-    no_baseline = "no baseline" if not d.get("baseline") else "n/a"
+    no_baseline = "no baseline" if not e.baseline else "n/a"
     rows = [("accuracy", overall.get(ACCURACY), base.get(ACCURACY, no_baseline),
              " and ".join(r for r in accuracy_rule if r)),
             ("macro-F1", overall.get("macro_f1"), base.get("macro_f1", no_baseline), "")]
-    baseline_path = (f'<p class="muted">Baseline: <code>{html.escape(str(d["baseline"]))}'
-                     "</code></p>") if d.get("baseline") else ""
+    baseline_path = (f'<p class="muted">Baseline: <code>{html.escape(str(e.baseline))}'
+                     "</code></p>") if e.baseline else ""
     return _table(["metric", "candidate", "baseline", "threshold"], rows) + baseline_path
 
 
@@ -605,10 +602,16 @@ def _stage(summary: Dict[str, Any], name: str) -> Dict[str, Any]:
 def _classes(summary: Dict[str, Any]) -> List[str]:
     """The class list (index order) from the first stage that recorded one."""
     for name in (configs.EVALUATOR, configs.TRANSFORM, configs.SCHEMA_GEN):
-        classes = (_stage(summary, name).get("details") or {}).get("classes")
+        classes = _result(_stage(summary, name), name).classes
         if classes:
             return list(classes)
     return []
+
+
+def _result(stage: Dict[str, Any], name: Optional[str] = None):
+    """A recorded stage's details, typed (`pipeline.results`); a stage not reached (`stage` is
+    {}: give its `name`) has empty ones."""
+    return results.result_of(name or stage.get("name"), stage.get("details"))
 
 
 def _not_reached(summary: Dict[str, Any], stage: str) -> str:

@@ -103,6 +103,8 @@ class TunerResult(StageDetails):
     held: Dict[str, Any] = dataclasses.field(default_factory=dict)
     trials: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     warnings: List[str] = dataclasses.field(default_factory=list)
+    search_seconds: Optional[float] = None
+    objective: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +164,7 @@ class PusherResult(StageDetails):
     version: Optional[int] = None
     path: Optional[str] = None
     not_blessed: Optional[str] = None
+    removed: List[str] = dataclasses.field(default_factory=list)  # old versions retention removed
 
 
 RESULT_TYPES: Dict[str, Type[StageDetails]] = {
