@@ -71,14 +71,15 @@ def file_sha256(path: str) -> str:
 
 
 def local_stat(path: str) -> Optional[str]:
-    """"<size>:<modification time in ns>" of a local file, None elsewhere: with the same stat,
-    a file's recorded sha256 is taken instead of reading it again (as make and rsync judge a
-    file unchanged). A file rewritten to the same size within the same nanosecond, or whose
-    time was set back by hand, would be missed: `run --no-cache` reads every file again."""
+    """"<size>:<mtime ns>:<ctime ns>:<inode>" of a local file, None elsewhere: with the same
+    stat, a file's recorded sha256 is taken instead of reading it again (as make, rsync and git
+    judge a file unchanged; the ctime and inode also change when a file is renamed over or its
+    time is set back). A file rewritten within the same nanosecond would be missed:
+    `run --no-cache` reads every file again."""
     if not fileio.is_local(path):
         return None
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    st = os.stat(fileio._os_path(path))
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 def content_id(path: str) -> str:
@@ -94,10 +95,15 @@ def content_id(path: str) -> str:
 
     try:
         checksum = FileSystems.checksum(path)
-        [match] = FileSystems.match([path])
-        size = match.metadata_list[0].size_in_bytes
-    except Exception:  # noqa: BLE001  (a file system without checksums)
-        return file_sha256(path)
+    except Exception as e:  # noqa: BLE001
+        # Only a file system that has no checksums falls back to reading; any other error (a
+        # permission, a time-out) is raised: a different kind of id would change every key.
+        causes = list(getattr(e, "exception_details", {}).values()) or [e]
+        if all(isinstance(c, NotImplementedError) for c in causes):
+            return file_sha256(path)
+        raise
+    [match] = FileSystems.match([path])
+    size = match.metadata_list[0].size_in_bytes
     if not checksum or str(checksum) == str(size):  # some file systems give only the size
         return file_sha256(path)
     scheme = path.split("://", 1)[0]

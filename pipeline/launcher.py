@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def free_ports(n: int) -> List[int]:
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
         for s in sockets:
-            s.bind(("localhost", 0))
+            s.bind(("", 0))  # every interface, as the workers' gRPC servers bind
         return [s.getsockname()[1] for s in sockets]
 
 
@@ -85,7 +86,8 @@ class LocalLauncher(Launcher):
                          transform_dir, "--output", output_dir, "--settings", settings_file,
                          "--result", results[-1]],
                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                        start_new_session=True))
+                        start_new_session=True,
+                        preexec_fn=functools.partial(_die_with_parent, os.getpid())))
             with open(os.path.join(log_dir, PIDS_FILE), "w") as f:
                 json.dump([w.pid for w in workers], f)
             _wait(workers, logs, settings.worker_timeout_seconds)
@@ -93,6 +95,20 @@ class LocalLauncher(Launcher):
             _stop(workers)
         with open(results[0]) as f:  # worker 0 is the chief
             return json.load(f)
+
+
+def _die_with_parent(driver: int) -> None:
+    """In a worker, before it runs: Linux sends it SIGKILL when the driver dies, however it dies
+    (kill -9, out of memory), so no worker outlives the run that started it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != driver:  # the driver died before the setting took
+            os._exit(1)
+    except (OSError, AttributeError):  # not Linux: the driver's `finally` still stops them
+        pass
 
 
 def _wait(workers: List[subprocess.Popen], logs: List[str], timeout: float) -> None:
@@ -116,7 +132,18 @@ def _wait(workers: List[subprocess.Popen], logs: List[str], timeout: float) -> N
 
 
 def _stop(workers: List[subprocess.Popen]) -> None:
-    """Stops every worker still running, and whatever it started (its process group)."""
+    """Stops every worker still running, and whatever it started (its process group). A second
+    Ctrl-C while it waits skips the grace period, not the stopping."""
+    try:
+        _stop_gracefully(workers)
+    except KeyboardInterrupt:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(w.pid, signal.SIGKILL)
+        raise
+
+
+def _stop_gracefully(workers: List[subprocess.Popen]) -> None:
     running = [w for w in workers if w.poll() is None]
     for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5)):
         for w in running:
@@ -145,6 +172,17 @@ def _tail(path: str) -> str:
         return ""
 
 
+def settings_from_dict(values: Dict[str, Any]) -> TrainerSettings:
+    """The TrainerSettings `dataclasses.asdict` made `values` from (JSON turns tuples into
+    lists; the dataclasses validate the rest)."""
+    from components.model import ModelSettings
+
+    model = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in (values.get("model") or {}).items()}
+    rest = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k != "model"}
+    return TrainerSettings(model=ModelSettings(**model), **rest)
+
+
 def _worker_main(argv: Optional[List[str]] = None) -> int:
     """One worker: TF_CONFIG from the environment, the settings from a file."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -158,12 +196,11 @@ def _worker_main(argv: Optional[List[str]] = None) -> int:
 
     from components import PROGRESS_LOGGER, fileio
     from components.trainer import run_trainer
-    from pipeline import configs
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
     # Local paths or object storage alike (a cluster's workers share no disk).
-    settings = configs.load_config(None, {"trainer": fileio.read_json(args.settings)}).trainer
+    settings = settings_from_dict(fileio.read_json(args.settings))
     cluster_spec = json.loads(os.environ["TF_CONFIG"])
     result = run_trainer(args.transform_dir, args.output, settings, cluster_spec)
     fileio.replace_text(args.result, json.dumps(result, default=str))

@@ -57,17 +57,25 @@ def _module_path(module: str) -> Optional[str]:
     return None
 
 
-def _imported_names(path: str) -> List[str]:
-    """Every module name a source file imports, at the top or inside a function."""
+def _imported_names(path: str, module: str = "") -> List[str]:
+    """Every module name a source file (of `module`) imports, at the top or inside a function;
+    relative imports resolved against its package."""
     with open(path, "rb") as f:
         tree = ast.parse(f.read(), path)
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            # `from components import fileio` imports the module components.fileio.
-            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from .fileio import x`, `from . import fileio`
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if base:
+                # `from components import fileio` imports the module components.fileio.
+                names += [base] + [f"{base}.{a.name}" for a in node.names]
     return names
 
 
@@ -88,7 +96,7 @@ def module_closure(modules: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
         found[module] = path
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages
-        for name in _imported_names(path):
+        for name in _imported_names(path, module):
             top = name.split(".")[0]
             if top in _PROJECT_PACKAGES:
                 todo.append(name)
@@ -127,18 +135,22 @@ def code_version(modules: Sequence[str] = (), wiring: Sequence[str] = ()) -> str
 
 
 def input_properties(paths: Sequence[str], recorded: Optional[Mapping[str, object]] = None
-                ) -> Dict[str, object]:
-    """{"content_ids": [content_id per path], "stat": [local_stat per path] or None}: the
-    properties an input artifact records. `recorded`: the properties of the same input's last
-    record; when every path is local and its stat is the same, its content ids are reused
-    without reading the files."""
+                     ) -> Dict[str, object]:
+    """{"content_ids": [content_id per path], "stat": [local_stat per path] or None, "paths":
+    paths}: the properties an input artifact records. `recorded`: the properties of the same
+    input's last record; a local file whose path and stat are those recorded keeps its recorded
+    content id without being read (so a folder where one file changed reads that file only)."""
     stats = [local_stat(p) for p in paths]
-    stat = stats if all(stats) else None
-    if recorded and stat is not None and recorded_value(recorded.get("stat")) == stat:
-        ids = recorded_value(recorded.get("content_ids"))
-        if isinstance(ids, list) and len(ids) == len(paths):
-            return {"content_ids": ids, "stat": stat}
-    return {"content_ids": [content_id(p) for p in paths], "stat": stat}
+    known = {}
+    if recorded:
+        old_paths, old_stats, old_ids = (recorded_value(recorded.get(k))
+                                         for k in ("paths", "stat", "content_ids"))
+        if (isinstance(old_paths, list) and isinstance(old_stats, list)
+                and isinstance(old_ids, list) and len(old_paths) == len(old_stats) == len(old_ids)):
+            known = {(p, s): i for p, s, i in zip(old_paths, old_stats, old_ids) if s}
+    ids = [known.get((p, s)) if s else None for p, s in zip(paths, stats)]
+    ids = [i if i is not None else content_id(p) for p, i in zip(paths, ids)]
+    return {"content_ids": ids, "stat": stats if all(stats) else None, "paths": list(paths)}
 
 
 def recorded_value(value):

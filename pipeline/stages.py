@@ -45,7 +45,7 @@ from pipeline.orchestrator import (PACKAGES, SAVED_MODEL_GRAPH, Orchestrator, St
 
 DRIFT_SELF = "itself"  # the drift reference is the data itself: it was accepted before
 UNITS_DIR = ".units"  # ExampleGen's parsed input units, keyed by content, settings and code
-WIRING = ("pipeline.stages",)
+WIRING = ("pipeline.stages", "pipeline.process_state")
 # Beam stages' workers import this first (a Beam plugin): part of what they run.
 _BEAM = ("components.worker_setup",)
 
@@ -399,7 +399,7 @@ def _after_trainer(run: Run, result: StageResult) -> None:
 
 
 TRAINER = StageSpec(
-    configs.TRAINER, ("components.trainer", "components.tuner"),
+    configs.TRAINER, ("components.trainer", "components.tuner", "pipeline.launcher"),
     inputs=lambda run: {
         "transform_graph": run.artifacts(configs.TRANSFORM, "transform_graph"),
         "hyperparameters": (run.artifacts(configs.TUNER, "hyperparameters")

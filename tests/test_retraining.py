@@ -347,13 +347,21 @@ def test_a_shifted_label_distribution_is_blocking_drift_until_accepted(tmp_path)
     assert proc.returncode == 0 and "ExampleValidator: reused from run" in proc.stderr
 
 
-def test_each_stage_is_keyed_by_the_code_it_runs():
+def test_each_stage_is_keyed_by_the_code_it_runs(tmp_path):
     from pipeline import orchestrator
+
+    relative = tmp_path / "fake.py"
+    relative.write_text("from .fileio import join\nfrom . import features\n")
+    assert orchestrator._imported_names(str(relative), "components.fake") == [
+        "components.fileio", "components.fileio.join", "components", "components.features"]
     from pipeline.stages import STAGE_SPECS
 
     closures = {s.name: set(orchestrator.module_closure(s.modules)[0]) for s in STAGE_SPECS}
     assert not any("components.scorer" in c for c in closures.values())
-    assert not any(m.startswith("pipeline.") for c in closures.values() for m in c)
+    # The Trainer's workers run the launcher's entry point; no stage runs the rest of pipeline/.
+    assert {m for c in closures.values() for m in c if m.startswith("pipeline.")} == {
+        "pipeline.launcher"}
+    assert "pipeline.launcher" in closures["Trainer"]
     for name in STAGES[:4]:
         assert "components.transform" not in closures[name], name
     for name in ["Transform", "Tuner", "Trainer", "Evaluator", "Pusher"]:
@@ -398,17 +406,30 @@ def test_an_edit_reexecutes_only_the_stages_whose_code_changed(tmp_path):
 
 
 def test_an_unchanged_local_input_is_not_read_again(tmp_path):
-    """Its recorded sha256 stands while its size and modification time do; a touched or changed
-    file is read again."""
+    """Its recorded sha256 stands while its path and stat do; a touched, replaced or changed
+    file is read again, and only that file of a folder."""
     from components.artifacts import file_sha256, local_stat
     from pipeline.orchestrator import input_properties
 
-    path = tmp_path / "a.csv"
-    path.write_text("text,label\nwhat is x ?,DESC\n")
-    first = input_properties([str(path)])
-    assert first == {"content_ids": [file_sha256(str(path))], "stat": [local_stat(str(path))]}
-    # As the store gives them back (lists as JSON), with a content id that reading would not give:
-    recorded = {"stat": json.dumps(first["stat"]), "content_ids": json.dumps(["recorded"])}
-    assert input_properties([str(path)], recorded)["content_ids"] == ["recorded"]
-    os.utime(path, ns=(1, 1))  # the same bytes, another time: read again
-    assert input_properties([str(path)], recorded)["content_ids"] == first["content_ids"]
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("what is x ?")
+    b.write_text("who is y ?")
+    paths = [str(a), str(b)]
+    first = input_properties(paths)
+    assert first == {"content_ids": [file_sha256(p) for p in paths],
+                     "stat": [local_stat(p) for p in paths], "paths": paths}
+    # As the store gives them back (lists as JSON), with content ids reading would not give:
+    recorded = {"paths": json.dumps(paths), "stat": json.dumps(first["stat"]),
+                "content_ids": json.dumps(["recorded a", "recorded b"])}
+    assert input_properties(paths, recorded)["content_ids"] == ["recorded a", "recorded b"]
+    os.utime(b, ns=(1, 1))  # the same bytes, another time: b is read again, a is not
+    assert input_properties(paths, recorded)["content_ids"] == ["recorded a", file_sha256(str(b))]
+    c = tmp_path / "c.txt"  # a same-size file renamed over a: another inode and ctime
+    c.write_text("what is z ?")
+    os.utime(c, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    os.replace(c, a)
+    assert input_properties(paths, recorded)["content_ids"][0] == file_sha256(str(a))
+    assert input_properties(paths, {"paths": json.dumps(paths[::-1]),
+                                     "stat": recorded["stat"],
+                                     "content_ids": recorded["content_ids"]}
+                            )["content_ids"] != ["recorded a", "recorded b"]  # matched by path
