@@ -154,14 +154,10 @@ def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metad
     except Exception as e:  # recorded, and handed back in the result
         code = getattr(e, "exit_code", FAILED)
         status, error = _STATUS.get(code, "failed"), e
-    except BaseException:  # interrupted: recorded as failed, and not swallowed
+    finally:  # also when interrupted: recorded as failed, and not swallowed
         recorder.finish(status, code)
         store.finish_run(run_id, status, code)
-        _report(fileio.dirname(recorder.path))
-        raise
-    recorder.finish(status, code)
-    store.finish_run(run_id, status, code)
-    report_path, report_error = _report(fileio.dirname(recorder.path))
+        report_path, report_error = _report(fileio.dirname(recorder.path))
     summary = recorder.summary
     return RunResult(run_id=run_id, status=status, exit_code=code,
                      stages=tuple(StageRecord.from_summary(s) for s in summary["stages"]),

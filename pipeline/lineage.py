@@ -167,6 +167,7 @@ def format_lineage(info: Lineage) -> str:
         what = (f"sha256 {props['sha256']}" if props.get("sha256") else props.get("checksum")
                 or f"{props.get('files')} files")
         lines.append(f"  {artifact.uri}  {what}")
+
     def typed(stage: str):
         details = stages.get(stage, {}).get("details")
         return results.result_of(stage, details) if details else None

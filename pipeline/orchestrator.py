@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -59,7 +60,14 @@ def _module_path(module: str) -> Optional[str]:
 
 def _imported_names(path: str, module: str = "") -> List[str]:
     """Every module name a source file (of `module`) imports, at the top or inside a function;
-    relative imports resolved against its package."""
+    relative imports resolved against its package. Parsed once per version of the file: every
+    stage's code version walks the same modules."""
+    st = os.stat(path)
+    return list(_parsed_imports(path, module, st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_imports(path: str, module: str, mtime_ns: int, size: int) -> Tuple[str, ...]:
     with open(path, "rb") as f:
         tree = ast.parse(f.read(), path)
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
@@ -76,7 +84,7 @@ def _imported_names(path: str, module: str = "") -> List[str]:
             if base:
                 # `from components import fileio` imports the module components.fileio.
                 names += [base] + [f"{base}.{a.name}" for a in node.names]
-    return names
+    return tuple(names)
 
 
 def module_closure(modules: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:

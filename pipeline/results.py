@@ -29,13 +29,6 @@ class StageDetails:
         known = {k: v for k, v in details.items() if k in names and v is not None}
         return cls(extra={k: v for k, v in details.items() if k not in names}, **known)
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """A recorded key by name: a field, else one kept in `extra`."""
-        if name != "extra" and name in {f.name for f in dataclasses.fields(self)}:
-            value = getattr(self, name)
-            return default if value is None else value
-        return self.extra.get(name, default)
-
 
 @dataclasses.dataclass(frozen=True)
 class ExampleGenResult(StageDetails):

@@ -78,9 +78,6 @@ class Run:
         """The artifact directory of an earlier stage of this run (its own or the reused one)."""
         return self.results[stage].output_dir
 
-    def details(self, stage: str) -> Dict[str, Any]:
-        return self.results[stage].details
-
     def result(self, stage: str):
         """An earlier stage's details, typed (`pipeline.results`)."""
         return results.result_of(stage, self.results[stage].details)
@@ -205,8 +202,7 @@ def _examples_artifact(d: str, details: Dict[str, Any]) -> Artifact:
 
 def _after_example_gen(run: Run, result: StageResult) -> None:
     if configs.STAGES.index(run.config.until) >= configs.STAGES.index(configs.TRANSFORM):
-        check_training_splits(results.ExampleGenResult.from_details(result.details),
-                              run.config.example_gen.eval_ratio)
+        check_training_splits(result.details, run.config.example_gen.eval_ratio)
 
 
 EXAMPLE_GEN_MODULES = ("components.example_gen",) + _BEAM
@@ -546,10 +542,11 @@ def curation_hint(path: str, inputs: Sequence[str], run_id: str) -> str:
             f"{curated}):\n    cp {path} {curated}")
 
 
-def check_training_splits(counts: results.ExampleGenResult, eval_ratio: float) -> None:
-    """Training needs rows in Split-train, and in Split-eval for early stopping."""
-    splits, details = counts.splits, dict(counts.extra, **{
-        f.name: getattr(counts, f.name) for f in dataclasses.fields(counts) if f.name != "extra"})
+def check_training_splits(details: Dict[str, Any], eval_ratio: float) -> None:
+    """Training needs rows in Split-train, and in Split-eval for early stopping: ExampleGen's
+    `details` (kept as the failed stage's details)."""
+    counts = results.ExampleGenResult.from_details(details)
+    splits = counts.splits
     if not splits.get(features.TRAIN):
         raise UserInputError(
             f"no row went to Split-train: of {counts.written} usable rows, "
