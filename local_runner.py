@@ -5,13 +5,14 @@
   python local_runner.py run --input GLOB --pipeline-root DIR [--config FILE] [--until STAGE]
                              [--metadata-dir DIR] [Beam flags, passed on to PipelineOptions]
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
-                               --output DIR [Beam flags]
+                               --output DIR [--format jsonl,csv,parquet] [--overwrite]
+                               [--metadata-dir DIR] [Beam flags]
   python local_runner.py train --transform-dir DIR --output DIR [--config FILE]
                                [--hyperparameters TUNER_DIR]
                                (one worker's Trainer; the cluster comes from TF_CONFIG)
   python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
   python local_runner.py runs PIPELINE_ROOT [--metadata-dir DIR]
-  python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION [--metadata-dir DIR]
+  python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION | SCORING_OUTPUT [--metadata-dir DIR]
 
 Exit codes: 0 pushed, or nothing new to do (every stage reused), 2 bad usage/config/input or another run holds the pipeline root,
 3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.
@@ -73,12 +74,29 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--version", type=int, help="a pushed version (default: the newest)")
     score.add_argument("--input", action="append", required=True,
                        help="file, glob or directory; repeat for several")
-    score.add_argument("--output", required=True, help="an empty or new directory")
-    score.add_argument("--config", help="JSON or TOML file (its example_gen table is used)")
+    score.add_argument("--output", required=True,
+                       help="a new or empty directory, or one this request was scored into")
+    score.add_argument("--config", help="JSON or TOML file (its example_gen and score tables "
+                                        "are used)")
     score.add_argument("--schema", help="schema whose SERVING environment the data must match "
                                         "(default: the one pushed with the model)")
+    score.add_argument("--format", help="output formats, comma-separated: jsonl (default), "
+                                        "csv, parquet")
     score.add_argument("--csv", action="store_true", help="also write CSV shards")
-    score.add_argument("--allow-anomalies", action="store_true")
+    score.add_argument("--batch-size", type=int, help="texts per call of the model (256)")
+    score.add_argument("--rows-per-shard", type=int,
+                       help="at most this many rows per output shard (1000000)")
+    score.add_argument("--skew-blocking", action="store_true", default=None,
+                       help="skew against the training data beyond the thresholds stops the "
+                            "run (publishing nothing)")
+    score.add_argument("--no-statistics", dest="statistics", action="store_false", default=None,
+                       help="compute no statistics: no validation against the schema, no skew")
+    score.add_argument("--allow-anomalies", action="store_true", default=None)
+    score.add_argument("--overwrite", action="store_true",
+                       help="replace a published result of another request in --output")
+    score.add_argument("--metadata-dir", help="ML Metadata store to record the run in "
+                                              "(default: see README, Bulk scoring)")
+    score.add_argument("--pipeline-root", help="record the run in this root's store")
     score.add_argument("-v", "--verbose", action="store_true")
 
     train = sub.add_parser(
@@ -104,8 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--metadata-dir", help="where the root's ML Metadata store is (default: "
                                              "the pipeline root)")
 
-    lineage = sub.add_parser("lineage", help="how a pushed version was made")
-    lineage.add_argument("version_dir", help="SERVING_DIR/MODEL_NAME/VERSION")
+    lineage = sub.add_parser("lineage", help="how a pushed version, or a scoring output, was "
+                                             "made")
+    lineage.add_argument("version_dir", help="SERVING_DIR/MODEL_NAME/VERSION, or the --output "
+                                             "of a scoring run")
     lineage.add_argument("--metadata-dir", help="where that root's ML Metadata store is "
                                                 "(default: the one the version records)")
     lineage.add_argument("--pipeline-root", help="the root that pushed it (default: the one "
@@ -172,10 +192,23 @@ def _lineage(args) -> int:
 def _score(args, beam_args) -> int:
     from pipeline import api
 
-    config = api.load_config(args.config, {})
+    formats = args.format.split(",") if args.format else None
+    if args.csv:
+        formats = list(formats or api.load_config(args.config, {}).score.formats)
+        formats += [] if "csv" in formats else ["csv"]
+    config = api.load_config(args.config, {"score": {
+        "formats": formats, "batch_size": args.batch_size, "rows_per_shard": args.rows_per_shard,
+        "skew_blocking": args.skew_blocking, "statistics": args.statistics,
+        "allow_anomalies": args.allow_anomalies}})
     result = api.score(args.model, args.input, args.output, args.version, args.schema, config,
-                       api.ScoreSettings(write_csv=args.csv,
-                                         allow_anomalies=args.allow_anomalies), beam_args)
+                       config.score, beam_args, overwrite=args.overwrite,
+                       metadata_dir=args.metadata_dir, pipeline_root=args.pipeline_root)
+    if result.outcome == "already published":
+        print(f"{args.output} already holds this request's result (scoring run "
+              f"{result.summary.get('run_id')}): nothing to do")
+    elif result.outcome == "resumed":
+        print(f"published the result that run {result.summary.get('resumed_from')} had "
+              "finished before it stopped")
     print(f"scored with {result.model}: rows read {result.read} = scored "
           f"{result.scored} + quarantined {result.quarantined}")
     for reason, n in sorted(result.quarantine_reasons.items()):
@@ -189,7 +222,10 @@ def _score(args, beam_args) -> int:
         print(f"  {message}")
     if "messages" in skew and not skew["messages"]:
         print("  skew: none beyond the thresholds against the model's training data")
-    print(f"predictions: {args.output}/predictions/  summary: {args.output}/summary.json")
+    print(f"predictions: {args.output}/predictions/ ({result.shards} shard"
+          f"{'s' if result.shards != 1 else ''} of {', '.join(result.formats)})  summary: "
+          f"{args.output}/summary.json")
+    print(f"recorded as scoring run {result.run_id} in {result.metadata_dir}")
     return 0
 
 

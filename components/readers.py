@@ -522,37 +522,47 @@ def quarantine_record(record: RawRecord, reason: str, detail: str) -> Dict[str, 
     }
 
 
-def check_record(record: RawRecord, settings: ExampleGenSettings
-                 ) -> Tuple[Optional[str], Optional[Dict[str, bytes]], Optional[Tuple[str, str]]]:
-    """Returns (split, feature values, None) for a usable record, else (None, None, (reason, detail))."""
+def check_values(record: RawRecord, settings: ExampleGenSettings
+                 ) -> Tuple[Optional[Dict[str, bytes]], Optional[Tuple[str, str]]]:
+    """(feature values, None) for a record whose text (and label, when `require_label`) can be
+    used, else (None, (reason, detail)). A split column is not looked at (see `check_record`)."""
     if record.error:
-        return None, None, record.error
+        return None, record.error
     f = record.fields
     text = _as_text(f.get(settings.text_key))
     if text is None:
-        return None, None, (MISSING_TEXT, f"no {settings.text_key!r} field")
+        return None, (MISSING_TEXT, f"no {settings.text_key!r} field")
     if not text.strip():
-        return None, None, (EMPTY_TEXT, "text is empty or whitespace only")
+        return None, (EMPTY_TEXT, "text is empty or whitespace only")
     text_bytes = text.encode("utf-8")
     if len(text_bytes) > settings.max_text_bytes:
-        return None, None, (TEXT_TOO_LONG, f"text is {len(text_bytes)} bytes, over the limit "
-                                           f"of {settings.max_text_bytes}")
+        return None, (TEXT_TOO_LONG, f"text is {len(text_bytes)} bytes, over the limit "
+                                     f"of {settings.max_text_bytes}")
     values = {features.TEXT: text_bytes}
     label = _as_text(f.get(settings.label_key))
     if label is not None and label.strip():
         values[features.LABEL] = label.strip().encode("utf-8")
     elif settings.require_label:
-        return None, None, (MISSING_LABEL, f"no value in {settings.label_key!r}")
+        return None, (MISSING_LABEL, f"no value in {settings.label_key!r}")
     row_id = _as_text(f.get(settings.id_key))
     if row_id:
         values[features.ID] = row_id.encode("utf-8")
-    marked = (_as_text(f.get(settings.split_key)) or "").strip().lower()
+    return values, None
+
+
+def check_record(record: RawRecord, settings: ExampleGenSettings
+                 ) -> Tuple[Optional[str], Optional[Dict[str, bytes]], Optional[Tuple[str, str]]]:
+    """Returns (split, feature values, None) for a usable record, else (None, None, (reason, detail))."""
+    values, problem = check_values(record, settings)
+    if problem:
+        return None, None, problem
+    marked = (_as_text(record.fields.get(settings.split_key)) or "").strip().lower()
     if marked not in _MARKED_SPLITS:
         return None, None, (UNKNOWN_SPLIT, f"split value {marked!r} is not one of train, eval, "
                                            "test or empty")
     split = _MARKED_SPLITS[marked]
     if split in (None, features.TRAIN):  # `train` rows are hash-split too: eval is for early stopping
-        split = hash_split(text_bytes, settings.eval_ratio)
+        split = hash_split(values[features.TEXT], settings.eval_ratio)
     return split, values, None
 
 

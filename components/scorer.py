@@ -1,136 +1,86 @@
-"""Bulk offline scoring with Beam's RunInference on a pushed model.
+"""Bulk offline scoring with a pushed model, in one Beam pass, published whole.
 
-Two Beam jobs: the first reads the inputs with ExampleGen's readers (a label is optional),
-quarantines unusable rows, writes tf.Examples and their TFDV statistics; the statistics are
-validated against the schema's SERVING environment, and compared with the training statistics
-pushed with the model (skew: text lengths, and labels when the rows have them); the second runs
-the model's raw-text signature through RunInference (batched, the model loaded once per worker)
-and writes JSONL (and optionally CSV) shards. Rows read = rows scored + rows quarantined, or the
-job fails.
+One pipeline: the rows are read with ExampleGen's readers (a label is optional), checked
+(unusable rows are quarantined with a reason) and batched where they are read; a DoFn that
+loads the model once per worker process (Beam's `shared.Shared`) calls its raw-string signature
+on each batch and writes the batch's output lines straight into the shard files; TFDV
+statistics of the same batches (one `GenerateStatistics` over every column and the derived
+`text_length`) are computed beside. No tf.Example is made and no copy of the input is written.
 
-Scale: no step holds the documents in memory, and nothing groups them. The first job writes the
-examples in chunks of at most `chunk_rows` rows (their paths and row counts are all that is
-collected); their total gives the number of output shards, `ceil(rows / rows_per_shard)`, and
-each chunk is assigned whole to one shard. The second job scores chunk by chunk (the unit of
-work: as many in parallel as there are workers and chunks), each worker streams its rows into a
-piece file per shard, and a last step publishes each shard from its pieces (a rename when it
-has one piece, the usual case on one machine; a concatenation otherwise): exactly the planned
-shards, each row in one of them once. (Beam's `WriteToText(num_shards=N)` would instead group
-every row by shard; on the DirectRunner that grouping holds all of them in memory.)
+Everything is written under `OUTPUT/.staging/` first. When the pipeline has finished, the
+statistics are validated against the schema's SERVING environment and compared with the
+model's training data (skew); blocking anomalies publish nothing. Otherwise the result is
+published: each entry renamed into OUTPUT (the `predictions/` directory in one rename on a
+local disk), and the marker `_SUCCESS` written last. A reader that waits for `_SUCCESS` (on
+object storage) or reads `predictions/` (locally) never sees part of a result.
+
+A run that dies at any point leaves `.staging/` behind: the same request later finishes its
+publication when the staged result is complete (its `READY.json` written), or starts again.
+A published output is replaced only on purpose (`overwrite`); the same request again is
+already done. Rows read = rows scored + rows quarantined, or the job fails.
+
+Scale: no step holds the rows in memory and nothing groups them; each worker writes its rows
+into its own shard files of at most `rows_per_shard` rows (one file per format, rolled
+together, so a shard's number holds the same rows in every format), which are numbered and
+renamed when the job has finished.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import functools
+import hashlib
 import io
 import json
-import math
-import os
-import shutil
 import uuid
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, \
-    RunInference
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+from json.encoder import encode_basestring as _json_string  # json.dumps' own, ensure_ascii=False
 
 from components import drift
 from components import readers as rd
 from components import export, features, fileio
+from components.artifacts import content_id, fingerprint_dir
 from components.beam_pipeline import beam_pipeline
 from components.errors import BlockingAnomaliesError, UserInputError
-from components.example_validator import check_threshold, describe_anomalies, is_blocking
+from components.example_validator import describe_anomalies, is_blocking
 from components.pusher import METADATA_FILE, versions
 from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, is_integer_class,
                                    load_schema)
-from components.statistics_gen import TEXT_LENGTH_STATS_FILE, TextLengthStatistics
+from components.score_settings import FORMATS, ScoreSettings  # noqa: F401  (the API's)
+from components.statistics_gen import (TEXT_LENGTH, TEXT_LENGTH_STATS_FILE,
+                                       text_length_stats_options, write_split_statistics)
 
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_PREFIX = "predictions"  # shards: predictions-00000-of-00003.jsonl (Beam's naming)
-EXAMPLES_DIR = ".examples"  # the first job's examples, in chunks; removed at the end
-CHUNKS_FILE = "chunks.json"  # [[path, rows], ...] of those chunks
-PIECES_DIR = ".pieces"  # the second job's per-worker pieces of the shards; removed at the end
-WRITTEN_FILE = ".written"  # rows published per output format, checked against rows scored
-LINES_FILE = ".lines"  # lines per piece of a cut input file, while planning the reading
-MAX_CHUNK_ROWS = 10_000  # at most this many rows per chunk: the unit of scoring work
-MAX_OPEN_PIECES = 16  # piece files a worker keeps open at once (each holds a write buffer)
+SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 STATS_FILE = "FeatureStats.pb"
-LABEL_STATS_FILE = "LabelStats.pb"  # the labels of labelled rows, for skew only
+ANOMALIES_FILE = "anomalies.pbtxt"
 SUMMARY_FILE = "summary.json"
-SCORE_SPLIT = "score"  # the one output of the ingest step, in the counts' "split:<name>" keys
+SUCCESS_FILE = "_SUCCESS"  # written last: the output is published, whole
+STAGING_DIR = ".staging"  # everything a run writes before it is published
+READY_FILE = "READY.json"  # in the staging directory: the staged result is whole and valid
+PIECES_DIR = "pieces"  # in the staging directory: the workers' shard files, before numbering
+LINES_FILE = ".lines"  # in the staging directory: lines per piece of a cut input file
+TALLY_FILE = "tally.json"  # in the staging directory: the job's counts, for the driver
+# What a published output holds (besides the marker): what `overwrite` replaces.
+PUBLISHED = (PREDICTIONS_DIR, rd.QUARANTINE_DIR, STATS_FILE, TEXT_LENGTH_STATS_FILE,
+             ANOMALIES_FILE, drift.SKEW_ANOMALIES_FILE, SUMMARY_FILE)
+PARQUET_ROW_GROUP_ROWS = 65_536  # rows a Parquet shard buffers before writing a row group
+SCORE_SPLIT = "score"
+
+_QUARANTINE, _COUNTS, _FILES, _TALLY = "quarantine", "counts", "files", "tally"
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoreSettings:
-    min_batch_size: int = 1
-    max_batch_size: int = 256
-    write_csv: bool = False
-    allow_anomalies: bool = False
-    # Skew against the model's training data (components/drift.py): thresholds as the
-    # ExampleValidator's drift ones (0 turns a comparison off); reported in the summary, and
-    # stopping the job (unless allow_anomalies) only when skew_blocking is set.
-    skew_label_linf: float = 0.1
-    skew_text_length_jsd: float = 0.1
-    skew_blocking: bool = False
-    # Output shards follow the data: ceil(rows scored / rows_per_shard), at least 1. A million
-    # rows (a few hundred MB of JSONL) per shard: one shard for a test set, ~100 for 100M rows.
-    rows_per_shard: int = 1_000_000
-
-    def __post_init__(self):
-        for name in ("skew_label_linf", "skew_text_length_jsd"):
-            check_threshold(name, getattr(self, name))
-        if self.rows_per_shard < 1:
-            raise UserInputError(f"rows_per_shard must be >= 1; got {self.rows_per_shard}")
-
-    @property
-    def chunk_rows(self) -> int:
-        """Rows per example chunk: at most a quarter of a shard, so that every planned shard
-        gets at least one whole chunk (see `plan_shards`)."""
-        return max(1, min(MAX_CHUNK_ROWS, -(-self.rows_per_shard // 4)))
-
-
-class RawTextModelHandler(ModelHandler[str, PredictionResult, Any]):
-    """Runs the SavedModel's `serving_default` (raw strings) on a batch of texts."""
-
-    def __init__(self, model_dir: str, min_batch_size: int = 1, max_batch_size: int = 256):
-        self._model_dir = model_dir
-        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-
-    def load_model(self):
-        import components  # noqa: F401  (legacy Keras before TensorFlow, on the worker too)
-        import tensorflow as tf
-
-        return tf.saved_model.load(self._model_dir)
-
-    def run_inference(self, batch: Sequence[str], model, inference_args=None
-                      ) -> Iterable[PredictionResult]:
-        import tensorflow as tf
-
-        out = model.signatures[export.SERVING_DEFAULT](text=tf.constant(list(batch)))
-        probabilities = out[export.PROBABILITIES].numpy()
-        predicted = out[export.PREDICTED_CLASS].numpy()
-        return [PredictionResult(text, {"probabilities": p.tolist(),
-                                        "predicted_class": c.decode("utf-8")})
-                for text, p, c in zip(batch, probabilities, predicted)]
-
-    def batch_elements_kwargs(self):
-        return self._batch
-
-    def share_model_across_processes(self) -> bool:
-        return False
-
-
-def _to_scoring_example(record: rd.RawRecord, settings: rd.ExampleGenSettings):
-    """(id, serialized tf.Example) or a quarantine record; the id defaults to source:line."""
-    _, values, problem = rd.check_record(record, settings)
-    if problem:
-        return beam.pvalue.TaggedOutput("quarantine", rd.quarantine_record(record, *problem))
-    if features.ID not in values:
-        values[features.ID] = f"{record.source}:{record.line}".encode("utf-8")
-    return rd.to_tf_example(values)
+class OutputExistsError(UserInputError):
+    """The output holds a published result of another request, or files that are not a
+    scoring output's (exit code 2)."""
 
 
 def plan_reading(items: Sequence[Tuple[str, str]], settings: rd.ExampleGenSettings,
@@ -178,237 +128,393 @@ def _read_piece(planned: Tuple[Tuple[str, str], Optional[rd.Piece], int],
             record.line += lines_before
         yield record
 
+class _ReadBatches(beam.DoFn):
+    """Planned pieces -> batches of usable rows, `(ids, texts, labels)` of at most
+    `batch_size` rows (batched across the pieces of a bundle); quarantine records (tag
+    _QUARANTINE); per piece its tallies {"read": n, "quarantine:<reason>": n} (tag _COUNTS).
+    A row without an id gets `source:line`. Texts stay UTF-8 bytes (the signature's input)."""
 
-@beam.ptransform_fn
-def IngestForScoring(pipeline, items, settings: rd.ExampleGenSettings, work_dir: str,
-                     validated_features: Sequence[str], chunk_rows: int = MAX_CHUNK_ROWS):
-    import tensorflow_data_validation as tfdv
-    from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
-
-    # Create spreads the work items over the workers; the records of an item stream through
-    # the rest of the stage (a Reshuffle of the records would materialise all of them at once
-    # in the DirectRunner's memory).
-    records = (pipeline
-               | "CreateWorkItems" >> beam.Create(items)
-               | "ReadRecords" >> beam.FlatMap(_read_piece, settings))
-    routed = records | "Check" >> beam.Map(_to_scoring_example, settings).with_outputs(
-        "quarantine", main="examples")
-    examples, quarantined = routed.examples, routed.quarantine
-    _ = (examples
-         | "WriteExamples" >> beam.ParDo(_WriteExampleChunks(os.path.join(work_dir, EXAMPLES_DIR),
-                                                             chunk_rows))
-         | "CollectChunks" >> beam.combiners.ToList()  # [(path, rows)]: a few per shard
-         | "ChunksToJson" >> beam.Map(lambda chunks: json.dumps(sorted(chunks)))
-         | "WriteChunks" >> beam.io.WriteToText(os.path.join(work_dir, EXAMPLES_DIR, CHUNKS_FILE),
-                                                shard_name_template=""))
-    _ = quarantined | "WriteQuarantine" >> rd.WriteQuarantine(work_dir)
-    batches = (examples
-               | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-               | "ToRecordBatch" >> beam.Map(
-                   lambda b: ExamplesToRecordBatchDecoder().DecodeBatch(b)))
-    # TFDV's statistics in bounded memory: its exact top-k/unique counts group every distinct
-    # value (every id, nearly every text) by key, which on the DirectRunner holds them all at
-    # once; the sketches (Misra-Gries, 1024 counters: exact up to that many distinct values,
-    # as a label's; KMV for the unique count) do not.
-    _ = (batches
-         | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
-             feature_allowlist=list(validated_features), use_sketch_based_topk_uniques=True))
-         | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(
-             os.path.join(work_dir, STATS_FILE)))
-    _ = batches | "TextLengthStatistics" >> TextLengthStatistics(
-        os.path.join(work_dir, TEXT_LENGTH_STATS_FILE))
-    _ = (batches
-         | "LabelStatistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(
-             feature_allowlist=[features.LABEL], use_sketch_based_topk_uniques=True))
-         | "WriteLabelStatistics" >> tfdv.WriteStatisticsToBinaryFile(
-             os.path.join(work_dir, LABEL_STATS_FILE)))
-    _ = (records, examples | "KeyOk" >> beam.Map(lambda _: f"split:{SCORE_SPLIT}"),
-         quarantined) | "WriteCounts" >> rd.WriteCounts(work_dir)
-
-
-class _WriteExampleChunks(beam.DoFn):
-    """Serialized tf.Examples -> GZIP TFRecord chunks of at most `chunk_rows` rows in
-    `directory`; emits (path, rows) per chunk. Only the chunks of committed bundles are
-    emitted: files a failed bundle left behind are never read, and go with the directory."""
-
-    def __init__(self, directory: str, chunk_rows: int):
-        self._directory = directory
-        self._chunk_rows = chunk_rows
-        self._handle = None
+    def __init__(self, settings: rd.ExampleGenSettings, batch_size: int):
+        self._settings = settings
+        self._batch_size = batch_size
 
     def start_bundle(self):
-        self._handle = None
+        self._ids, self._texts, self._labels = [], [], []
 
-    def _close(self) -> Tuple[str, int]:
-        self._handle.close()
-        self._handle = None
-        return self._path, self._rows
+    def _take(self):
+        batch = (self._ids, self._texts, self._labels)
+        self._ids, self._texts, self._labels = [], [], []
+        return batch
 
-    def process(self, example: bytes):
-        if self._handle is None:
-            self._path = os.path.join(self._directory, f"{uuid.uuid4().hex}.tfrecord.gz")
-            self._handle = FileSystems.create(self._path,
-                                              compression_type=CompressionTypes.GZIP)
-            self._rows = 0
-        _TFRecordUtil.write_record(self._handle, example)
-        self._rows += 1
-        if self._rows >= self._chunk_rows:
-            yield self._close()
+    def process(self, planned):
+        counts: Dict[str, int] = collections.Counter()
+        settings, size = self._settings, self._batch_size
+        ids, texts, labels = self._ids, self._texts, self._labels
+        for record in _read_piece(planned, settings):
+            counts["read"] += 1
+            values, problem = rd.check_values(record, settings)
+            if problem:
+                counts[f"quarantine:{problem[0]}"] += 1
+                yield beam.pvalue.TaggedOutput(_QUARANTINE, rd.quarantine_record(record, *problem))
+                continue
+            row_id = values.get(features.ID)
+            ids.append(row_id.decode("utf-8") if row_id else f"{record.source}:{record.line}")
+            texts.append(values[features.TEXT])
+            label = values.get(features.LABEL)
+            labels.append(None if label is None else label.decode("utf-8"))
+            if len(texts) >= size:
+                yield self._take()
+                ids, texts, labels = self._ids, self._texts, self._labels
+        yield beam.pvalue.TaggedOutput(_COUNTS, dict(counts))
 
     def finish_bundle(self):
-        if self._handle is not None:
-            yield beam.transforms.window.GlobalWindows.windowed_value(self._close())
+        if self._texts:
+            yield GlobalWindows.windowed_value(self._take())
 
 
-def plan_shards(chunks: Sequence[Tuple[str, int]], rows_per_shard: int
-                ) -> Tuple[int, List[Tuple[str, int]]]:
-    """(number of shards, [(chunk path, shard)]): ceil(rows / rows_per_shard) shards, at least
-    one; the chunks, in path order, go whole to consecutive shards, a chunk to the shard its
-    first row falls in when the rows are cut into equal parts. With chunks of at most
-    rows_per_shard / 4 rows (ScoreSettings.chunk_rows) every shard gets rows."""
-    total = sum(rows for _, rows in chunks)
-    num_shards = max(1, math.ceil(total / rows_per_shard))
-    plan, start = [], 0
-    for path, rows in sorted(chunks):
-        if rows:
-            plan.append((path, min(num_shards - 1, start * num_shards // total)))
-        start += rows
-    return num_shards, plan
+def _record_batch(batch):
+    """A batch of rows -> an Arrow record batch as TFDV reads tf.Examples: `text`, `id`,
+    `label` (null where a row has none) and the derived `text_length` (whitespace tokens)."""
+    import numpy as np
+    import pyarrow as pa
+
+    ids, texts, labels = batch
+    n = len(texts)
+    every = pa.array(np.arange(n + 1, dtype=np.int64))
+
+    def one_value_each(values, offsets=every):
+        return pa.LargeListArray.from_arrays(offsets, pa.array(values, pa.large_binary()))
+
+    strings = pa.large_list(pa.large_binary())
+    if all(x is not None for x in labels):
+        label_column = one_value_each(labels)
+    else:  # some rows without a label: null there
+        label_column = pa.array([None if x is None else [x] for x in labels], strings)
+    columns = [one_value_each(texts), one_value_each(ids), label_column,
+               pa.LargeListArray.from_arrays(every, pa.array([len(t.split()) for t in texts],
+                                                             pa.int64()))]
+    return pa.RecordBatch.from_arrays(columns, [features.TEXT, features.ID, features.LABEL,
+                                                TEXT_LENGTH])
 
 
-def _parse_example(serialized: bytes) -> Tuple[Tuple[str, Optional[str]], str]:
-    """((id, label or None), text)."""
-    import tensorflow as tf
+class _Model:
+    """A loaded SavedModel and its raw-string signature (one per worker process)."""
 
-    f = tf.train.Example.FromString(serialized).features.feature
-    label = (f[features.LABEL].bytes_list.value[0].decode("utf-8")
-             if features.LABEL in f else None)
-    return ((f[features.ID].bytes_list.value[0].decode("utf-8"), label),
-            f[features.TEXT].bytes_list.value[0].decode("utf-8"))
+    def __init__(self, model_dir: str):
+        import components  # noqa: F401  (legacy Keras before TensorFlow, on the worker too)
+        import tensorflow as tf
+
+        self.loaded = tf.saved_model.load(model_dir)
+        self.signature = self.loaded.signatures[export.SERVING_DEFAULT]
 
 
-def _read_chunk(chunk: Tuple[str, int]) -> Iterable[Tuple[Tuple[int, str, Optional[str]], str]]:
-    """A chunk's rows as ((shard, id, label or None), text), streamed from the file: the key
-    rides along RunInference untouched."""
-    path, shard = chunk
-    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
-        while True:
-            record = _TFRecordUtil.read_record(f)
-            if record is None:
-                return
-            (row_id, label), text = _parse_example(record)
-            yield (shard, row_id, label), text
+# ---------------------------------------------------------------------------------------------
+# Output formats: one writer per shard file.
+
+
+class _Columns:
+    """What every output row holds, fixed for the run: the classes (in the model's order),
+    the version, and how a class is written in JSON (`class_value`)."""
+
+    def __init__(self, classes: Sequence[str], version: str):
+        self.classes = list(classes)
+        self.version = version
+        self.value = class_value(classes)
+        self.csv_header = ["id", "label", "predicted_class"] + [
+            f"p_{c}" for c in classes] + ["model_version"]
+
+    def arrow_schema(self):
+        import pyarrow as pa
+
+        return pa.schema([("id", pa.string()), ("label", pa.string()),
+                          ("predicted_class", pa.string())]
+                         + [(f"p_{c}", pa.float32()) for c in self.classes]
+                         + [("model_version", pa.string())])
+
+
+class _JsonlWriter:
+    """One JSON object per row, as `json.dumps(row, ensure_ascii=False)` writes it: id,
+    predicted_class, probabilities (by class), model_version, and label when the row has one.
+    Lines are formatted from a template made once (json's own string escaping, floats as
+    json writes them, `repr`): a dict and `json.dumps` per row cost more than the model."""
+
+    def __init__(self, path: str, columns: _Columns):
+        self._f = FileSystems.create(path, mime_type="application/jsonl",
+                                     compression_type=CompressionTypes.UNCOMPRESSED)
+        self._c = columns
+        self._class_json = {c: json.dumps(columns.value(c), ensure_ascii=False)
+                            for c in columns.classes}
+        head = ('{"id": %s, "predicted_class": %s, "probabilities": {'
+                + ", ".join(_json_string(c).replace("%", "%%") + ": %r"
+                            for c in columns.classes)
+                + "}, \"model_version\": " + _json_string(columns.version).replace("%", "%%"))
+        self._unlabelled = head + "}"
+        self._labelled = head + ', "label": %s}'
+        self._label_json: Dict[str, str] = {}
+
+    def _label(self, label: str) -> str:
+        text = self._label_json.get(label)
+        if text is None:
+            text = self._label_json[label] = json.dumps(self._c.value(label), ensure_ascii=False)
+        return text
+
+    def write(self, ids, labels, probabilities, predicted) -> None:
+        import numpy as np
+
+        if not np.isfinite(probabilities).all():  # NaN/Infinity: as json writes them
+            lines = [self._dumps(*row) for row in zip(ids, labels, probabilities.tolist(),
+                                                      predicted)]
+        else:
+            string, classes = _json_string, self._class_json
+            unlabelled, labelled = self._unlabelled, self._labelled
+            lines = [unlabelled % (string(row_id), classes[cls], *p) if label is None else
+                     labelled % (string(row_id), classes[cls], *p, self._label(label))
+                     for row_id, label, p, cls in zip(ids, labels, probabilities.tolist(),
+                                                      predicted)]
+        lines.append("")
+        self._f.write("\n".join(lines).encode("utf-8"))
+
+    def _dumps(self, row_id, label, p, cls) -> str:
+        c = self._c
+        row = {"id": row_id, "predicted_class": c.value(cls),
+               "probabilities": dict(zip(c.classes, p)), "model_version": c.version}
+        if label is not None:
+            row["label"] = c.value(label)
+        return json.dumps(row, ensure_ascii=False)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _CsvWriter:
+    def __init__(self, path: str, columns: _Columns):
+        self._f = FileSystems.create(path, mime_type="text/csv",
+                                     compression_type=CompressionTypes.UNCOMPRESSED)
+        self._c = columns
+        self._f.write((_csv_line(columns.csv_header) + "\n").encode("utf-8"))
+
+    def write(self, ids, labels, probabilities, predicted) -> None:
+        buf = io.StringIO()
+        version = self._c.version
+        csv.writer(buf, lineterminator="\n").writerows(
+            [row_id, "" if label is None else label, cls, *p, version]
+            for row_id, label, p, cls in zip(ids, labels, probabilities.tolist(), predicted))
+        self._f.write(buf.getvalue().encode("utf-8"))
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _ParquetWriter:
+    """Rows buffered into row groups of PARQUET_ROW_GROUP_ROWS (a row group per batch would
+    make readers slow)."""
+
+    def __init__(self, path: str, columns: _Columns):
+        import pyarrow.parquet as pq
+
+        self._f = FileSystems.create(path, mime_type="application/vnd.apache.parquet",
+                                     compression_type=CompressionTypes.UNCOMPRESSED)
+        self._schema = columns.arrow_schema()
+        self._writer = pq.ParquetWriter(self._f, self._schema)
+        self._c = columns
+        self._batches, self._rows = [], 0
+
+    def write(self, ids, labels, probabilities, predicted) -> None:
+        import pyarrow as pa
+
+        n = len(ids)
+        arrays = ([pa.array(ids, pa.string()), pa.array(labels, pa.string()),
+                   pa.array(predicted, pa.string())]
+                  + [pa.array(probabilities[:, i]) for i in range(len(self._c.classes))]
+                  + [pa.array([self._c.version] * n, pa.string())])
+        self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+        self._rows += n
+        if self._rows >= PARQUET_ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._batches:
+            self._writer.write_table(pa.Table.from_batches(self._batches, self._schema),
+                                     row_group_size=max(self._rows, 1))
+        self._batches, self._rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._f.close()
+
+
+_WRITERS = {"jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
+
+
+class _ShardSet:
+    """A worker's current shard: one file per format under `directory`, named by one random
+    stem, holding the same rows; rolled to a new stem every `rows_per_shard` rows. `write` and
+    `close` return the finished files as (stem, format, path, rows)."""
+
+    def __init__(self, directory: str, formats: Sequence[str], rows_per_shard: int,
+                 columns: _Columns):
+        self._directory, self._formats = directory, formats
+        self._rows_per_shard, self._columns = rows_per_shard, columns
+        self._writers: Optional[Dict[str, Any]] = None
+
+    def write(self, ids, labels, probabilities, predicted) -> List[Tuple[str, str, str, int]]:
+        done, start, n = [], 0, len(ids)
+        while start < n:
+            if self._writers is None:
+                self._stem = uuid.uuid4().hex
+                self._paths = {f: fileio.join(self._directory, self._stem + SUFFIXES[f])
+                               for f in self._formats}
+                self._writers = {f: _WRITERS[f](self._paths[f], self._columns)
+                                 for f in self._formats}
+                self._rows = 0
+            take = min(n - start, self._rows_per_shard - self._rows)
+            end = start + take
+            for writer in self._writers.values():
+                writer.write(ids[start:end], labels[start:end], probabilities[start:end],
+                             predicted[start:end])
+            self._rows += take
+            start = end
+            if self._rows >= self._rows_per_shard:
+                done += self.close()
+        return done
+
+    def close(self) -> List[Tuple[str, str, str, int]]:
+        if self._writers is None:
+            return []
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = None
+        return [(self._stem, f, self._paths[f], self._rows) for f in self._formats]
+
+
+class _ScoreBatches(beam.DoFn):
+    """Batches of rows -> the model's predictions, written into this worker's shard files.
+
+    Emits per finished file (stem, format, path, rows) (tag _FILES), and per bundle its tally
+    (rows scored, rows with a label, rows whose label is the predicted class) (tag _TALLY).
+    Only the files of committed bundles are emitted: a retried bundle's leftovers are never
+    published."""
+
+    def __init__(self, model_dir: str, model_handle: shared.Shared, columns: _Columns,
+                 formats: Sequence[str], pieces_dir: str, rows_per_shard: int):
+        self._model_dir, self._handle, self._columns = model_dir, model_handle, columns
+        self._formats, self._pieces_dir = tuple(formats), pieces_dir
+        self._rows_per_shard = rows_per_shard
+
+    def setup(self):
+        self._model = self._handle.acquire(functools.partial(_Model, self._model_dir))
+
+    def start_bundle(self):
+        self._shards = _ShardSet(self._pieces_dir, self._formats, self._rows_per_shard,
+                                 self._columns)
+        self._tally = [0, 0, 0]
+
+    def process(self, batch):
+        import tensorflow as tf
+
+        ids, texts, labels = batch
+        out = self._model.signature(text=tf.constant(texts))
+        probabilities = out[export.PROBABILITIES].numpy()
+        predicted = [c.decode("utf-8") for c in out[export.PREDICTED_CLASS].numpy()]
+        self._tally[0] += len(ids)
+        for label, cls in zip(labels, predicted):
+            if label is not None:
+                self._tally[1] += 1
+                self._tally[2] += label == cls
+        for done in self._shards.write(ids, labels, probabilities, predicted):
+            yield beam.pvalue.TaggedOutput(_FILES, done)
+
+    def finish_bundle(self):
+        for done in self._shards.close():
+            yield beam.pvalue.TaggedOutput(_FILES, GlobalWindows.windowed_value(done))
+        yield beam.pvalue.TaggedOutput(_TALLY, GlobalWindows.windowed_value(tuple(self._tally)))
+
+
+def _sum_counts(dicts) -> Dict[str, int]:
+    total: Dict[str, int] = collections.Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(total)
+
+
+def _sum_tallies(tallies) -> Tuple[int, int, int]:
+    total = [0, 0, 0]
+    for t in tallies:
+        total = [a + b for a, b in zip(total, t)]
+    return tuple(total)
+
+
+@beam.ptransform_fn
+def ScoreRows(pipeline, items, reader: rd.ExampleGenSettings, model_dir: str,
+              columns: _Columns, settings: ScoreSettings, staging: str):
+    """The one pass: read, check, batch, score, write shards; statistics beside; the tallies
+    (counts of the reading, the scoring's tally, the files written) in `staging/TALLY_FILE`."""
+    import tensorflow_data_validation as tfdv
+
+    # Create spreads the work items over the workers; their rows stream through the rest of
+    # the stage in batches.
+    read = (pipeline
+            | "CreateWorkItems" >> beam.Create(items)
+            | "ReadAndBatch" >> beam.ParDo(_ReadBatches(reader, settings.batch_size))
+            .with_outputs(_QUARANTINE, _COUNTS, main="batches"))
+    scored = read.batches | "Score" >> beam.ParDo(_ScoreBatches(
+        model_dir, shared.Shared(), columns, settings.formats,
+        fileio.join(staging, PIECES_DIR), settings.rows_per_shard)).with_outputs(_FILES, _TALLY)
+    _ = read[_QUARANTINE] | "WriteQuarantine" >> rd.WriteQuarantine(staging)
+    if settings.statistics:
+        # TFDV's statistics in bounded memory: its exact top-k/unique counts group every
+        # distinct value (every id, nearly every text) by key, which on the DirectRunner holds
+        # them all at once; the sketches (Misra-Gries, exact up to 1024 distinct values, as
+        # a label's; KMV for the unique count) do not.
+        options = text_length_stats_options()
+        options.use_sketch_based_topk_uniques = True
+        _ = (read.batches
+             | "ToRecordBatch" >> beam.Map(_record_batch)
+             | "Statistics" >> tfdv.GenerateStatistics(options)
+             | "WriteStatistics" >> beam.Map(
+                 write_split_statistics, fileio.join(staging, STATS_FILE),
+                 fileio.join(staging, TEXT_LENGTH_STATS_FILE)))
+    tallies = (
+        read[_COUNTS] | "SumCounts" >> beam.CombineGlobally(_sum_counts)
+        | "KeyCounts" >> beam.Map(lambda c: ("counts", c)),
+        scored[_TALLY] | "SumTally" >> beam.CombineGlobally(_sum_tallies)
+        | "KeyTally" >> beam.Map(lambda t: ("scored", list(t))),
+        scored[_FILES] | "CollectFiles" >> beam.combiners.ToList()
+        | "KeyFiles" >> beam.Map(lambda files: ("files", sorted(map(list, files))))
+    ) | "FlattenTallies" >> beam.Flatten()
+    _ = (tallies
+         | "CollectTallies" >> beam.combiners.ToDict()
+         | "TalliesToJson" >> beam.Map(json.dumps)
+         | "WriteTallies" >> beam.io.WriteToText(fileio.join(staging, TALLY_FILE),
+                                                 shard_name_template=""))
 
 
 def shard_name(prefix: str, shard: int, num_shards: int, suffix: str) -> str:
     return f"{prefix}-{shard:05d}-of-{num_shards:05d}{suffix}"
 
 
-class _WritePieces(beam.DoFn):
-    """(shard, line) -> piece files of the shards in `directory`, one per shard per bundle
-    (more only when over MAX_OPEN_PIECES shards come in one bundle); emits (shard, (path,
-    rows)) per piece. Each piece starts with the header, when there is one."""
-
-    def __init__(self, directory: str, suffix: str, header: Optional[str]):
-        self._directory = directory
-        self._suffix = suffix
-        self._header = None if header is None else (header + "\n").encode("utf-8")
-        self._open: Dict[int, list] = {}
-
-    def start_bundle(self):
-        self._open = {}
-
-    def _close(self, shard: int):
-        handle, path, rows = self._open.pop(shard)
-        handle.close()
-        return shard, (path, rows)
-
-    def process(self, element: Tuple[int, str]):
-        shard, line = element
-        piece = self._open.pop(shard, None)  # re-inserted last: the dict is in recency order
-        if piece is None:
-            if len(self._open) >= MAX_OPEN_PIECES:
-                yield self._close(next(iter(self._open)))
-            path = os.path.join(self._directory, f"{shard:05d}-{uuid.uuid4().hex}{self._suffix}")
-            piece = [FileSystems.create(path, mime_type="text/plain",
-                                        compression_type=CompressionTypes.UNCOMPRESSED), path, 0]
-            if self._header is not None:
-                piece[0].write(self._header)
-        self._open[shard] = piece
-        piece[0].write(line.encode("utf-8") + b"\n")
-        piece[2] += 1
-
-    def finish_bundle(self):
-        for shard in list(self._open):
-            yield beam.transforms.window.GlobalWindows.windowed_value(self._close(shard))
-
-
-def _publish_shard(shard_pieces: Tuple[int, Iterable[Optional[Tuple[str, int]]]],
-                   directory: str, prefix: str, suffix: str, num_shards: int,
-                   header: Optional[str]) -> int:
-    """Publishes one shard from its (path, rows) pieces (and None: the placeholder that every
-    shard has, so that one without rows is written too); returns its rows."""
-    shard, pieces = shard_pieces
-    pieces = sorted(p for p in pieces if p is not None)
-    final = os.path.join(directory, shard_name(prefix, shard, num_shards, suffix))
-    rows = sum(n for _, n in pieces)
-    if FileSystems.exists(final) and not all(FileSystems.exists(p) for p, _ in pieces):
-        return rows  # a retry of a publish that got as far as moving or removing its pieces
-    if len(pieces) == 1:
-        try:
-            FileSystems.mkdirs(directory)
-        except IOError:
-            pass  # there already (object stores have no directories to make)
-        FileSystems.rename([pieces[0][0]], [final])
-        return rows
-    head = b"" if header is None else (header + "\n").encode("utf-8")
-    with FileSystems.create(final, mime_type="text/plain",
-                            compression_type=CompressionTypes.UNCOMPRESSED) as out:
-        out.write(head)
-        for path, _ in pieces:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                f.read(len(head))  # each piece starts with the header
-                shutil.copyfileobj(f, out, 1 << 20)
-    FileSystems.delete([path for path, _ in pieces])
-    return rows
-
-
-@beam.ptransform_fn
-def WriteShards(lines, directory: str, pieces_dir: str, prefix: str, suffix: str,
-                num_shards: int, header: Optional[str] = None):
-    """(shard, line) -> exactly `num_shards` files `directory/prefix-SSSSS-of-NNNNN<suffix>`,
-    without grouping the lines (only the pieces' names are grouped); returns (suffix, rows)
-    per shard."""
-    pieces = lines | "WritePieces" >> beam.ParDo(_WritePieces(pieces_dir, suffix, header))
-    every_shard = (lines.pipeline
-                   | "EveryShard" >> beam.Create([(s, None) for s in range(num_shards)]))
-    return ((pieces, every_shard)
-            | "Flatten" >> beam.Flatten()
-            | "GroupPieces" >> beam.GroupByKey()
-            | "Publish" >> beam.Map(_publish_shard, directory, prefix, suffix, num_shards, header)
-            | "KeyRows" >> beam.Map(lambda rows: (suffix, rows)))
-
-
-class SumTuples(beam.CombineFn):
-    """Element-wise sums of equal-length tuples of counts (the empty input: zeros)."""
-
-    def __init__(self, width: int):
-        self._width = width
-
-    def create_accumulator(self):
-        return (0,) * self._width
-
-    def add_input(self, accumulator, element):
-        return tuple(a + b for a, b in zip(accumulator, element))
-
-    def merge_accumulators(self, accumulators):
-        total = self.create_accumulator()
-        for accumulator in accumulators:
-            total = self.add_input(total, accumulator)
-        return total
-
-    def extract_output(self, accumulator):
-        return accumulator
+def number_shards(files: Sequence[Sequence[Any]], directory: str, formats: Sequence[str],
+                  columns: _Columns) -> Tuple[int, Dict[str, int]]:
+    """Renames the workers' files `[(stem, format, path, rows)]` into `directory` as
+    predictions-SSSSS-of-NNNNN.<suffix>, shards numbered in stem order (so shard i holds the
+    same rows in every format); with no rows, one empty shard per format (a CSV header, a
+    Parquet schema). Returns (shards, {format: rows})."""
+    stems = sorted({stem for stem, *_ in files}) or [None]
+    number = {stem: i for i, stem in enumerate(stems)}
+    rows = {f: 0 for f in formats}
+    fileio.makedirs(directory)
+    for stem, fmt, path, n in files:
+        fileio.rename(path, fileio.join(directory, shard_name(
+            PREDICTIONS_PREFIX, number[stem], len(stems), SUFFIXES[fmt])))
+        rows[fmt] += n
+    if stems == [None]:
+        for fmt in formats:
+            _WRITERS[fmt](fileio.join(directory, shard_name(
+                PREDICTIONS_PREFIX, 0, 1, SUFFIXES[fmt])), columns).close()
+    return len(stems), rows
 
 
 def class_value(classes: Sequence[str]) -> Callable[[str], Any]:
@@ -420,28 +526,10 @@ def class_value(classes: Sequence[str]) -> Callable[[str], Any]:
     return lambda name: name
 
 
-def _format(keyed: Tuple[Tuple[int, str, Optional[str]], PredictionResult],
-            classes: Sequence[str], version: str, value: Callable[[str], Any]
-            ) -> Tuple[int, Dict[str, Any]]:
-    """(shard, output row)."""
-    (shard, row_id, label), result = keyed
-    row = {"id": row_id, "predicted_class": value(result.inference["predicted_class"]),
-           "probabilities": dict(zip(classes, result.inference["probabilities"])),
-           "model_version": version}
-    if label is not None:
-        row["label"] = value(label)
-    return shard, row
-
-
 def _csv_line(values: Sequence[Any]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(values)
     return buf.getvalue()
-
-
-def _to_csv(row: Dict[str, Any], classes: Sequence[str]) -> str:
-    return _csv_line([row["id"], row["predicted_class"]]
-                     + [f"{row['probabilities'][c]:.6g}" for c in classes] + [row["model_version"]])
 
 
 def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
@@ -476,124 +564,263 @@ def resolve_schema(model_dir: str, schema_path: Optional[str], fallback: str) ->
     return schema_path
 
 
-def check_skew(model_dir: str, output_dir: str, settings: ScoreSettings) -> Dict[str, Any]:
-    """The scoring data (statistics in `output_dir`) against the training statistics pushed
+def check_skew(model_dir: str, staging: str, settings: ScoreSettings) -> Dict[str, Any]:
+    """The scoring data (statistics in `staging`) against the training statistics pushed
     with the model: drift.check_skew's result, its anomalies in `skew_anomalies.pbtxt`.
     Blocking skew stops the job only with `skew_blocking` and without `allow_anomalies`."""
     result = drift.check_skew(
-        model_dir, fileio.join(output_dir, LABEL_STATS_FILE),
-        fileio.join(output_dir, TEXT_LENGTH_STATS_FILE), settings.skew_label_linf,
+        model_dir, fileio.join(staging, STATS_FILE),
+        fileio.join(staging, TEXT_LENGTH_STATS_FILE), settings.skew_label_linf,
         settings.skew_text_length_jsd, blocking=settings.skew_blocking,
-        anomalies_path=fileio.join(output_dir, drift.SKEW_ANOMALIES_FILE))
+        anomalies_path=fileio.join(staging, drift.SKEW_ANOMALIES_FILE))
     if result.get("blocking") and not settings.allow_anomalies:
         raise BlockingAnomaliesError(
             "the scoring data is skewed against the model's training data:\n  "
-            + "\n  ".join(result["messages"]) + "\nCheck the data, or pass --allow-anomalies.")
+            + "\n  ".join(result["messages"]) + "\nNothing was published. Check the data, or "
+            "pass --allow-anomalies.")
     return result
+
+
+def _only_features(stats, names: Sequence[str]):
+    """A copy of a DatasetFeatureStatisticsList with only the features `names`."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    out = statistics_pb2.DatasetFeatureStatisticsList()
+    for dataset in stats.datasets:
+        part = out.datasets.add()
+        part.CopyFrom(dataset)
+        del part.features[:]
+        part.features.extend(f for f in dataset.features if list(f.path.step)[-1:] in
+                             [[n] for n in names])
+    return out
+
+
+def validate(staging: str, schema, settings: ScoreSettings) -> List[str]:
+    """The staged statistics of the serving features against the schema's SERVING
+    environment (anomalies in `anomalies.pbtxt`); raises BlockingAnomaliesError on blocking
+    ones unless `allow_anomalies`."""
+    import tensorflow_data_validation as tfdv
+
+    stats = _only_features(tfdv.load_stats_binary(fileio.join(staging, STATS_FILE)),
+                           _validated_features(schema))
+    result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
+    tfdv.write_anomalies_text(result, fileio.join(staging, ANOMALIES_FILE))
+    anomalies = describe_anomalies(SCORE_SPLIT, result)
+    if is_blocking(result) and not settings.allow_anomalies:
+        raise BlockingAnomaliesError(
+            "the scoring data does not match the schema's SERVING environment:\n  "
+            + "\n  ".join(anomalies) + "\nNothing was published. Fix the data, or pass "
+            "--allow-anomalies.")
+    return anomalies
+
+
+# ---------------------------------------------------------------------------------------------
+# The request, the output's state, publication.
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a scoring run's result depends on; `fingerprint` identifies it."""
+
+    model_dir: str
+    version: str
+    model_fingerprint: str
+    inputs: Tuple[Tuple[str, str], ...]  # (path, content id) per input file
+    schema_path: str
+    schema_sha256: str
+    reader: Dict[str, Any]
+    settings: Dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        payload = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def make_request(model_dir: str, version: str, items: Sequence[Tuple[str, str]],
+                 schema_path: str, reader: rd.ExampleGenSettings,
+                 settings: ScoreSettings) -> Request:
+    """The request for these inputs: the model's and each input file's content identified
+    (sha256 of a local file, the store's checksum on object storage)."""
+    paths = sorted({path for path, _ in items})
+    outcome = {k: v for k, v in dataclasses.asdict(settings).items() if k != "batch_size"}
+    return Request(model_dir=model_dir, version=version,
+                   model_fingerprint=fingerprint_dir(model_dir),
+                   inputs=tuple((p, content_id(p)) for p in paths), schema_path=schema_path,
+                   schema_sha256=hashlib.sha256(
+                       fileio.read_text(schema_path).encode("utf-8")).hexdigest(),
+                   reader=dataclasses.asdict(reader), settings=outcome)
+
+
+# What `prepare_output` found.
+FRESH, RESUME, DONE = "fresh", "resume", "done"
+
+
+def published_summary(output_dir: str) -> Optional[Dict[str, Any]]:
+    """The summary of the result published in `output_dir`, None when there is none."""
+    if not fileio.exists(fileio.join(output_dir, SUCCESS_FILE)):
+        return None
+    return fileio.read_json(fileio.join(output_dir, SUMMARY_FILE))
+
+
+def prepare_output(output_dir: str, request: Request, overwrite: bool,
+                   keep: Sequence[str] = ()) -> str:
+    """What to do for `request` in `output_dir` (call it holding the output's lock):
+
+    RESUME: a staged result of the same request is whole (a run died while publishing it):
+    publish it. DONE: the published result is this request's (and not `overwrite`). FRESH:
+    score; a dead run's staging is removed first. A published result of another request, or
+    files that no scoring run wrote, are refused (OutputExistsError) unless `overwrite`
+    (which never removes files that no scoring run wrote). `keep`: names in the output that
+    belong to the caller (its lock, its store).
+    """
+    staging = fileio.join(output_dir, STAGING_DIR)
+    ready = fileio.join(staging, READY_FILE)
+    if fileio.exists(ready) and fileio.read_json(ready).get("request") == request.fingerprint:
+        return RESUME
+    fileio.rmtree(staging)
+    published = published_summary(output_dir)
+    if published is not None:
+        if published.get("request") == request.fingerprint and not overwrite:
+            return DONE
+        if not overwrite:
+            raise OutputExistsError(
+                f"{output_dir} holds a published scoring result of another request (model "
+                f"version {published.get('version')}, {published.get('scored')} rows scored by "
+                f"run {published.get('run_id')}): pass --overwrite to replace it, or choose "
+                "another --output")
+        return FRESH
+    others = sorted(set(fileio.listdir(output_dir) if fileio.exists(output_dir) else [])
+                    - {STAGING_DIR, *keep})
+    if others:
+        ours = all(n in PUBLISHED for n in others)
+        if not (ours and overwrite):
+            raise OutputExistsError(
+                f"output directory {output_dir} is not empty and holds no published scoring "
+                f"result ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
+                + ("; pass --overwrite to replace what an unfinished scoring run left"
+                   if ours else "; choose another --output"))
+    return FRESH
+
+
+def _move(source: str, target: str) -> None:
+    """A file or directory moved: one rename on a local disk, file by file elsewhere."""
+    if fileio.rename_is_atomic(target) or not fileio.isdir(source):
+        fileio.rename(source, target, overwrite=True)
+        return
+    for root, _, files in fileio.walk(source):
+        for name in files:
+            path = fileio.join(root, name)
+            fileio.rename(path, fileio.join(target, path[len(source.rstrip("/")) + 1:]),
+                          overwrite=True)
+    fileio.rmtree(source)
+
+
+def publish(output_dir: str) -> Dict[str, Any]:
+    """Publishes the staged result (its READY_FILE written): the marker removed, the entries
+    of an earlier result removed, the staged ones moved in, the marker written last. Safe to
+    repeat after a crash at any point. Returns the published summary."""
+    staging = fileio.join(output_dir, STAGING_DIR)
+    entries = fileio.read_json(fileio.join(staging, READY_FILE))["entries"]
+    marker = fileio.join(output_dir, SUCCESS_FILE)
+    if fileio.exists(marker):
+        fileio.remove(marker)
+    for name in PUBLISHED:
+        staged = fileio.join(staging, name)
+        if fileio.exists(fileio.join(output_dir, name)) and (
+                name not in entries or fileio.exists(staged)):
+            fileio.rmtree(fileio.join(output_dir, name))
+    for name in entries:
+        staged = fileio.join(staging, name)
+        if fileio.exists(staged):
+            _move(staged, fileio.join(output_dir, name))
+    summary = fileio.read_json(fileio.join(output_dir, SUMMARY_FILE))
+    fileio.write_json(marker, {"run_id": summary.get("run_id"), "request": summary["request"]})
+    fileio.rmtree(staging)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], output_dir: str,
               schema_path: Optional[str], fallback_schema: str, reader: rd.ExampleGenSettings,
-              settings: ScoreSettings, beam_options) -> Dict[str, Any]:
-    """Scores `inputs` with a pushed version; returns the summary also written to the output.
+              settings: ScoreSettings, beam_options, overwrite: bool = False,
+              run: Optional[Dict[str, Any]] = None, keep: Sequence[str] = (),
+              on_request: Optional[Callable[[Request], None]] = None) -> Dict[str, Any]:
+    """Scores `inputs` with a pushed version into `output_dir`, published whole; returns the
+    published summary (with "outcome": scored, resumed (a dead run's staged result
+    published) or already published).
 
     The data is validated against `schema_path`, or when None the schema pushed with the
     model, or `fallback_schema`; then compared with the model's training statistics when the
-    version has them (summary["skew"], see `check_skew`).
+    version has them (summary["skew"], see `check_skew`). Call holding the output's lock.
+    `run`: what the caller records of the run (its id, its store), written into the summary.
+    `keep`: names in `output_dir` that are the caller's. `on_request` is called with the
+    request before any work.
     """
-    import tensorflow_data_validation as tfdv
-
     model_dir, version_name = resolve_model(model_base, version)
     schema_path = resolve_schema(model_dir, schema_path, fallback_schema)
     schema = load_schema(schema_path)
     classes = fileio.read_json(fileio.join(model_dir, METADATA_FILE))["classes"]
     reader = dataclasses.replace(reader, require_label=False)
     items = rd.discover_inputs(inputs, reader)
-    if fileio.listdir(output_dir):
-        raise UserInputError(f"output directory {output_dir} is not empty")
+    request = make_request(model_dir, version_name, items, schema_path, reader, settings)
+    if on_request is not None:
+        on_request(request)
+    state = prepare_output(output_dir, request, overwrite, keep)
+    if state == DONE:
+        return dict(published_summary(output_dir), outcome="already published")
+    if state == RESUME:  # the staged result, published by this run
+        staged = fileio.join(output_dir, STAGING_DIR, SUMMARY_FILE)
+        summary = fileio.read_json(staged)
+        fileio.write_json(staged, dict(summary, resumed_from=summary.get("run_id"), **(run or {})),
+                          indent=2, sort_keys=True)
+        return dict(publish(output_dir), outcome="resumed")
 
-    items = plan_reading(items, reader, output_dir, beam_options)
+    staging = fileio.join(output_dir, STAGING_DIR)
+    fileio.makedirs(fileio.join(staging, PIECES_DIR))
+    columns = _Columns(classes, version_name)
+    planned = plan_reading(items, reader, staging, beam_options)
     with beam_pipeline(beam_options) as p:
-        _ = p | "IngestForScoring" >> IngestForScoring(items, reader, output_dir,
-                                                        _validated_features(schema),
-                                                        settings.chunk_rows)
-    counts = rd.summarize_counts(fileio.read_json(fileio.join(output_dir, rd.COUNTS_FILE)),
-                                 splits=(SCORE_SPLIT,))
-    chunks = [tuple(c) for c in fileio.read_json(fileio.join(output_dir, EXAMPLES_DIR,
-                                                             CHUNKS_FILE))]
-    if sum(rows for _, rows in chunks) != counts["written"]:
-        raise RuntimeError(f"the example chunks hold {sum(rows for _, rows in chunks)} rows, "
-                           f"not the {counts['written']} written")
-
-    anomalies, skew = [], {"skipped": "no rows to score"}
-    if counts["written"]:
-        stats = tfdv.load_stats_binary(fileio.join(output_dir, STATS_FILE))
-        result = tfdv.validate_statistics(stats, schema, environment=features.SERVING)
-        tfdv.write_anomalies_text(result, fileio.join(output_dir, "anomalies.pbtxt"))
-        anomalies = describe_anomalies(SCORE_SPLIT, result)
-        if is_blocking(result) and not settings.allow_anomalies:
-            raise BlockingAnomaliesError(
-                "the scoring data does not match the schema's SERVING environment:\n  "
-                + "\n  ".join(anomalies) + "\nFix the data, or pass --allow-anomalies.")
-        skew = check_skew(model_dir, output_dir, settings)
-
-    num_shards, plan = plan_shards(chunks, settings.rows_per_shard)
-    predictions_dir = fileio.join(output_dir, PREDICTIONS_DIR)
-    pieces_dir = fileio.join(output_dir, PIECES_DIR)
-    handler = KeyedModelHandler(RawTextModelHandler(model_dir, settings.min_batch_size,
-                                                    settings.max_batch_size))
-    with beam_pipeline(beam_options) as p:
-        rows = (p
-                | "CreateChunks" >> beam.Create(plan)  # spread over the workers
-                | "ReadChunks" >> beam.FlatMap(_read_chunk)
-                | "RunInference" >> RunInference(handler)
-                | "Format" >> beam.Map(_format, classes, version_name, class_value(classes)))
-        written = [rows
-                   | "ToJson" >> beam.MapTuple(
-                       lambda shard, row: (shard, json.dumps(row, ensure_ascii=False)))
-                   | "WriteJsonl" >> WriteShards(predictions_dir, pieces_dir, PREDICTIONS_PREFIX,
-                                                 ".jsonl", num_shards)]
-        # Rows scored, and how many of those with a label were predicted right.
-        _ = (rows
-             | "Tally" >> beam.MapTuple(lambda _, r: (1, int("label" in r),
-                                                      int(r.get("label") == r["predicted_class"])))
-             | "SumTally" >> beam.CombineGlobally(SumTuples(3))
-             | "TallyToJson" >> beam.Map(json.dumps)
-             | "WriteTally" >> beam.io.WriteToText(fileio.join(output_dir, ".scored"),
-                                                   shard_name_template=""))
-        if settings.write_csv:
-            header = _csv_line(["id", "predicted_class"] + [f"p_{c}" for c in classes]
-                               + ["model_version"])
-            written.append(rows
-                           | "ToCsv" >> beam.MapTuple(lambda shard, row: (shard,
-                                                                          _to_csv(row, classes)))
-                           | "WriteCsv" >> WriteShards(predictions_dir, pieces_dir,
-                                                       PREDICTIONS_PREFIX, ".csv", num_shards,
-                                                       header))
-        # Rows published per format, to check against the tally.
-        _ = (written
-             | "FlattenWritten" >> beam.Flatten()
-             | "SumWritten" >> beam.CombinePerKey(sum)
-             | "CollectWritten" >> beam.combiners.ToDict()
-             | "WrittenToJson" >> beam.Map(json.dumps)
-             | "WriteWritten" >> beam.io.WriteToText(fileio.join(output_dir, WRITTEN_FILE),
-                                                     shard_name_template=""))
-    scored, labelled, correct = fileio.read_json(fileio.join(output_dir, ".scored"))
-    published = fileio.read_json(fileio.join(output_dir, WRITTEN_FILE))
-    fileio.remove(fileio.join(output_dir, ".scored"))
-    fileio.remove(fileio.join(output_dir, WRITTEN_FILE))
-    fileio.rmtree(fileio.join(output_dir, EXAMPLES_DIR))  # an intermediate copy of the input
-    fileio.rmtree(pieces_dir)  # left only by bundles that were retried
+        _ = p | "ScoreRows" >> ScoreRows(planned, reader, model_dir, columns, settings, staging)
+    tally = fileio.read_json(fileio.join(staging, TALLY_FILE))
+    counts = rd.summarize_counts(dict(tally.get("counts") or {}, **{
+        f"split:{SCORE_SPLIT}": (tally.get("scored") or [0])[0]}), splits=(SCORE_SPLIT,))
+    scored, labelled, correct = tally.get("scored") or (0, 0, 0)
+    shards, published = number_shards(tally.get("files") or [],
+                                      fileio.join(staging, PREDICTIONS_DIR),
+                                      settings.formats, columns)
+    fileio.rmtree(fileio.join(staging, PIECES_DIR))  # what retried bundles left, if anything
+    fileio.remove(fileio.join(staging, TALLY_FILE))
     if any(n != scored for n in published.values()):
-        raise RuntimeError(f"scored {scored} rows but published {published}")
-    summary = {"model": model_dir, "version": version_name, "schema": schema_path,
-               "read": counts["read"],
-               "scored": scored, "quarantined": counts["quarantined"],
+        raise RuntimeError(f"scored {scored} rows but wrote {published}")
+    if counts["read"] != scored + counts["quarantined"]:
+        raise RuntimeError(f"scoring counts do not reconcile: read {counts['read']}, scored "
+                           f"{scored}, quarantined {counts['quarantined']}")
+
+    anomalies: List[str] = []
+    skew: Dict[str, Any] = {"skipped": "no rows to score"}
+    if not settings.statistics:
+        skew = {"skipped": "statistics are off (score.statistics = false)"}
+    elif scored:
+        try:
+            anomalies = validate(staging, schema, settings)
+            skew = check_skew(model_dir, staging, settings)
+        except BlockingAnomaliesError:
+            fileio.rmtree(staging)  # nothing is published
+            raise
+    summary = {"model": model_dir, "version": version_name,
+               "model_fingerprint": request.model_fingerprint, "schema": schema_path,
+               "inputs": [list(i) for i in request.inputs], "output": output_dir,
+               "request": request.fingerprint, "formats": list(settings.formats),
+               "read": counts["read"], "scored": scored, "quarantined": counts["quarantined"],
                "quarantine_reasons": counts["quarantine_reasons"], "anomalies": anomalies,
-               "skew": skew, "shards": num_shards,
+               "statistics": settings.statistics, "skew": skew, "shards": shards,
                "classes": classes, "labelled": labelled,
-               "accuracy": correct / labelled if labelled else None}
-    if summary["read"] != summary["scored"] + summary["quarantined"]:
-        raise RuntimeError(f"scoring counts do not reconcile: {summary}")
-    fileio.write_json(fileio.join(output_dir, SUMMARY_FILE), summary, indent=2, sort_keys=True)
-    return summary
+               "accuracy": correct / labelled if labelled else None, **(run or {})}
+    fileio.write_json(fileio.join(staging, SUMMARY_FILE), summary, indent=2, sort_keys=True)
+    entries = [n for n in PUBLISHED if fileio.exists(fileio.join(staging, n))]
+    fileio.write_json(fileio.join(staging, READY_FILE),
+                      {"request": request.fingerprint, "entries": entries})
+    return dict(publish(output_dir), outcome="scored")

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from components import PROGRESS_LOGGER  # noqa: F401  (the logger of the progress lines)
 from components.errors import UserInputError  # noqa: F401  (exit code 2)
-from components.scorer import ScoreSettings
+from components.score_settings import ScoreSettings
 from pipeline import configs
 from pipeline.configs import PipelineConfig, load_config  # noqa: F401
 
@@ -199,16 +199,22 @@ def format_runs(runs, pipeline_root: str) -> str:
 
 def lineage(version_dir: str, pipeline_root: Optional[str] = None,
             metadata_dir: Optional[str] = None):
-    """How a pushed version was made (`pipeline.lineage.Lineage`; `.text()` reads it out)."""
-    from pipeline.lineage import lineage as find
+    """How a pushed version was made (`pipeline.lineage.Lineage`), or, given a published
+    scoring output, how it was scored (`pipeline.lineage.ScoringLineage`); `.text()` reads
+    either out."""
+    from pipeline.lineage import is_scoring_output, lineage as find, scoring_lineage
 
+    if is_scoring_output(version_dir):
+        return scoring_lineage(version_dir, metadata_dir)
     return find(version_dir, pipeline_root, metadata_dir)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
     """A scoring run: the version used, the rows read = scored + quarantined, accuracy on the
-    labelled rows, skew against the model's training data, and where the output is."""
+    labelled rows, skew against the model's training data, where the output is, and what the
+    run did (`outcome`: scored; resumed, when it published what a dead run had staged; or
+    already published, when the output held this request's result)."""
 
     model: str
     output: str
@@ -219,29 +225,45 @@ class ScoreResult:
     labelled: int
     accuracy: Optional[float]
     skew: Dict[str, Any]
+    outcome: str
+    run_id: str
+    metadata_dir: str
+    shards: int
+    formats: Tuple[str, ...]
     summary: Dict[str, Any] = dataclasses.field(repr=False)
 
 
 def score(model: str, inputs: Sequence[str], output: str, version: Optional[int] = None,
           schema: Optional[str] = None, config: Optional[PipelineConfig] = None,
-          settings: Optional[ScoreSettings] = None, beam_args: Sequence[str] = ()
-          ) -> ScoreResult:
+          settings: Optional[ScoreSettings] = None, beam_args: Sequence[str] = (),
+          overwrite: bool = False, metadata_dir: Optional[str] = None,
+          pipeline_root: Optional[str] = None) -> ScoreResult:
     """Scores `inputs` with a pushed version of `model` (SERVING_DIR/MODEL_NAME; the newest
     unless `version`) into `output`, validating them against `schema` (default: the schema
-    pushed with the model). `config`'s example_gen table says how to read the inputs."""
-    from components.scorer import run_score
+    pushed with the model), in one Beam pass, published whole (see components/scorer.py).
+
+    `config`'s example_gen table says how to read the inputs, its score table how to score
+    (unless `settings`). One run per output at a time (RootLockedError, exit 2); a published
+    output of another request is replaced only with `overwrite`. The run is recorded in ML
+    Metadata (see pipeline/scoring.py for which store)."""
     from pipeline.pipeline import beam_options, input_bytes
+    from pipeline.scoring import score as score_locked
 
     config = config or configs.load_config(None, {})
     inputs = list(inputs)
-    summary = run_score(model, version, inputs, output, schema, config.schema_path,
-                        config.example_gen, settings or ScoreSettings(),
-                        beam_options(beam_args, input_bytes(inputs, config.example_gen)))
-    return ScoreResult(model=summary["model"], output=output, read=summary["read"],
+    summary = score_locked(model, version, inputs, output, schema, config,
+                           settings or config.score,
+                           beam_options(beam_args, input_bytes(inputs, config.example_gen)),
+                           overwrite=overwrite, metadata_dir=metadata_dir,
+                           pipeline_root=pipeline_root, beam_args=beam_args)
+    return ScoreResult(model=summary["model"], output=summary["output"], read=summary["read"],
                        scored=summary["scored"], quarantined=summary["quarantined"],
                        quarantine_reasons=dict(summary["quarantine_reasons"]),
                        labelled=summary["labelled"], accuracy=summary.get("accuracy"),
-                       skew=dict(summary.get("skew") or {}), summary=summary)
+                       skew=dict(summary.get("skew") or {}), outcome=summary["outcome"],
+                       run_id=summary["this_run"], metadata_dir=summary["metadata_dir"],
+                       shards=summary["shards"], formats=tuple(summary["formats"]),
+                       summary=summary)
 
 
 @dataclasses.dataclass(frozen=True)

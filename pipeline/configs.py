@@ -38,6 +38,7 @@ from components.evaluator import EvaluatorSettings
 from components.readers import ExampleGenSettings
 from components.example_validator import ExampleValidatorSettings
 from components.pusher import PusherSettings
+from components.score_settings import ScoreSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
 from components.tuner import TunerSettings
@@ -79,6 +80,7 @@ class PipelineConfig:
     trainer: TrainerSettings = TrainerSettings()
     evaluator: EvaluatorSettings = EvaluatorSettings()
     pusher: PusherSettings = PusherSettings()
+    score: ScoreSettings = ScoreSettings()  # bulk scoring (`score`); no pipeline stage reads it
     # Set by `load_config`, not by a config file: the dotted keys the config file and the
     # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
     # the Tuner's values.

@@ -44,8 +44,12 @@ class RunInfo:
     reused: int
     pushed_version: Optional[int]
     pushed_by: Optional[str]  # the run that pushed it, when this run reused that push
+    kind: str = meta.PIPELINE_RUN  # or meta.SCORING_RUN
+    scored: Optional[str] = None  # a scoring run's result, in words
 
     def pushed(self) -> str:
+        if self.kind == meta.SCORING_RUN:
+            return self.scored or "-"
         if self.pushed_version is None:
             return "-"
         return f"version {self.pushed_version}" + (
@@ -67,8 +71,23 @@ def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> List[Ru
             executed=sum(1 for e in executions
                          if e.state in ("COMPLETE", "FAILED", "RUNNING", "CANCELED")),
             reused=sum(1 for e in executions if e.state == "CACHED"),
-            pushed_version=pushed[0], pushed_by=pushed[1]))
+            pushed_version=pushed[0], pushed_by=pushed[1],
+            kind=run.get("kind") or meta.PIPELINE_RUN, scored=_scored(run)))
     return out
+
+
+def _scored(run: Dict[str, Any]) -> Optional[str]:
+    """What a scoring run did, in words (None for a pipeline run)."""
+    if run.get("kind") != meta.SCORING_RUN:
+        return None
+    done = [e for e in run["executions"] if e.state == "COMPLETE"]
+    details = done[-1].properties.get("details") if done else None
+    if not isinstance(details, dict):
+        return f"scoring into {run.get('output')}"
+    outcome = details.get("outcome")
+    what = (f"scored {details.get('scored')} rows" if outcome == "scored" else
+            f"{outcome} ({details.get('scored')} rows)")
+    return f"{what} with version {details.get('version')} into {run.get('output')}"
 
 
 def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
@@ -76,7 +95,7 @@ def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
     if not runs:
         return f"no runs recorded in {pipeline_root}"
     lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
-             f"{'executed':>8} {'reused':>6}  pushed"]
+             f"{'executed':>8} {'reused':>6}  pushed (pipeline runs) or scored (scoring runs)"]
     for run in runs:
         lines.append(f"{run.run_id:<24} {run.started or '?':<25} {run.status or '?':<20} "
                      f"{'' if run.exit_code is None else run.exit_code:>4}  {run.executed:>8} "
@@ -216,4 +235,95 @@ def format_lineage(info: Lineage) -> str:
         else:
             lines.append("baseline it beat: none (no earlier version to compare with)")
     lines.append("config: " + json.dumps(info.config, sort_keys=True))
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringLineage:
+    """What made a published scoring output: its scoring run as the store recorded it, the
+    model version (and the pipeline run that pushed it, when the store knows), the input files
+    with their content ids, the counts. `text()` reads it out."""
+
+    output: str
+    run_id: str
+    run: Dict[str, Any]
+    store: str
+    summary: Dict[str, Any]
+    inputs: Dict[str, List[meta.Artifact]]
+    pushed_by: Optional[str]
+
+    def text(self) -> str:
+        return format_scoring_lineage(self)
+
+
+def is_scoring_output(path: str) -> bool:
+    from components.scorer import SUMMARY_FILE, SUCCESS_FILE
+
+    return (fileio.exists(fileio.join(path, SUCCESS_FILE))
+            and fileio.exists(fileio.join(path, SUMMARY_FILE)))
+
+
+def scoring_lineage(output: str, metadata_dir: Optional[str] = None) -> ScoringLineage:
+    """The lineage of a published scoring output (`score --output`), from the store its
+    summary names (or `metadata_dir`)."""
+    from components.scorer import published_summary
+
+    output = output.rstrip("/")
+    summary = published_summary(output)
+    if summary is None:
+        raise UserInputError(f"{output} holds no published scoring result")
+    directory = metadata_dir or summary.get("metadata_dir")
+    store = meta.open_existing(directory) if directory else None
+    if store is None:
+        raise UserInputError(f"the scoring run of {output} was recorded in {directory}, which "
+                             "has no metadata store; pass --metadata-dir")
+    run_id = summary["run_id"]
+    executions = [e for e in store.run_executions(run_id) if e.state == "COMPLETE"]
+    if not executions:
+        raise UserInputError(f"{directory} has no completed record of scoring run {run_id}")
+    inputs = executions[-1].inputs
+    pushed_by = None
+    for model in inputs.get("model", []):
+        if model.type_name == meta.PUSHED_MODEL and model.id is not None:
+            producer = store.producer(model.id)
+            pushed_by = producer.run_id if producer else None
+    return ScoringLineage(output=output, run_id=run_id, run=store.run_properties(run_id),
+                          store=directory, summary=summary, inputs=inputs, pushed_by=pushed_by)
+
+
+def format_scoring_lineage(info: ScoringLineage) -> str:
+    s, run = info.summary, info.run
+    lines = [f"scoring output {info.output} was published by scoring run {info.run_id}",
+             f"  run started {run.get('started')}, {run.get('status')} (exit "
+             f"{run.get('exit_code')}); recorded in {info.store}"]
+    if s.get("resumed_from"):
+        lines.append(f"  (it published what run {s['resumed_from']} had staged before it "
+                     "stopped)")
+    lines.append(f"  model: version {s.get('version')} ({s.get('model')}), content "
+                 f"{s.get('model_fingerprint')}")
+    lines.append(f"    pushed by pipeline run {info.pushed_by}" if info.pushed_by else
+                 "    (no pipeline run in this store pushed it)")
+    schema = info.inputs.get("schema", [])
+    if schema:
+        lines.append(f"  schema: {schema[0].uri} (sha256 {schema[0].fingerprint})")
+    files = info.inputs.get("examples", [])
+    lines.append(f"  inputs: {len(files)} file{'s' if len(files) != 1 else ''}")
+    lines += [f"    {a.uri}  {a.fingerprint}" for a in files]
+    lines.append(f"  rows: read {s.get('read')} = scored {s.get('scored')} + quarantined "
+                 f"{s.get('quarantined')}")
+    for reason, n in sorted((s.get("quarantine_reasons") or {}).items()):
+        lines.append(f"    quarantined {n}: {reason}")
+    if s.get("labelled"):
+        lines.append(f"  accuracy on the {s['labelled']} labelled rows: "
+                     f"{_number(s['accuracy'])}")
+    if not s.get("statistics", True):
+        lines.append("  statistics: off (no validation, no skew check)")
+    else:
+        lines.append("  anomalies: " + ("; ".join(s.get("anomalies") or []) or "none"))
+        skew = s.get("skew") or {}
+        lines.append("  skew: " + (f"not checked ({skew['skipped']})" if skew.get("skipped")
+                                   else "; ".join(skew.get("messages") or []) or
+                                   "none beyond the thresholds"))
+    lines.append(f"  output: {s.get('shards')} shard(s) of {', '.join(s.get('formats') or [])}"
+                 f" in {info.output}/predictions/")
     return "\n".join(lines)

@@ -32,14 +32,16 @@ class RootLockedError(Exception):
 
 
 class RootLock:
-    """`with RootLock(directory, run_id):` holds the root for the block, or raises
-    RootLockedError. `directory` is local: the root's metadata directory (the root itself when
+    """`with RootLock(directory, run_id):` holds the root (or a scoring run's output, `kind`)
+    for the block, or raises RootLockedError. `directory` is local: the root's metadata directory (the root itself when
     it is local); `root` names the pipeline root in messages when it is elsewhere."""
 
-    def __init__(self, directory: str, run_id: str, root: Optional[str] = None):
+    def __init__(self, directory: str, run_id: str, root: Optional[str] = None,
+                 kind: str = "pipeline root"):
         self.path = os.path.join(directory, LOCK_FILE)
         self.run_id = run_id
         self.root = root or directory
+        self.kind = kind  # what is held, in messages: "pipeline root", "scoring output"
         self._fd: Optional[int] = None
 
     def __enter__(self) -> "RootLock":
@@ -52,7 +54,7 @@ class RootLock:
             os.close(fd)
             raise RootLockedError(
                 f"{self.root} is in use by another run: {_describe(holder)}. "
-                "One run at a time per pipeline root; try again when it has finished.")
+                f"One run at a time per {self.kind}; try again when it has finished.")
         previous = _read_holder(fd)
         if previous:
             logging.getLogger(PROGRESS_LOGGER).warning(

@@ -38,8 +38,12 @@ MODEL = "Model"
 EVALUATION = "ModelEvaluation"
 BLESSING = "ModelBlessing"
 PUSHED_MODEL = "PushedModel"
+INFERENCE_RESULT = "InferenceResult"  # a bulk scoring run's output (TFX's BulkInferrer's)
 ARTIFACT_TYPES = (EXTERNAL, EXAMPLES, STATISTICS, SCHEMA, ANOMALIES, TRANSFORM_GRAPH,
-                  HYPERPARAMETERS, MODEL, EVALUATION, BLESSING, PUSHED_MODEL)
+                  HYPERPARAMETERS, MODEL, EVALUATION, BLESSING, PUSHED_MODEL, INFERENCE_RESULT)
+# A run's `kind` property: a pipeline run (no property: runs recorded before scoring runs were)
+# or a bulk scoring run, which holds its output's lock, not the root's.
+PIPELINE_RUN, SCORING_RUN = "pipeline", "scoring"
 
 
 @dataclasses.dataclass
@@ -135,15 +139,20 @@ class MetadataStore:
                                      "finished": _now()})
         self.store.put_contexts([run])
 
-    def mark_dead_runs(self) -> List[str]:
-        """Runs still "running" while their root is free died: mark them and their stages.
+    def mark_dead_runs(self, kind: str = PIPELINE_RUN, output: Optional[str] = None
+                       ) -> List[str]:
+        """Runs still "running" while their lock is free died: mark them and their stages.
 
-        Call with the root's lock held (so no live run is "running").
+        Call with the lock held (so no live run of it is "running"): the root's for pipeline
+        runs; an output's for the scoring runs into `output` (kind SCORING_RUN).
         """
         pb = self._pb
         dead = []
         for run in self.store.get_contexts_by_type(RUN_CONTEXT):
-            if _get(run.custom_properties).get("status") != "running":
+            props = _get(run.custom_properties)
+            if props.get("status") != "running" or (props.get("kind") or PIPELINE_RUN) != kind:
+                continue
+            if kind == SCORING_RUN and props.get("output") != output:
                 continue
             _set(run.custom_properties, {"status": "died", "exit_code": -9})
             self.store.put_contexts([run])

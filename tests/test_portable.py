@@ -35,7 +35,7 @@ SPLITS = (features.TRAIN, features.EVAL, features.TEST)
 PORTABLE_PIPELINES = (
     ("ExampleGen", "ParseUnits"), ("StatisticsGen", "GenerateStatistics[train]"),
     ("Transform", "Analyze"), ("Evaluator", "ExtractEvaluateAndWrite"),
-    ("score: ingest", "IngestForScoring"), ("score: inference", "RunInference"))
+    ("score", "ScoreRows"))
 
 
 @pytest.fixture(scope="module")

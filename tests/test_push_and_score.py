@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,7 +188,7 @@ def test_score_reconciles_and_matches_the_serving_signature(first_push, tmp_path
         assert by_id[row_id]["predicted_class"] == direct["predicted_class"].numpy()[i].decode()
     csv_lines = [line for p in glob.glob(os.path.join(out, "predictions", "*.csv"))
                  for line in open(p)]
-    assert csv_lines[0].startswith("id,predicted_class,p_DESC") and len(csv_lines) == 4
+    assert csv_lines[0].startswith("id,label,predicted_class,p_DESC") and len(csv_lines) == 4
 
 
 # ------------------------------------------------------------------------- atomic push (unit)
@@ -283,7 +284,8 @@ def test_score_validates_against_the_serving_environment(first_push, tmp_path):
                       "--output", str(tmp_path / "blocked"), "--schema", str(strict), *IN_MEMORY)
     assert blocked.returncode == 3, blocked.stderr[-3000:]
     assert "'lang'" in blocked.stderr and "SERVING" in blocked.stderr
-    assert not glob.glob(str(tmp_path / "blocked" / "predictions" / "*"))
+    # Nothing is published, nor left staged: the output holds only its lock and the store.
+    assert set(os.listdir(tmp_path / "blocked")) <= {".lock", ".metadata"}
 
     allowed = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
                       "--output", str(tmp_path / "allowed"), "--schema", str(strict),
@@ -301,43 +303,69 @@ def test_score_validates_against_the_serving_environment(first_push, tmp_path):
 # ----------------------------------------------------------------- scoring output shards
 
 
-def test_shard_plan_follows_the_data_and_fills_every_shard():
-    from components.scorer import ScoreSettings, plan_shards
+def test_shards_roll_at_rows_per_shard_and_are_numbered_alike_in_every_format(tmp_path):
+    """A worker's rows go into shard files of at most rows_per_shard rows, the same rows in
+    each format's file; numbering gives every format the same shard numbers."""
+    import pyarrow.parquet as pq
 
-    assert plan_shards([], 10) == (1, [])  # nothing to score: one (empty) shard all the same
-    for total, rows_per_shard in ((25, 10), (500, 1_000_000), (10, 10), (11, 10), (7, 1),
-                                  (1000, 3), (999_999, 1000), (100, 2)):
-        chunk_rows = ScoreSettings(rows_per_shard=rows_per_shard).chunk_rows
-        # Chunks as workers leave them: full ones, and a short one at the end of a bundle.
-        sizes, left = [], total
-        while left:
-            sizes.append(min(left, chunk_rows if len(sizes) % 3 else max(1, chunk_rows // 2)))
-            left -= sizes[-1]
-        chunks = [(f"c{i:06d}", n) for i, n in enumerate(sizes)]
-        num_shards, plan = plan_shards(chunks, rows_per_shard)
-        assert num_shards == max(1, -(-total // rows_per_shard)), (total, rows_per_shard)
-        assert sorted(path for path, _ in plan) == [path for path, _ in chunks]
-        assert {shard for _, shard in plan} == set(range(num_shards)), (total, rows_per_shard)
-    assert ScoreSettings().rows_per_shard == 1_000_000
-    with pytest.raises(Exception, match="rows_per_shard"):
-        ScoreSettings(rows_per_shard=0)
+    from components.scorer import _Columns, _ShardSet, number_shards
+
+    columns = _Columns(["0", "1"], "5")
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    shards = _ShardSet(str(pieces), ("jsonl", "csv", "parquet"), 4, columns)
+    done = []
+    for start, n in ((0, 3), (3, 7), (10, 1)):  # batches of 3, 7 and 1 rows: 11 rows
+        ids = [f"r{i}" for i in range(start, start + n)]
+        probabilities = np.array([[0.25, 0.75]] * n, np.float32)
+        done += shards.write(ids, [None] * n, probabilities, ["1"] * n)
+    done += shards.close()
+    assert sorted(rows for stem, fmt, _, rows in done if fmt == "csv") == [3, 4, 4]
+    count, rows = number_shards(done, str(tmp_path / "out"), ("jsonl", "csv", "parquet"),
+                                columns)
+    assert count == 3 and rows == {"jsonl": 11, "csv": 11, "parquet": 11}
+    for i in range(3):
+        name = str(tmp_path / "out" / f"predictions-0000{i}-of-00003")
+        jsonl = [json.loads(line)["id"] for line in open(name + ".jsonl")]
+        csv_ids = [line.split(",")[0] for line in open(name + ".csv").read().splitlines()[1:]]
+        assert jsonl == csv_ids == pq.read_table(name + ".parquet").column("id").to_pylist()
+    assert not os.listdir(pieces)
+    # No rows at all: one empty shard per format, with the CSV header and the Parquet schema.
+    count, rows = number_shards([], str(tmp_path / "empty"), ("csv", "parquet"), columns)
+    assert count == 1 and rows == {"csv": 0, "parquet": 0}
+    assert (tmp_path / "empty" / "predictions-00000-of-00001.csv").read_text() == (
+        "id,label,predicted_class,p_0,p_1,model_version\n")
+    table = pq.read_table(str(tmp_path / "empty" / "predictions-00000-of-00001.parquet"))
+    assert table.num_rows == 0 and table.column_names == [
+        "id", "label", "predicted_class", "p_0", "p_1", "model_version"]
 
 
-def test_a_shard_in_several_pieces_is_published_whole(tmp_path):
-    from components.scorer import _publish_shard
+def test_jsonl_lines_are_what_json_dumps_writes(tmp_path):
+    """The JSONL writer formats lines from a template; they must be json.dumps' own, for
+    strings that need escaping, integer classes, a % in a name, and non-finite numbers."""
+    from components.scorer import _Columns, _JsonlWriter
 
-    pieces = []
-    for i, lines in enumerate((["a", "b"], ["c"], [])):
-        path = tmp_path / f"piece{i}.csv"
-        path.write_text("".join(f"{line}\n" for line in ["id"] + lines))
-        pieces.append((str(path), len(lines)))
-    out = tmp_path / "out"
-    assert _publish_shard((1, pieces + [None]), str(out), "p", ".csv", 3, "id") == 3
-    assert (out / "p-00001-of-00003.csv").read_text() == "id\na\nb\nc\n"
-    assert not any(os.path.exists(p) for p, _ in pieces)
-    # A shard without rows is written too (with the header alone).
-    assert _publish_shard((2, [None]), str(out), "p", ".csv", 3, "id") == 0
-    assert (out / "p-00002-of-00003.csv").read_text() == "id\n"
+    for classes, version in ((["0", "1"], "3"), (['A"b', "\u00e9%s"], "7%")):
+        writer = _JsonlWriter(str(tmp_path / "p.jsonl"), _Columns(classes, version))
+        ids = ['x"\n\\\u00e9\u2028', "2", "%d"]
+        labels = [None, "1", "\u00e9"]
+        for probabilities in (np.array([[0.25, 0.75], [1e-9, 1 - 1e-9], [0.5, 0.5]], np.float32),
+                              np.array([[np.nan, 1.0], [0.0, np.inf], [0.5, 0.5]], np.float32)):
+            writer.write(ids, labels, probabilities, [classes[1], classes[0], classes[1]])
+        writer.close()
+        value = (lambda c: int(c) if c.isdigit() else c) if classes[0] == "0" else str
+        expected = []
+        for probabilities in ([[0.25, 0.75], [1e-9, 1 - 1e-9], [0.5, 0.5]],
+                              [[float("nan"), 1.0], [0.0, float("inf")], [0.5, 0.5]]):
+            for row_id, label, p, cls in zip(ids, labels, np.array(probabilities, np.float32)
+                                             .tolist(), [classes[1], classes[0], classes[1]]):
+                row = {"id": row_id, "predicted_class": value(cls),
+                       "probabilities": dict(zip(classes, p)), "model_version": version}
+                if label is not None:
+                    row["label"] = value(label)
+                expected.append(json.dumps(row, ensure_ascii=False))
+        with open(tmp_path / "p.jsonl", encoding="utf-8", newline="") as f:
+            assert f.read().split("\n") == expected + [""]
 
 
 @pytest.mark.parametrize("beam_args", [IN_MEMORY, []], ids=["in_memory", "multi_processing"])
@@ -361,22 +389,30 @@ def test_score_shards_follow_the_data_and_hold_every_row_once(first_push, tmp_pa
     out = tmp_path / "scored"
     summary = run_score(base, None, [str(tmp_path / "in" / "*.jsonl")], str(out), None,
                         os.path.join(REPO, "schemas", "schema.pbtxt"), rd.ExampleGenSettings(),
-                        ScoreSettings(rows_per_shard=10, write_csv=True),
+                        ScoreSettings(rows_per_shard=10, formats=("jsonl", "csv")),
                         beam_options(beam_args))
-    assert summary["read"] == 27 and summary["scored"] == 25 and summary["shards"] == 3
+    assert summary["read"] == 27 and summary["scored"] == 25
+    # Each worker rolls its own shards: 3 in one process, up to 4 (13 + 12 rows) in two.
+    assert summary["shards"] in ((3,) if beam_args else (3, 4))
+    by_format = {}
     for suffix in ("jsonl", "csv"):
         paths = sorted(glob.glob(str(out / "predictions" / f"*.{suffix}")))
         assert [os.path.basename(p) for p in paths] == [
-            f"predictions-0000{i}-of-00003.{suffix}" for i in range(3)]
+            f"predictions-{i:05d}-of-{summary['shards']:05d}.{suffix}"
+            for i in range(summary["shards"])]
         shards = [open(p).read().splitlines() for p in paths]
         if suffix == "csv":
-            assert all(lines[0].startswith("id,predicted_class,p_DESC") for lines in shards)
+            assert all(lines[0].startswith("id,label,predicted_class,p_DESC") for lines in shards)
             shards = [[line.split(",")[0] for line in lines[1:]] for lines in shards]
         else:
             shards = [[json.loads(line)["id"] for line in lines] for lines in shards]
-        assert all(shards), shards  # every shard has rows
+        assert all(0 < len(rows) <= 10 for rows in shards), shards
         assert sorted(sum(shards, [])) == sorted(ids)  # every row once
-    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no intermediates left
+        by_format[suffix] = shards
+    assert by_format["jsonl"] == by_format["csv"]  # shard i holds the same rows in each format
+    assert sorted(os.listdir(out)) == [  # published whole: nothing staged is left
+        "FeatureStats.pb", "TextLengthStats.pb", "_SUCCESS", "anomalies.pbtxt", "predictions",
+        "quarantine", "skew_anomalies.pbtxt", "summary.json"]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
@@ -420,3 +456,205 @@ def test_scoring_a_file_cut_in_pieces_equals_scoring_it_whole(first_push, tmp_pa
     planned = plan_reading(rd.discover_inputs([str(path)], cut), cut, str(tmp_path / "plan"),
                            in_memory_options)
     assert len(planned) > 5 and [p[2] for p in planned] == sorted(p[2] for p in planned)
+
+
+# ------------------------------------------------------------- unattended bulk scoring (CLI)
+
+
+def write_questions(path, n):
+    """n labelled questions as JSONL with ids q0..q{n-1}."""
+    rows = trec_like(120)
+    with open(path, "w") as f:
+        for i in range(n):
+            text, label, _ = rows[i % len(rows)]
+            f.write(json.dumps({"id": f"q{i}", "text": f"{text} {i}", "label": label}) + "\n")
+    return str(path)
+
+
+def predictions(out):
+    """{id: (predicted_class, [probabilities by class], label)} of a JSONL output; fails on a
+    duplicated id."""
+    rows = {}
+    for path in glob.glob(os.path.join(out, "predictions", "*.jsonl")):
+        for line in open(path):
+            r = json.loads(line)
+            assert r["id"] not in rows, f"{r['id']} written twice"
+            rows[r["id"]] = (r["predicted_class"], [r["probabilities"][c] for c in
+                                                    sorted(r["probabilities"])], r.get("label"))
+    return rows
+
+
+def assert_same_rows(got, want):
+    assert sorted(got) == sorted(want)
+    for row_id, (cls, p, label) in want.items():
+        assert got[row_id][0] == cls and got[row_id][2] == label, row_id
+        np.testing.assert_allclose(got[row_id][1], p, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def bulk(first_push, tmp_path_factory):
+    """60k questions, and their output scored uninterrupted (the reference)."""
+    _, _, serving, _ = first_push
+    tmp = tmp_path_factory.mktemp("bulk")
+    data = write_questions(tmp / "q.jsonl", 60_000)
+    reference = str(tmp / "reference")
+    proc = run_cli("score", "--model", os.path.join(serving, "textcnn"), "--input", data,
+                   "--output", reference, "--format", "jsonl,parquet", *IN_MEMORY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return os.path.join(serving, "textcnn"), data, reference
+
+
+def score_args(model, data, out, *more):
+    return [sys.executable, os.path.join(REPO, "local_runner.py"), "score", "--model", model,
+            "--input", data, "--output", out, "--format", "jsonl,parquet", *more, *IN_MEMORY]
+
+
+def test_a_second_scoring_run_into_the_same_output_is_refused_at_once(bulk, tmp_path):
+    model, data, reference = bulk
+    out = str(tmp_path / "out")
+    first = subprocess.Popen(score_args(model, data, out), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        lock = os.path.join(out, ".lock")
+        deadline = time.monotonic() + 120
+        while not (os.path.exists(lock) and open(lock).read().strip()):
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        start = time.monotonic()
+        second = run_cli(*score_args(model, data, out)[2:])
+        took = time.monotonic() - start
+        still_running = first.poll() is None
+    finally:
+        stdout, stderr = first.communicate(timeout=600)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"pid {first.pid}" in second.stderr and "scoring output" in second.stderr
+    assert still_running, "the first run ended before the second was refused: no race tested"
+    assert took < 60, took
+    assert first.returncode == 0, stderr[-3000:]
+    assert_same_rows(predictions(out), predictions(reference))
+
+
+@pytest.mark.parametrize("when", ["while scoring", "at start-up"])
+def test_a_run_killed_with_sigkill_is_restarted_by_the_same_command(bulk, tmp_path, when):
+    model, data, reference = bulk
+    out = str(tmp_path / "out")
+    proc = subprocess.Popen(score_args(model, data, out), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pieces = os.path.join(out, ".staging", "pieces")
+    deadline = time.monotonic() + 120
+    while when == "while scoring" and not (os.path.isdir(pieces) and os.listdir(pieces)):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    if when == "at start-up":
+        while not os.path.exists(os.path.join(out, ".lock")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "_SUCCESS"))
+    assert not os.path.exists(os.path.join(out, "predictions"))  # nothing half-published
+    again = run_cli(*score_args(model, data, out)[2:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rows read 60000 = scored 60000 + quarantined 0" in again.stdout
+    assert_same_rows(predictions(out), predictions(reference))
+    assert not os.path.exists(os.path.join(out, ".staging"))
+
+
+def test_a_run_that_dies_while_publishing_is_finished_by_the_next(first_push, tmp_path,
+                                                                   monkeypatch):
+    """Killed after its result was staged whole: the next run publishes it (outcome
+    "resumed"), scoring nothing again; the output equals an uninterrupted run's."""
+    from components import scorer
+    from pipeline import api
+
+    _, _, serving, _ = first_push
+    model = os.path.join(serving, "textcnn")
+    data = write_questions(tmp_path / "q.jsonl", 300)
+    whole = api.score(model, [data], str(tmp_path / "whole"), beam_args=IN_MEMORY)
+    moved = []
+    real_move = scorer._move
+
+    def dies_after_one(source, target):
+        if moved:
+            raise KeyboardInterrupt("killed while publishing")
+        moved.append(target)
+        real_move(source, target)
+
+    monkeypatch.setattr(scorer, "_move", dies_after_one)
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        api.score(model, [data], out, beam_args=IN_MEMORY)
+    assert not os.path.exists(os.path.join(out, "_SUCCESS")) and moved
+    monkeypatch.setattr(scorer, "_move", real_move)
+    resumed = api.score(model, [data], out, beam_args=IN_MEMORY)
+    assert resumed.outcome == "resumed" and resumed.scored == 300
+    assert_same_rows(predictions(out), predictions(whole.output))
+    assert resumed.summary["resumed_from"] != resumed.run_id
+    runs = {r.run_id: r for r in api.list_runs(whole.metadata_dir)}
+    assert runs[resumed.run_id].status == "succeeded"
+    assert runs[resumed.run_id].kind == "scoring"
+
+
+def test_parquet_output_reads_back_with_the_rows_and_columns(bulk):
+    import pyarrow.parquet as pq
+
+    _, _, reference = bulk
+    with open(os.path.join(reference, "summary.json")) as f:
+        summary = json.load(f)
+    [path] = glob.glob(os.path.join(reference, "predictions", "*.parquet"))
+    table = pq.read_table(path)
+    classes = summary["classes"]
+    assert table.column_names == ["id", "label", "predicted_class"] + [
+        f"p_{c}" for c in classes] + ["model_version"]
+    assert table.num_rows == summary["scored"] == 60_000
+    jsonl = predictions(reference)
+    columns = table.to_pydict()
+    for i in range(0, 60_000, 997):
+        cls, p, label = jsonl[columns["id"][i]]
+        assert (columns["predicted_class"][i], columns["label"][i]) == (cls, label)
+        by_class = dict(zip(sorted(classes), p))
+        np.testing.assert_allclose([columns[f"p_{c}"][i] for c in classes],
+                                   [by_class[c] for c in classes], atol=1e-6)
+    assert set(columns["model_version"]) == {summary["version"]}
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1  # 60k rows: one row group
+
+
+def test_same_request_is_done_another_needs_overwrite_and_lineage_names_the_run(bulk, tmp_path):
+    model, data, reference = bulk
+    with open(os.path.join(reference, "summary.json")) as f:
+        summary = json.load(f)
+    same = run_cli(*score_args(model, data, reference)[2:])
+    assert same.returncode == 0 and "nothing to do" in same.stdout, same.stderr[-3000:]
+    with open(os.path.join(reference, "summary.json")) as f:
+        assert json.load(f) == summary  # untouched
+
+    lineage = run_cli("lineage", reference)
+    assert lineage.returncode == 0, lineage.stderr[-3000:]
+    text = lineage.stdout
+    assert f"published by scoring run {summary['run_id']}" in text
+    assert f"version {summary['version']} ({summary['model']})" in text
+    assert "pushed by pipeline run " in text
+    [(path, content)] = summary["inputs"]
+    assert path == data and f"{data}  {content}" in text
+    assert "read 60000 = scored 60000 + quarantined 0" in text
+
+    runs = run_cli("runs", summary["metadata_dir"])  # the store of the root that pushed it
+    assert runs.returncode == 0, runs.stderr[-2000:]
+    line = next(x for x in runs.stdout.splitlines() if x.startswith(summary["run_id"]))
+    assert "succeeded" in line and f"scored 60000 rows with version {summary['version']}" in line
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(reference, copy)
+    before = predictions(copy)
+    other = score_args(model, data, copy, "--rows-per-shard", "25000")[2:]
+    refused = run_cli(*other)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    assert predictions(copy) == before and os.path.exists(os.path.join(copy, "_SUCCESS"))
+    replaced = run_cli(*other, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert len(glob.glob(os.path.join(copy, "predictions", "*.parquet"))) == 3
+    assert_same_rows(predictions(copy), before)
+    with open(os.path.join(copy, "summary.json")) as f:
+        assert json.load(f)["shards"] == 3
