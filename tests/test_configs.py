@@ -93,3 +93,34 @@ def test_direct_runner_mode_follows_the_input_size_unless_the_user_names_one():
                 1000) == ("multi_processing", 3)
     args = full_beam_args(["--direct_num_workers=2"], 10)
     assert args[-1] == "--direct_num_workers=2" and "--direct_running_mode=in_memory" in args
+
+
+def test_the_score_table_sets_every_scoring_setting_and_flags_win(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[score]\nformats = ["csv", "parquet"]\nbatch_size = 64\n'
+                    'rows_per_shard = 500\nstatistics = false\nskew_blocking = true\n'
+                    'skew_text_length_jsd = 0.2\n')
+    score = configs.load_config(str(path), {}).score
+    assert (score.formats, score.batch_size, score.rows_per_shard, score.statistics,
+            score.skew_blocking, score.skew_text_length_jsd) == (
+        ("csv", "parquet"), 64, 500, False, True, 0.2)
+    flags = configs.load_config(str(path), {"score": {"formats": ["jsonl"], "batch_size": None,
+                                                      "rows_per_shard": 7}}).score
+    assert (flags.formats, flags.batch_size, flags.rows_per_shard) == (("jsonl",), 64, 7)
+    assert configs.load_config(None, {}).score.formats == ("jsonl",)
+
+
+@pytest.mark.parametrize("table, match", [
+    ('formats = ["xml"]', "score.formats must be one or more of jsonl, csv, parquet"),
+    ('formats = ["csv", "csv"]', "each once"),
+    ("formats = []", "got none"),
+    ("batch_size = 0", "score.batch_size must be a whole number >= 1"),
+    ("rows_per_shard = 2.5", "score.rows_per_shard"),
+    ("skew_label_linf = 1.5", "skew_label_linf"),
+    ("shards = 3", "unknown config key 'score.shards'"),
+])
+def test_bad_score_settings_are_named(tmp_path, table, match):
+    path = tmp_path / "c.toml"
+    path.write_text(f"[score]\n{table}\n")
+    with pytest.raises(UserInputError, match=match):
+        configs.load_config(str(path), {})
