@@ -116,7 +116,7 @@ def test_the_score_table_sets_every_scoring_setting_and_flags_win(tmp_path):
     ("formats = []", "got none"),
     ("batch_size = 0", "score.batch_size must be a whole number >= 1"),
     ("rows_per_shard = 2.5", "score.rows_per_shard"),
-    ("skew_label_linf = 1.5", "skew_label_linf"),
+    ("skew_label_linf = -0.1", "skew_label_linf must be a number >= 0"),
     ("shards = 3", "unknown config key 'score.shards'"),
 ])
 def test_bad_score_settings_are_named(tmp_path, table, match):
