@@ -72,6 +72,9 @@ TALLY_FILE = "tally.json"  # in the staging directory: the job's counts, for the
 # What a published output holds (besides the marker): what `overwrite` replaces.
 PUBLISHED = (PREDICTIONS_DIR, rd.QUARANTINE_DIR, STATS_FILE, TEXT_LENGTH_STATS_FILE,
              ANOMALIES_FILE, drift.SKEW_ANOMALIES_FILE, SUMMARY_FILE)
+# What a scoring output of an earlier version of this project held besides PUBLISHED (it wrote
+# into the output directly, without a marker): `overwrite` replaces such an output too.
+EARLIER_VERSIONS = ("LabelStats.pb", rd.COUNTS_FILE)
 PARQUET_ROW_GROUP_ROWS = 65_536  # rows a Parquet shard buffers before writing a row group
 SCORE_SPLIT = "score"
 
@@ -693,7 +696,7 @@ def prepare_output(output_dir: str, request: Request, overwrite: bool,
     others = sorted(set(fileio.listdir(output_dir) if fileio.exists(output_dir) else [])
                     - {STAGING_DIR, *keep})
     if others:
-        ours = all(n in PUBLISHED for n in others)
+        ours = all(n in PUBLISHED + EARLIER_VERSIONS for n in others)
         if not (ours and overwrite):
             raise OutputExistsError(
                 f"output directory {output_dir} is not empty and holds no published scoring "
@@ -725,7 +728,7 @@ def publish(output_dir: str) -> Dict[str, Any]:
     marker = fileio.join(output_dir, SUCCESS_FILE)
     if fileio.exists(marker):
         fileio.remove(marker)
-    for name in PUBLISHED:
+    for name in PUBLISHED + EARLIER_VERSIONS:
         staged = fileio.join(staging, name)
         if fileio.exists(fileio.join(output_dir, name)) and (
                 name not in entries or fileio.exists(staged)):
@@ -773,9 +776,10 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
         return dict(published_summary(output_dir), outcome="already published")
     if state == RESUME:  # the staged result, published by this run
         staged = fileio.join(output_dir, STAGING_DIR, SUMMARY_FILE)
-        summary = fileio.read_json(staged)
-        fileio.write_json(staged, dict(summary, resumed_from=summary.get("run_id"), **(run or {})),
-                          indent=2, sort_keys=True)
+        if fileio.exists(staged):  # (not yet moved into the output)
+            summary = fileio.read_json(staged)
+            fileio.write_json(staged, dict(summary, resumed_from=summary.get("run_id"),
+                                           **(run or {})), indent=2, sort_keys=True)
         return dict(publish(output_dir), outcome="resumed")
 
     staging = fileio.join(output_dir, STAGING_DIR)

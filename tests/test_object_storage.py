@@ -77,15 +77,30 @@ def test_pipeline_root_serving_dir_and_scoring_on_object_storage(gcs_bucket, tmp
             ] == [f"e2e/serving/textcnn/{version}/saved_model.pb"]
 
     scored = gcs_bucket.url("e2e", "scored")
-    proc = gcs_cli(gcs_bucket, "score", "--model", f"{serving}/textcnn", "--input", data,
-                   "--output", scored, *IN_MEMORY)
+    score = ("score", "--model", f"{serving}/textcnn", "--input", data, "--output", scored,
+             "--format", "jsonl,parquet", "--metadata-dir", metadata, *IN_MEMORY)
+    proc = gcs_cli(gcs_bucket, *score)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with tf.io.gfile.GFile(f"{scored}/summary.json") as f:
         summary = json.load(f)
     assert summary["read"] == summary["scored"] == len(trec_like())
+    # Published with its marker last; nothing staged is left in the bucket.
+    assert tf.io.gfile.exists(f"{scored}/_SUCCESS")
+    assert not [o for o in gcs_bucket.list_objects("e2e/scored/") if "/.staging/" in o]
     rows = [json.loads(line) for path in tf.io.gfile.glob(f"{scored}/predictions/*.jsonl")
             for line in tf.io.gfile.GFile(path) if line.strip()]
     assert len(rows) == len(trec_like())
+    import pyarrow.parquet as pq
+
+    [parquet] = tf.io.gfile.glob(f"{scored}/predictions/*.parquet")
+    with tf.io.gfile.GFile(parquet, "rb") as f:
+        table = pq.read_table(f)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    # The output's lock lives beside the store (object storage has none); the same request
+    # again finds its result published.
+    assert os.listdir(os.path.join(metadata, "scoring-locks"))
+    again = gcs_cli(gcs_bucket, *score)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-3000:]
 
     proc = gcs_cli(gcs_bucket, "lineage", f"{serving}/textcnn/{version}", "--pipeline-root", root,
                    "--metadata-dir", metadata)

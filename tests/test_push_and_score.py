@@ -658,3 +658,36 @@ def test_same_request_is_done_another_needs_overwrite_and_lineage_names_the_run(
     assert_same_rows(predictions(copy), before)
     with open(os.path.join(copy, "summary.json")) as f:
         assert json.load(f)["shards"] == 3
+
+
+def test_what_an_output_directory_holds_decides_what_a_run_may_do(tmp_path):
+    """A dead run's staging is removed; an older version's output (no marker) is replaced only
+    with overwrite; files no scoring run wrote are never removed; a staged result of the same
+    request is resumed, of another request dropped."""
+    from components.scorer import (FRESH, RESUME, OutputExistsError, Request, prepare_output)
+
+    def request(n):
+        return Request("m", "1", f"fp{n}", (("in.jsonl", "sha"),), "s.pbtxt", "sha", {}, {})
+
+    out = tmp_path / "out"
+    (out / "predictions").mkdir(parents=True)
+    for name in ("summary.json", "LabelStats.pb", "counts.json"):
+        (out / name).write_text("{}")
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        prepare_output(str(out), request(1), overwrite=False)
+    assert prepare_output(str(out), request(1), overwrite=True) == FRESH
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="choose another --output"):
+        prepare_output(str(out), request(1), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    os.remove(out / "notes.txt")
+
+    staging = out / ".staging"
+    staging.mkdir()
+    (staging / "READY.json").write_text(json.dumps({"request": request(2).fingerprint,
+                                                    "entries": []}))
+    assert prepare_output(str(out), request(2), overwrite=False) == RESUME
+    assert prepare_output(str(out), request(3), overwrite=True) == FRESH
+    assert not staging.exists()  # another request's staged result is dropped
+    assert prepare_output(str(tmp_path / "new"), request(1), overwrite=False) == FRESH
