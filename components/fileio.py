@@ -57,6 +57,11 @@ def _os_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def local_path(path: str) -> str:
+    """A local path (`file://` ones included) as an absolute path that `os` takes."""
+    return os.path.abspath(_os_path(path))
+
+
 def exists(path: str) -> bool:
     return _gfile().exists(path)
 

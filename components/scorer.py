@@ -66,6 +66,7 @@ SUMMARY_FILE = "summary.json"
 SUCCESS_FILE = "_SUCCESS"  # written last: the output is published, whole
 STAGING_DIR = ".staging"  # everything a run writes before it is published
 READY_FILE = "READY.json"  # in the staging directory: the staged result is whole and valid
+CLEARED_FILE = "CLEARED"  # in the staging directory: the earlier result's entries are removed
 PIECES_DIR = "pieces"  # in the staging directory: the workers' shard files, before numbering
 LINES_FILE = ".lines"  # in the staging directory: lines per piece of a cut input file
 TALLY_FILE = "tally.json"  # in the staging directory: the job's counts, for the driver
@@ -666,6 +667,27 @@ def published_summary(output_dir: str) -> Optional[Dict[str, Any]]:
     return fileio.read_json(fileio.join(output_dir, SUMMARY_FILE))
 
 
+def _read_ready(staging: str) -> Optional[Dict[str, Any]]:
+    """The staged result's READY_FILE, or None when there is none (or it was cut short)."""
+    path = fileio.join(staging, READY_FILE)
+    if not fileio.exists(path):
+        return None
+    try:
+        ready = fileio.read_json(path)
+    except ValueError:
+        return None
+    return ready if isinstance(ready, dict) and {"request", "entries"} <= set(ready) else None
+
+
+def _discard(staging: str) -> None:
+    """Removes a staging directory, its READY_FILE first: a removal cut short never leaves a
+    partial result that looks whole."""
+    ready = fileio.join(staging, READY_FILE)
+    if fileio.exists(ready):
+        fileio.remove(ready)
+    fileio.rmtree(staging)
+
+
 def prepare_output(output_dir: str, request: Request, overwrite: bool,
                    keep: Sequence[str] = ()) -> str:
     """What to do for `request` in `output_dir` (call it holding the output's lock):
@@ -674,14 +696,13 @@ def prepare_output(output_dir: str, request: Request, overwrite: bool,
     publish it. DONE: the published result is this request's (and not `overwrite`). FRESH:
     score; a dead run's staging is removed first. A published result of another request, or
     files that no scoring run wrote, are refused (OutputExistsError) unless `overwrite`
-    (which never removes files that no scoring run wrote). `keep`: names in the output that
-    belong to the caller (its lock, its store).
+    (which never removes files that no scoring run wrote); a refused run removes nothing.
+    `keep`: names in the output that belong to the caller (its lock, its store).
     """
     staging = fileio.join(output_dir, STAGING_DIR)
-    ready = fileio.join(staging, READY_FILE)
-    if fileio.exists(ready) and fileio.read_json(ready).get("request") == request.fingerprint:
+    ready = _read_ready(staging)
+    if ready is not None and ready["request"] == request.fingerprint:
         return RESUME
-    fileio.rmtree(staging)
     published = published_summary(output_dir)
     if published is not None:
         if published.get("request") == request.fingerprint and not overwrite:
@@ -692,17 +713,17 @@ def prepare_output(output_dir: str, request: Request, overwrite: bool,
                 f"version {published.get('version')}, {published.get('scored')} rows scored by "
                 f"run {published.get('run_id')}): pass --overwrite to replace it, or choose "
                 "another --output")
-        return FRESH
-    others = sorted(set(fileio.listdir(output_dir) if fileio.exists(output_dir) else [])
-                    - {STAGING_DIR, *keep})
-    if others:
+    else:
+        others = sorted(set(fileio.listdir(output_dir) if fileio.exists(output_dir) else [])
+                        - {STAGING_DIR, *keep})
         ours = all(n in PUBLISHED + EARLIER_VERSIONS for n in others)
-        if not (ours and overwrite):
+        if others and not (ours and overwrite):
             raise OutputExistsError(
                 f"output directory {output_dir} is not empty and holds no published scoring "
                 f"result ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
                 + ("; pass --overwrite to replace what an unfinished scoring run left"
                    if ours else "; choose another --output"))
+    _discard(staging)
     return FRESH
 
 
@@ -714,31 +735,49 @@ def _move(source: str, target: str) -> None:
     for root, _, files in fileio.walk(source):
         for name in files:
             path = fileio.join(root, name)
-            fileio.rename(path, fileio.join(target, path[len(source.rstrip("/")) + 1:]),
-                          overwrite=True)
+            destination = fileio.join(target, path[len(source.rstrip("/")) + 1:])
+            if fileio.is_local(destination):  # (a local disk treated as object storage)
+                fileio.makedirs(fileio.dirname(destination))
+            fileio.rename(path, destination, overwrite=True)
     fileio.rmtree(source)
+
+
+def _check_published(output_dir: str, summary: Dict[str, Any]) -> None:
+    """The published predictions are the shards the summary counts, in every format."""
+    names = fileio.listdir(fileio.join(output_dir, PREDICTIONS_DIR))
+    expected = sorted(shard_name(PREDICTIONS_PREFIX, i, summary["shards"], SUFFIXES[f])
+                      for i in range(summary["shards"]) for f in summary["formats"])
+    if sorted(names) != expected:
+        raise RuntimeError(f"{output_dir}/{PREDICTIONS_DIR} holds {len(names)} files, not the "
+                           f"{len(expected)} shards staged; not published")
 
 
 def publish(output_dir: str) -> Dict[str, Any]:
     """Publishes the staged result (its READY_FILE written): the marker removed, the entries
-    of an earlier result removed, the staged ones moved in, the marker written last. Safe to
-    repeat after a crash at any point. Returns the published summary."""
+    of an earlier result removed (once: CLEARED_FILE), the staged ones moved in (on object
+    storage file by file: a move cut short goes on where it stopped), the predictions checked
+    against the summary, the marker written last. Safe to repeat after a crash at any point.
+    Returns the published summary."""
     staging = fileio.join(output_dir, STAGING_DIR)
-    entries = fileio.read_json(fileio.join(staging, READY_FILE))["entries"]
+    ready = _read_ready(staging)
+    if ready is None:
+        raise RuntimeError(f"{staging} holds no whole staged result to publish")
     marker = fileio.join(output_dir, SUCCESS_FILE)
     if fileio.exists(marker):
         fileio.remove(marker)
-    for name in PUBLISHED + EARLIER_VERSIONS:
-        staged = fileio.join(staging, name)
-        if fileio.exists(fileio.join(output_dir, name)) and (
-                name not in entries or fileio.exists(staged)):
+    cleared = fileio.join(staging, CLEARED_FILE)
+    if not fileio.exists(cleared):
+        for name in PUBLISHED + EARLIER_VERSIONS:
             fileio.rmtree(fileio.join(output_dir, name))
-    for name in entries:
+        fileio.write_text(cleared, "")
+    for name in ready["entries"]:
         staged = fileio.join(staging, name)
         if fileio.exists(staged):
             _move(staged, fileio.join(output_dir, name))
     summary = fileio.read_json(fileio.join(output_dir, SUMMARY_FILE))
-    fileio.write_json(marker, {"run_id": summary.get("run_id"), "request": summary["request"]})
+    _check_published(output_dir, summary)
+    fileio.replace_text(marker, json.dumps({"run_id": summary.get("run_id"),
+                                            "request": summary["request"]}))
     fileio.rmtree(staging)
     return summary
 
@@ -762,12 +801,14 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     `keep`: names in `output_dir` that are the caller's. `on_request` is called with the
     request before any work.
     """
-    model_dir, version_name = resolve_model(model_base, version)
-    schema_path = resolve_schema(model_dir, schema_path, fallback_schema)
+    # Paths absolute: the request (and so "already published") must not depend on the
+    # directory the command was started in.
+    model_dir, version_name = resolve_model(fileio.absolute(model_base), version)
+    schema_path = fileio.absolute(resolve_schema(model_dir, schema_path, fallback_schema))
     schema = load_schema(schema_path)
     classes = fileio.read_json(fileio.join(model_dir, METADATA_FILE))["classes"]
     reader = dataclasses.replace(reader, require_label=False)
-    items = rd.discover_inputs(inputs, reader)
+    items = rd.discover_inputs([fileio.absolute(p) for p in inputs], reader)
     request = make_request(model_dir, version_name, items, schema_path, reader, settings)
     if on_request is not None:
         on_request(request)
@@ -778,8 +819,9 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
         staged = fileio.join(output_dir, STAGING_DIR, SUMMARY_FILE)
         if fileio.exists(staged):  # (not yet moved into the output)
             summary = fileio.read_json(staged)
-            fileio.write_json(staged, dict(summary, resumed_from=summary.get("run_id"),
-                                           **(run or {})), indent=2, sort_keys=True)
+            fileio.replace_text(staged, json.dumps(dict(
+                summary, resumed_from=summary.get("run_id"), **(run or {})), indent=2,
+                sort_keys=True))
         return dict(publish(output_dir), outcome="resumed")
 
     staging = fileio.join(output_dir, STAGING_DIR)
@@ -825,6 +867,6 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
                "accuracy": correct / labelled if labelled else None, **(run or {})}
     fileio.write_json(fileio.join(staging, SUMMARY_FILE), summary, indent=2, sort_keys=True)
     entries = [n for n in PUBLISHED if fileio.exists(fileio.join(staging, n))]
-    fileio.write_json(fileio.join(staging, READY_FILE),
-                      {"request": request.fingerprint, "entries": entries})
+    fileio.replace_text(fileio.join(staging, READY_FILE),
+                        json.dumps({"request": request.fingerprint, "entries": entries}))
     return dict(publish(output_dir), outcome="scored")

@@ -268,7 +268,7 @@ def scoring_lineage(output: str, metadata_dir: Optional[str] = None) -> ScoringL
     summary names (or `metadata_dir`)."""
     from components.scorer import published_summary
 
-    output = output.rstrip("/")
+    output = (fileio.local_path(output) if fileio.is_local(output) else output).rstrip("/")
     summary = published_summary(output)
     if summary is None:
         raise UserInputError(f"{output} holds no published scoring result")
@@ -277,10 +277,20 @@ def scoring_lineage(output: str, metadata_dir: Optional[str] = None) -> ScoringL
     if store is None:
         raise UserInputError(f"the scoring run of {output} was recorded in {directory}, which "
                              "has no metadata store; pass --metadata-dir")
+    from pipeline.scoring import BULK_INFERRER
+
     run_id = summary["run_id"]
     executions = [e for e in store.run_executions(run_id) if e.state == "COMPLETE"]
     if not executions:
-        raise UserInputError(f"{directory} has no completed record of scoring run {run_id}")
+        # The run that staged it died before its record was complete; the run that published
+        # it (resumed, or found it published) recorded the same request into this output.
+        executions = [e for e in store.complete_executions(BULK_INFERRER)
+                      if e.properties.get("request") == summary.get("request")
+                      and e.properties.get("output") == output]
+        if not executions:
+            raise UserInputError(f"{directory} has no completed record of scoring run "
+                                 f"{run_id}, nor of another run of the same request")
+        run_id = executions[-1].run_id
     inputs = executions[-1].inputs
     pushed_by = None
     for model in inputs.get("model", []):

@@ -304,6 +304,12 @@ class MetadataStore:
                  if fileio.absolute(a.uri).startswith(base)]
         return sorted((a for a in found if is_complete_version(a.uri)), key=lambda a: -a.id)
 
+    def complete_executions(self, stage: str) -> List[Execution]:
+        """Every execution of `stage` that ran to completion, oldest first."""
+        return [self._execution(e) for e in sorted(self.store.get_executions_by_type(stage),
+                                                   key=lambda e: e.id)
+                if e.last_known_state == self._pb.Execution.COMPLETE]
+
     def latest_complete(self, stage: str) -> Optional[Execution]:
         """The newest execution of `stage` that ran to completion (not a reuse)."""
         done = [e for e in self.store.get_executions_by_type(stage)

@@ -48,7 +48,7 @@ def store_dir_for(model_dir: str, output: str, metadata_dir: Optional[str] = Non
     except (KeyError, TypeError, ValueError, OSError, UserInputError):
         pass  # a version copied from elsewhere, or pushed before versions named their root
     if fileio.is_local(output):
-        return os.path.join(fileio.absolute(output), LOCAL_STORE_DIR)
+        return os.path.join(fileio.local_path(output), LOCAL_STORE_DIR)
     raise UserInputError(
         f"the output {output} is not on this machine and no ML Metadata store was found for "
         "the scoring run (the pipeline that pushed the model is not on this machine): pass "
@@ -57,7 +57,7 @@ def store_dir_for(model_dir: str, output: str, metadata_dir: Optional[str] = Non
 
 def lock_dir_for(output: str, store_dir: str) -> str:
     if fileio.is_local(output):
-        return fileio.absolute(output)
+        return fileio.local_path(output)
     return os.path.join(store_dir, LOCKS_DIR,
                         hashlib.sha256(output.encode("utf-8")).hexdigest()[:24])
 
@@ -90,7 +90,7 @@ def score(model: str, version: Optional[int], inputs: Sequence[str], output: str
     from components.scorer import resolve_model, run_score
     from pipeline.pipeline import new_run_id
 
-    output = fileio.absolute(output).rstrip("/")
+    output = (fileio.local_path(output) if fileio.is_local(output) else output).rstrip("/")
     model_dir, _ = resolve_model(model, version)
     store_dir = store_dir_for(model_dir, output, metadata_dir, pipeline_root)
     run_id = run_id or new_run_id()

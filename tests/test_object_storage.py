@@ -1,6 +1,7 @@
 """End to end on an emulated object store: pipeline root, serving directory, inputs and scoring
 output all on gs:// (tests/objstore.py), the ML Metadata store and the lock on a local disk."""
 import json
+import io
 import os
 
 from conftest import IN_MEMORY
@@ -94,7 +95,7 @@ def test_pipeline_root_serving_dir_and_scoring_on_object_storage(gcs_bucket, tmp
 
     [parquet] = tf.io.gfile.glob(f"{scored}/predictions/*.parquet")
     with tf.io.gfile.GFile(parquet, "rb") as f:
-        table = pq.read_table(f)
+        table = pq.read_table(io.BytesIO(f.read()))
     assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
     # The output's lock lives beside the store (object storage has none); the same request
     # again finds its result published.

@@ -510,7 +510,10 @@ def score_args(model, data, out, *more):
 
 
 def test_a_second_scoring_run_into_the_same_output_is_refused_at_once(bulk, tmp_path):
-    model, data, reference = bulk
+    """The first run scores 200k rows (long enough for the second to start and be refused
+    while it runs, on a loaded machine too); its first 60k are the reference's rows."""
+    model, _, reference = bulk
+    data = write_questions(tmp_path / "q200k.jsonl", 200_000)
     out = str(tmp_path / "out")
     first = subprocess.Popen(score_args(model, data, out), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -532,7 +535,10 @@ def test_a_second_scoring_run_into_the_same_output_is_refused_at_once(bulk, tmp_
     assert still_running, "the first run ended before the second was refused: no race tested"
     assert took < 60, took
     assert first.returncode == 0, stderr[-3000:]
-    assert_same_rows(predictions(out), predictions(reference))
+    assert "rows read 200000 = scored 200000 + quarantined 0" in stdout
+    got, want = predictions(out), predictions(reference)
+    assert len(got) == 200_000
+    assert_same_rows({k: got[k] for k in want}, want)
 
 
 @pytest.mark.parametrize("when", ["while scoring", "at start-up"])
@@ -595,6 +601,73 @@ def test_a_run_that_dies_while_publishing_is_finished_by_the_next(first_push, tm
     runs = {r.run_id: r for r in api.list_runs(whole.metadata_dir)}
     assert runs[resumed.run_id].status == "succeeded"
     assert runs[resumed.run_id].kind == "scoring"
+    assert api.lineage(out).run_id == resumed.run_id
+
+    # Killed after the summary was moved into the output, before the marker: the published
+    # summary names the dead run; lineage finds the run that published the same request.
+    again = str(tmp_path / "again")
+    real_check = scorer._check_published
+
+    def dies_before_the_marker(*args):
+        raise KeyboardInterrupt("killed before the marker")
+
+    monkeypatch.setattr(scorer, "_check_published", dies_before_the_marker)
+    with pytest.raises(KeyboardInterrupt):
+        api.score(model, [data], again, beam_args=IN_MEMORY)
+    monkeypatch.setattr(scorer, "_check_published", real_check)
+    finished = api.score(model, [data], again, beam_args=IN_MEMORY)
+    assert finished.outcome == "resumed"
+    assert_same_rows(predictions(again), predictions(whole.output))
+    dead = finished.summary["run_id"]
+    assert dead != finished.run_id and api.list_runs(whole.metadata_dir)[-2].status != "running"
+    assert api.lineage(again).run_id == finished.run_id
+
+
+def test_a_publication_cut_short_on_object_storage_loses_no_shard(first_push, tmp_path,
+                                                                  monkeypatch):
+    """Where a rename copies file by file (object storage), a publication killed after some
+    shards were moved is finished by the next run without losing those shards."""
+    from components import fileio
+    from components.scorer import ScoreSettings
+    from pipeline import api
+
+    _, _, serving, _ = first_push
+    model = os.path.join(serving, "textcnn")
+    data = write_questions(tmp_path / "q.jsonl", 300)
+    settings = ScoreSettings(rows_per_shard=50, formats=("jsonl", "csv"))
+    monkeypatch.setattr(fileio, "rename_is_atomic", lambda path: False)
+    whole = api.score(model, [data], str(tmp_path / "whole"), settings=settings,
+                      beam_args=IN_MEMORY)
+    out = str(tmp_path / "out")
+    real_rename, moved = fileio.rename, []
+
+    def dies_after_three(source, target, overwrite=False):
+        if target.startswith(os.path.join(out, "predictions")):
+            if len(moved) == 3:
+                raise KeyboardInterrupt("killed while moving the shards")
+            moved.append(target)
+        real_rename(source, target, overwrite=overwrite)
+
+    monkeypatch.setattr(fileio, "rename", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        api.score(model, [data], out, settings=settings, beam_args=IN_MEMORY)
+    monkeypatch.setattr(fileio, "rename", real_rename)
+    assert len(moved) == 3 and not os.path.exists(os.path.join(out, "_SUCCESS"))
+    resumed = api.score(model, [data], out, settings=settings, beam_args=IN_MEMORY)
+    assert resumed.outcome == "resumed" and resumed.shards == whole.shards == 6
+    assert len(os.listdir(os.path.join(out, "predictions"))) == 12
+    assert_same_rows(predictions(out), predictions(whole.output))
+
+
+def test_the_same_request_from_another_directory_is_the_same_request(bulk, tmp_path):
+    model, data, reference = bulk
+    relative = subprocess.run(
+        [sys.executable, os.path.join(REPO, "local_runner.py"), "score", "--model",
+         os.path.relpath(model, os.path.dirname(data)), "--input", os.path.basename(data),
+         "--output", os.path.relpath(reference, os.path.dirname(data)), "--format",
+         "jsonl,parquet", *IN_MEMORY], cwd=os.path.dirname(data), capture_output=True,
+        text=True, timeout=600)
+    assert relative.returncode == 0 and "nothing to do" in relative.stdout, relative.stderr[-3000:]
 
 
 def test_parquet_output_reads_back_with_the_rows_and_columns(bulk):
@@ -688,6 +761,13 @@ def test_what_an_output_directory_holds_decides_what_a_run_may_do(tmp_path):
     (staging / "READY.json").write_text(json.dumps({"request": request(2).fingerprint,
                                                     "entries": []}))
     assert prepare_output(str(out), request(2), overwrite=False) == RESUME
+    # A refused request removes nothing, a resumable staged result included.
+    with pytest.raises(OutputExistsError):
+        prepare_output(str(out), request(3), overwrite=False)
+    assert prepare_output(str(out), request(2), overwrite=False) == RESUME
     assert prepare_output(str(out), request(3), overwrite=True) == FRESH
     assert not staging.exists()  # another request's staged result is dropped
+    staging.mkdir()
+    (staging / "READY.json").write_text("")  # cut short by a kill: as if absent
+    assert prepare_output(str(out), request(2), overwrite=True) == FRESH
     assert prepare_output(str(tmp_path / "new"), request(1), overwrite=False) == FRESH
