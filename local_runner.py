@@ -190,6 +190,11 @@ def _lineage(args) -> int:
 
 
 def _score(args, beam_args) -> int:
+    from pipeline.lock import local_directory, refuse_if_held
+
+    output = local_directory(args.output)
+    if output is not None:  # refused before the imports below, which take seconds
+        refuse_if_held(output, root=output, kind="scoring output")
     from pipeline import api
 
     formats = args.format.split(",") if args.format else None
@@ -259,7 +264,7 @@ def _train(args) -> int:
 
 def _configure_console(verbose: bool) -> None:
     """Progress lines always; library warnings, C++ logs and worker chatter only with -v."""
-    from pipeline.api import PROGRESS_LOGGER
+    from pipeline import PROGRESS_LOGGER  # (light: a refusal comes before the slow imports)
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

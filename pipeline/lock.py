@@ -74,6 +74,35 @@ class RootLock:
         self._fd = None
 
 
+def refuse_if_held(directory: str, root: Optional[str] = None,
+                   kind: str = "pipeline root") -> None:
+    """Raises RootLockedError when another process holds the lock in `directory` now: a quick
+    look (standard library only) that a command takes before its slow imports, so that a
+    second run is refused at once. Not a lock: the run still takes `RootLock` (two runs that
+    start together: one of them is refused there)."""
+    path = os.path.join(directory, LOCK_FILE)
+    if not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RootLockedError(
+                f"{root or directory} is in use by another run: {_describe(_read_holder(fd))}. "
+                f"One run at a time per {kind}; try again when it has finished.")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def local_directory(path: str) -> Optional[str]:
+    """The absolute local path of `path` (`file://` included), None for other URLs."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return None if "://" in path else os.path.abspath(path)
+
+
 def _read_holder(fd: int) -> Dict[str, Any]:
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 4096).decode("utf-8", "replace").strip()
