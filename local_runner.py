@@ -190,11 +190,10 @@ def _lineage(args) -> int:
 
 
 def _score(args, beam_args) -> int:
-    from pipeline.lock import local_directory, refuse_if_held
+    from pipeline.lock import refuse_if_held
 
-    output = local_directory(args.output)
-    if output is not None:  # refused before the imports below, which take seconds
-        refuse_if_held(output, root=output, kind="scoring output")
+    # Refused before the imports below, which take seconds.
+    refuse_if_held(args.output, kind="scoring output")
     from pipeline import api
 
     formats = args.format.split(",") if args.format else None

@@ -58,8 +58,9 @@ def _os_path(path: str) -> str:
 
 
 def local_path(path: str) -> str:
-    """A local path (`file://` ones included) as an absolute path that `os` takes."""
-    return os.path.abspath(_os_path(path))
+    """A local path (`file://` ones included) as an absolute path that `os` takes; other URLs
+    unchanged. (`absolute` keeps `file://`: paths that the pipeline records keep their form.)"""
+    return os.path.abspath(_os_path(path)) if is_local(path) else path
 
 
 def exists(path: str) -> bool:

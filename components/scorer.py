@@ -55,7 +55,8 @@ from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, is_int
                                    load_schema)
 from components.score_settings import FORMATS, ScoreSettings  # noqa: F401  (the API's)
 from components.statistics_gen import (TEXT_LENGTH, TEXT_LENGTH_STATS_FILE,
-                                       text_length_stats_options, write_split_statistics)
+                                       text_length_stats_options, token_count,
+                                       write_split_statistics)
 
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_PREFIX = "predictions"  # shards: predictions-00000-of-00003.jsonl (Beam's naming)
@@ -79,7 +80,10 @@ EARLIER_VERSIONS = ("LabelStats.pb", rd.COUNTS_FILE)
 PARQUET_ROW_GROUP_ROWS = 65_536  # rows a Parquet shard buffers before writing a row group
 SCORE_SPLIT = "score"
 
-_QUARANTINE, _COUNTS, _FILES, _TALLY = "quarantine", "counts", "files", "tally"
+_QUARANTINE, _COUNTS, _FILES = "quarantine", "counts", "files"
+# The scoring's own tallies, beside the reading's "read" and "quarantine:<reason>": rows scored
+# (readers.summarize_counts' "split:<name>" key: its "written"), labelled, predicted right.
+_SCORED, _LABELLED, _CORRECT = f"split:{SCORE_SPLIT}", "labelled", "correct"
 
 
 class OutputExistsError(UserInputError):
@@ -183,20 +187,18 @@ def _record_batch(batch):
     import pyarrow as pa
 
     ids, texts, labels = batch
-    n = len(texts)
-    every = pa.array(np.arange(n + 1, dtype=np.int64))
+    every = pa.array(np.arange(len(texts) + 1, dtype=np.int64))  # one value per row
 
-    def one_value_each(values, offsets=every):
-        return pa.LargeListArray.from_arrays(offsets, pa.array(values, pa.large_binary()))
+    def one_value_each(values, value_type=pa.large_binary()):
+        return pa.LargeListArray.from_arrays(every, pa.array(values, value_type))
 
-    strings = pa.large_list(pa.large_binary())
     if all(x is not None for x in labels):
         label_column = one_value_each(labels)
     else:  # some rows without a label: null there
-        label_column = pa.array([None if x is None else [x] for x in labels], strings)
+        label_column = pa.array([None if x is None else [x] for x in labels],
+                                pa.large_list(pa.large_binary()))
     columns = [one_value_each(texts), one_value_each(ids), label_column,
-               pa.LargeListArray.from_arrays(every, pa.array([len(t.split()) for t in texts],
-                                                             pa.int64()))]
+               one_value_each([token_count([t]) for t in texts], pa.int64())]
     return pa.RecordBatch.from_arrays(columns, [features.TEXT, features.ID, features.LABEL,
                                                 TEXT_LENGTH])
 
@@ -398,7 +400,8 @@ class _ScoreBatches(beam.DoFn):
     """Batches of rows -> the model's predictions, written into this worker's shard files.
 
     Emits per finished file (stem, format, path, rows) (tag _FILES), and per bundle its tally
-    (rows scored, rows with a label, rows whose label is the predicted class) (tag _TALLY).
+    {_SCORED: rows scored, _LABELLED: rows with a label, _CORRECT: rows whose label is the
+    predicted class} (tag _COUNTS).
     Only the files of committed bundles are emitted: a retried bundle's leftovers are never
     published."""
 
@@ -414,7 +417,7 @@ class _ScoreBatches(beam.DoFn):
     def start_bundle(self):
         self._shards = _ShardSet(self._pieces_dir, self._formats, self._rows_per_shard,
                                  self._columns)
-        self._tally = [0, 0, 0]
+        self._tally = collections.Counter()
 
     def process(self, batch):
         import tensorflow as tf
@@ -423,18 +426,18 @@ class _ScoreBatches(beam.DoFn):
         out = self._model.signature(text=tf.constant(texts))
         probabilities = out[export.PROBABILITIES].numpy()
         predicted = [c.decode("utf-8") for c in out[export.PREDICTED_CLASS].numpy()]
-        self._tally[0] += len(ids)
+        self._tally[_SCORED] += len(ids)
         for label, cls in zip(labels, predicted):
             if label is not None:
-                self._tally[1] += 1
-                self._tally[2] += label == cls
+                self._tally[_LABELLED] += 1
+                self._tally[_CORRECT] += label == cls
         for done in self._shards.write(ids, labels, probabilities, predicted):
             yield beam.pvalue.TaggedOutput(_FILES, done)
 
     def finish_bundle(self):
         for done in self._shards.close():
             yield beam.pvalue.TaggedOutput(_FILES, GlobalWindows.windowed_value(done))
-        yield beam.pvalue.TaggedOutput(_TALLY, GlobalWindows.windowed_value(tuple(self._tally)))
+        yield beam.pvalue.TaggedOutput(_COUNTS, GlobalWindows.windowed_value(dict(self._tally)))
 
 
 def _sum_counts(dicts) -> Dict[str, int]:
@@ -444,18 +447,12 @@ def _sum_counts(dicts) -> Dict[str, int]:
     return dict(total)
 
 
-def _sum_tallies(tallies) -> Tuple[int, int, int]:
-    total = [0, 0, 0]
-    for t in tallies:
-        total = [a + b for a, b in zip(total, t)]
-    return tuple(total)
-
-
 @beam.ptransform_fn
 def ScoreRows(pipeline, items, reader: rd.ExampleGenSettings, model_dir: str,
               columns: _Columns, settings: ScoreSettings, staging: str):
     """The one pass: read, check, batch, score, write shards; statistics beside; the tallies
-    (counts of the reading, the scoring's tally, the files written) in `staging/TALLY_FILE`."""
+    (the reading's and the scoring's counts, each taken where it happens, summed together; the
+    files written) in `staging/TALLY_FILE`."""
     import tensorflow_data_validation as tfdv
 
     # Create spreads the work items over the workers; their rows stream through the rest of
@@ -466,7 +463,7 @@ def ScoreRows(pipeline, items, reader: rd.ExampleGenSettings, model_dir: str,
             .with_outputs(_QUARANTINE, _COUNTS, main="batches"))
     scored = read.batches | "Score" >> beam.ParDo(_ScoreBatches(
         model_dir, shared.Shared(), columns, settings.formats,
-        fileio.join(staging, PIECES_DIR), settings.rows_per_shard)).with_outputs(_FILES, _TALLY)
+        fileio.join(staging, PIECES_DIR), settings.rows_per_shard)).with_outputs(_FILES, _COUNTS)
     _ = read[_QUARANTINE] | "WriteQuarantine" >> rd.WriteQuarantine(staging)
     if settings.statistics:
         # TFDV's statistics in bounded memory: its exact top-k/unique counts group every
@@ -482,10 +479,9 @@ def ScoreRows(pipeline, items, reader: rd.ExampleGenSettings, model_dir: str,
                  write_split_statistics, fileio.join(staging, STATS_FILE),
                  fileio.join(staging, TEXT_LENGTH_STATS_FILE)))
     tallies = (
-        read[_COUNTS] | "SumCounts" >> beam.CombineGlobally(_sum_counts)
+        (read[_COUNTS], scored[_COUNTS]) | "FlattenCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombineGlobally(_sum_counts)
         | "KeyCounts" >> beam.Map(lambda c: ("counts", c)),
-        scored[_TALLY] | "SumTally" >> beam.CombineGlobally(_sum_tallies)
-        | "KeyTally" >> beam.Map(lambda t: ("scored", list(t))),
         scored[_FILES] | "CollectFiles" >> beam.combiners.ToList()
         | "KeyFiles" >> beam.Map(lambda files: ("files", sorted(map(list, files))))
     ) | "FlattenTallies" >> beam.Flatten()
@@ -831,9 +827,10 @@ def run_score(model_base: str, version: Optional[int], inputs: Sequence[str], ou
     with beam_pipeline(beam_options) as p:
         _ = p | "ScoreRows" >> ScoreRows(planned, reader, model_dir, columns, settings, staging)
     tally = fileio.read_json(fileio.join(staging, TALLY_FILE))
-    counts = rd.summarize_counts(dict(tally.get("counts") or {}, **{
-        f"split:{SCORE_SPLIT}": (tally.get("scored") or [0])[0]}), splits=(SCORE_SPLIT,))
-    scored, labelled, correct = tally.get("scored") or (0, 0, 0)
+    raw_counts = tally.get("counts") or {}
+    counts = rd.summarize_counts(raw_counts, splits=(SCORE_SPLIT,))
+    scored = counts["written"]
+    labelled, correct = raw_counts.get(_LABELLED, 0), raw_counts.get(_CORRECT, 0)
     shards, published = number_shards(tally.get("files") or [],
                                       fileio.join(staging, PREDICTIONS_DIR),
                                       settings.formats, columns)

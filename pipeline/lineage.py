@@ -268,7 +268,7 @@ def scoring_lineage(output: str, metadata_dir: Optional[str] = None) -> ScoringL
     summary names (or `metadata_dir`)."""
     from components.scorer import published_summary
 
-    output = (fileio.local_path(output) if fileio.is_local(output) else output).rstrip("/")
+    output = fileio.local_path(output).rstrip("/")
     summary = published_summary(output)
     if summary is None:
         raise UserInputError(f"{output} holds no published scoring result")

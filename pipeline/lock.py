@@ -20,7 +20,7 @@ import os
 import socket
 from typing import Any, Dict, Optional
 
-from components import PROGRESS_LOGGER
+from components import PROGRESS_LOGGER, fileio
 
 LOCK_FILE = ".lock"
 
@@ -52,9 +52,7 @@ class RootLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise RootLockedError(
-                f"{self.root} is in use by another run: {_describe(holder)}. "
-                f"One run at a time per {self.kind}; try again when it has finished.")
+            raise _in_use(self.root, self.kind, holder)
         previous = _read_holder(fd)
         if previous:
             logging.getLogger(PROGRESS_LOGGER).warning(
@@ -74,12 +72,15 @@ class RootLock:
         self._fd = None
 
 
-def refuse_if_held(directory: str, root: Optional[str] = None,
-                   kind: str = "pipeline root") -> None:
-    """Raises RootLockedError when another process holds the lock in `directory` now: a quick
-    look (standard library only) that a command takes before its slow imports, so that a
-    second run is refused at once. Not a lock: the run still takes `RootLock` (two runs that
-    start together: one of them is refused there)."""
+def refuse_if_held(directory: str, kind: str = "pipeline root") -> None:
+    """Raises RootLockedError when another process holds the lock in the local `directory`
+    now (nothing for a URL: object storage has no locks): a quick look, without TensorFlow or
+    Beam, that a command takes before its slow imports, so that a second run is refused at
+    once. Not a lock: the run still takes `RootLock` (of two runs that start together, one is
+    refused there)."""
+    if not fileio.is_local(directory):
+        return
+    directory = fileio.local_path(directory)
     path = os.path.join(directory, LOCK_FILE)
     if not os.path.exists(path):
         return
@@ -88,19 +89,15 @@ def refuse_if_held(directory: str, root: Optional[str] = None,
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RootLockedError(
-                f"{root or directory} is in use by another run: {_describe(_read_holder(fd))}. "
-                f"One run at a time per {kind}; try again when it has finished.")
+            raise _in_use(directory, kind, _read_holder(fd))
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-def local_directory(path: str) -> Optional[str]:
-    """The absolute local path of `path` (`file://` included), None for other URLs."""
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    return None if "://" in path else os.path.abspath(path)
+def _in_use(root: str, kind: str, holder: Dict[str, Any]) -> RootLockedError:
+    return RootLockedError(f"{root} is in use by another run: {_describe(holder)}. "
+                           f"One run at a time per {kind}; try again when it has finished.")
 
 
 def _read_holder(fd: int) -> Dict[str, Any]:

@@ -90,7 +90,7 @@ def score(model: str, version: Optional[int], inputs: Sequence[str], output: str
     from components.scorer import resolve_model, run_score
     from pipeline.pipeline import new_run_id
 
-    output = (fileio.local_path(output) if fileio.is_local(output) else output).rstrip("/")
+    output = fileio.local_path(output).rstrip("/")
     model_dir, _ = resolve_model(model, version)
     store_dir = store_dir_for(model_dir, output, metadata_dir, pipeline_root)
     run_id = run_id or new_run_id()
