@@ -91,7 +91,7 @@ def score(model: str, version: Optional[int], inputs: Sequence[str], output: str
     from pipeline.pipeline import new_run_id
 
     output = fileio.local_path(output).rstrip("/")
-    model_dir, _ = resolve_model(model, version)
+    model_dir, _ = resolve_model(fileio.absolute(model), version)  # as run_score resolves it
     store_dir = store_dir_for(model_dir, output, metadata_dir, pipeline_root)
     run_id = run_id or new_run_id()
     with RootLock(lock_dir_for(output, store_dir), run_id, root=output, kind="scoring output"):
