@@ -111,10 +111,12 @@ class MetadataStore:
         config.sqlite.filename_uri = self.path
         config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
         self.store = metadata_store.MetadataStore(config)
-        self._artifact_types = {name: self.store.put_artifact_type(pb.ArtifactType(name=name))
+        self._artifact_types = {name: _put_type(self.store.put_artifact_type,
+                                                pb.ArtifactType(name=name))
                                 for name in ARTIFACT_TYPES}
         self._type_names = {v: k for k, v in self._artifact_types.items()}
-        self._context_types = {name: self.store.put_context_type(pb.ContextType(name=name))
+        self._context_types = {name: _put_type(self.store.put_context_type,
+                                               pb.ContextType(name=name))
                                for name in (PIPELINE_CONTEXT, RUN_CONTEXT)}
         self._execution_types: Dict[str, int] = {}
 
@@ -122,11 +124,17 @@ class MetadataStore:
 
     def start_run(self, pipeline_name: str, run_id: str, properties: Dict[str, Any]) -> None:
         pb = self._pb
+        from ml_metadata import errors
+
         pipeline = self.store.get_context_by_type_and_name(PIPELINE_CONTEXT, pipeline_name)
         if pipeline is None:
             pipeline = pb.Context(type_id=self._context_types[PIPELINE_CONTEXT],
                                   name=pipeline_name)
-            [pipeline.id] = self.store.put_contexts([pipeline])
+            try:
+                [pipeline.id] = self.store.put_contexts([pipeline])
+            except errors.AlreadyExistsError:  # made by another process meanwhile (see _put_type)
+                pipeline = self.store.get_context_by_type_and_name(PIPELINE_CONTEXT,
+                                                                   pipeline_name)
         run = pb.Context(type_id=self._context_types[RUN_CONTEXT], name=run_id)
         _set(run.custom_properties, dict(properties, status="running", started=_now()))
         [run.id] = self.store.put_contexts([run])
@@ -179,8 +187,8 @@ class MetadataStore:
 
     def _execution_type(self, stage: str) -> int:
         if stage not in self._execution_types:
-            self._execution_types[stage] = self.store.put_execution_type(
-                self._pb.ExecutionType(name=stage))
+            self._execution_types[stage] = _put_type(self.store.put_execution_type,
+                                                     self._pb.ExecutionType(name=stage))
         return self._execution_types[stage]
 
     def _put_artifact(self, artifact: Artifact, run_id: str) -> int:
@@ -345,6 +353,19 @@ class MetadataStore:
     def run_properties(self, run_id: str) -> Dict[str, Any]:
         run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
         return _get(run.custom_properties) if run is not None else {}
+
+
+def _put_type(put: Callable[[Any], int], type_proto) -> int:
+    """MLMD's put_*_type, safe when another process puts the same new type at the same moment:
+    processes that share a store without sharing a lock (scoring runs into different outputs,
+    beside a pipeline run) may both insert it; the second insert is refused, and putting the
+    type again returns the one stored."""
+    from ml_metadata import errors
+
+    try:
+        return put(type_proto)
+    except errors.AlreadyExistsError:
+        return put(type_proto)
 
 
 def open_existing(directory: str) -> Optional[MetadataStore]:

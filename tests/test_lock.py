@@ -61,3 +61,43 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(holder, caplog):
         assert f.read() == ""  # released normally: no holder named
     with RootLock(root, "again"):  # and free again
         pass
+
+
+def _start_run_after(barrier, directory, pipeline_name, run_id, results):
+    from pipeline import metadata as meta
+
+    store = meta.MetadataStore(directory)
+    barrier.wait()
+    try:
+        store.start_run(pipeline_name, run_id, {"kind": meta.SCORING_RUN})
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001  (reported to the test)
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_runs_that_share_a_store_without_a_lock_start_together(tmp_path):
+    """Scoring runs into different outputs share the pushing pipeline's store but no lock:
+    several starting at the same moment under a parent context that does not exist yet all
+    start (MLMD refuses the second insert of the same context or type)."""
+    import multiprocessing
+
+    from pipeline import metadata as meta
+
+    directory = str(tmp_path / "store")
+    meta.MetadataStore(directory)
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for trial in range(6):
+        barrier, results = context.Barrier(4), context.Queue()
+        processes = [context.Process(target=_start_run_after, args=(
+            barrier, directory, f"scoring-{trial}", f"run-{trial}-{i}", results))
+            for i in range(4)]
+        for p in processes:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for p in processes:
+            p.join()
+        failures += [o for o in outcomes if o != "ok"]
+    assert not failures, failures
+    runs = meta.MetadataStore(directory).runs()
+    assert len(runs) == 24
