@@ -13,6 +13,8 @@
   python local_runner.py report PIPELINE_ROOT [--run RUN_ID]
   python local_runner.py runs PIPELINE_ROOT [--metadata-dir DIR]
   python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION | SCORING_OUTPUT [--metadata-dir DIR]
+  python local_runner.py promote SERVING_DIR/MODEL_NAME VERSION [--metadata-dir DIR]
+  python local_runner.py rollback SERVING_DIR/MODEL_NAME [--metadata-dir DIR]
 
 Exit codes: 0 pushed, or nothing new to do (every stage reused), 2 bad usage/config/input or another run holds the pipeline root,
 3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.
@@ -130,7 +132,30 @@ def _parser() -> argparse.ArgumentParser:
                                                 "(default: the one the version records)")
     lineage.add_argument("--pipeline-root", help="the root that pushed it (default: the one "
                                                   "recorded in the version's metadata.json)")
+    for name, what in (("promote", "serve VERSION (TF Serving's models.config); the "
+                                   "Evaluator's baseline follows"),
+                       ("rollback", "serve again the version served before the current one")):
+        decide = sub.add_parser(name, help=what)
+        decide.add_argument("model", help="SERVING_DIR/MODEL_NAME")
+        if name == "promote":
+            decide.add_argument("version", type=int)
+        decide.add_argument("--metadata-dir", help="the ML Metadata store to record the "
+                                                   "decision in (default: the pushing root's)")
+        decide.add_argument("--pipeline-root", help="record it in this root's store")
     return parser
+
+
+def _decide(args) -> int:
+    from pipeline import api
+
+    if args.command == "promote":
+        decision = api.promote(args.model, args.version, args.metadata_dir, args.pipeline_root)
+    else:
+        decision = api.rollback(args.model, args.metadata_dir, args.pipeline_root)
+    print(f"{args.model}: {decision['action']} version {decision['version']} (served before: "
+          f"{decision['previous']}); models.config rewritten")
+    print(f"recorded as run {decision['run_id']} in {decision['metadata_dir']}")
+    return 0
 
 
 def _data(args) -> int:
@@ -287,13 +312,15 @@ def main(argv=None) -> int:
     verbose = getattr(args, "verbose", False)
     _configure_console(verbose)
     try:
-        if args.command in ("data", "train", "report", "runs", "lineage"):
+        if args.command in ("data", "train", "report", "runs", "lineage", "promote",
+                            "rollback"):
             if unknown:
                 from pipeline.api import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
             return {"data": _data, "train": _train, "report": _report, "runs": _runs,
-                    "lineage": _lineage}[args.command](args)
+                    "lineage": _lineage, "promote": _decide,
+                    "rollback": _decide}[args.command](args)
         if args.command == "score":
             return _score(args, unknown)
         return _run(args, unknown)

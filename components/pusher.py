@@ -8,14 +8,23 @@ no atomic rename, it is written in place: a crash leaves a numbered directory wi
 `saved_model.pb`, which nothing loads and the next push removes. Never a loadable partial version.
 Versions are integers that only increase (UNIX seconds, bumped past the newest number used, a
 partial version's included).
+
+What is served is named by `<serving_dir>/models.config`, the model config file TF Serving
+reads with `--model_config_file` (and re-reads with `--model_config_file_poll_wait_seconds`):
+one entry per model, `model_version_policy { specific { versions: N } }` and the label
+`stable`. A push names its new version there; `serve` names an older one again (promote,
+rollback). `<serving_dir>/<model_name>/serving_history.json` lists each decision, newest last,
+so that a rollback knows the version served before. TF Serving lists only numbered
+directories as versions, so neither file is ever taken for one.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from components import fileio
 from components.artifacts import staged_output
@@ -24,6 +33,11 @@ from components.errors import UserInputError
 SAVED_MODEL_PB = "saved_model.pb"
 METADATA_FILE = "metadata.json"
 PUSHED_FILE = "pushed.json"
+MODELS_CONFIG = "models.config"  # in the serving directory: TF Serving's --model_config_file
+HISTORY_FILE = "serving_history.json"  # in <serving_dir>/<model_name>: what was served when
+STABLE = "stable"  # the version label models.config gives the served version
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # where TF Serving looks for warm-up
+WARMUP_REQUESTS = 100  # texts of the eval split replayed as warm-up (TF Serving reads <= 1000)
 
 
 class ModelNotBlessedError(Exception):
@@ -73,6 +87,144 @@ def next_version(model_base: str) -> int:
     return max([int(time.time())] + [v + 1 for v in _numbered(model_base)])
 
 
+# --- what is served: models.config and the serving history ------------------------------
+
+def _split_base(model_base: str):
+    model_base = model_base.rstrip("/")
+    return fileio.dirname(model_base), fileio.basename(model_base)
+
+
+def _read_models_config(serving_dir: str):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    path = fileio.join(serving_dir, MODELS_CONFIG)
+    if fileio.exists(path):
+        try:
+            text_format.Parse(fileio.read_text(path), config)
+        except text_format.ParseError as e:
+            raise UserInputError(f"{path} is not a TF Serving model config file ({e}); fix or "
+                                 "remove it")
+    return config
+
+
+def _entry(config, model_name: str):
+    return next((c for c in config.model_config_list.config if c.name == model_name), None)
+
+
+def served_version(model_base: str) -> Optional[int]:
+    """The version TF Serving serves: the one `models.config` names for this model; without
+    an entry there, the newest complete version (TF Serving's default policy, `latest`)."""
+    named = _named_version(model_base)
+    if named is not None:
+        return named
+    found = versions(model_base)
+    return found[-1] if found else None
+
+
+def _named_version(model_base: str) -> Optional[int]:
+    serving_dir, name = _split_base(model_base)
+    entry = _entry(_read_models_config(serving_dir), name)
+    if entry is not None and entry.model_version_policy.specific.versions:
+        return max(entry.model_version_policy.specific.versions)
+    return None
+
+
+def serving_history(model_base: str) -> List[Dict[str, Any]]:
+    """Each decision about what is served (`pushed`, `promoted`, `rolled back`), oldest first:
+    {version, previous, action, time, by}."""
+    path = fileio.join(model_base, HISTORY_FILE)
+    if not fileio.exists(path):
+        return []
+    try:
+        return list(fileio.read_json(path).get("decisions", []))
+    except ValueError:  # cut short by a crash: the decisions before it are lost, not the model
+        return []
+
+
+def serve(model_base: str, version: int, action: str, by: Optional[str] = None) -> Dict[str, Any]:
+    """Names `version` in `models.config` as the one TF Serving serves (other models' entries
+    are kept), after recording the decision in the serving history; returns the decision.
+
+    The history is written first and `models.config` last, each whole: a crash between them
+    leaves the history one decision ahead of what is served, which `rollback_target` allows
+    for (it goes by what `models.config` serves)."""
+    serving_dir, name = _split_base(model_base)
+    check_version(model_base, version)
+    # Served before: the version models.config names; without one, TF Serving's default
+    # (the newest) as it was before `version` appeared.
+    previous = _named_version(model_base)
+    if previous is None:
+        previous = max((v for v in versions(model_base) if v != version), default=None)
+    decision = {"version": version, "previous": previous, "action": action,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": by}
+    history = serving_history(model_base) + [decision]
+    fileio.replace_text(fileio.join(model_base, HISTORY_FILE),
+                        json.dumps({"decisions": history}, indent=2) + "\n")
+    config = _read_models_config(serving_dir)
+    entry = _entry(config, name)
+    if entry is None:
+        entry = config.model_config_list.config.add()
+        entry.name = name
+    # TF Serving resolves a relative base_path against its own working directory: absolute.
+    entry.base_path = fileio.absolute(model_base.rstrip("/"))
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.specific.ClearField("versions")
+    entry.model_version_policy.specific.versions.append(version)
+    entry.version_labels.clear()
+    entry.version_labels[STABLE] = version
+    from google.protobuf import text_format
+
+    fileio.replace_text(fileio.join(serving_dir, MODELS_CONFIG),
+                        text_format.MessageToString(config))
+    return decision
+
+
+def check_version(model_base: str, version: int) -> None:
+    """A UserInputError unless `version` is a complete version of `model_base`."""
+    found = versions(model_base)
+    if version not in found:
+        raise UserInputError(f"{model_base} has no complete version {version}; it has: "
+                             f"{', '.join(map(str, found)) or 'none'}")
+
+
+def rollback_target(model_base: str) -> int:
+    """The version served before the one served now that is still complete (a UserInputError
+    when there is none)."""
+    current = served_version(model_base)
+    complete = set(versions(model_base))
+    for decision in reversed(serving_history(model_base)):
+        for v in (decision.get("version"), decision.get("previous")):
+            if v is not None and v != current and v in complete:
+                return v
+    raise UserInputError(f"{model_base}: no version was served before {current} that is still "
+                         "in the serving directory, so there is nothing to roll back to")
+
+
+def version_fingerprint(version_dir: str) -> Optional[str]:
+    """The fingerprint of the model a pushed version holds (as its metadata.json records it;
+    None for a version pushed before it was recorded)."""
+    path = fileio.join(version_dir, METADATA_FILE)
+    if not fileio.exists(path):
+        return None
+    try:
+        return fileio.read_json(path).get("model_fingerprint")
+    except ValueError:
+        return None
+
+
+def pushed_version_of(model_base: str, model_fingerprint: Optional[str]) -> Optional[int]:
+    """The complete version that already holds the model with this fingerprint, if any (the
+    newest): a push killed after its version appeared but before it was recorded left it."""
+    if not model_fingerprint:
+        return None
+    for v in reversed(versions(model_base)):
+        if version_fingerprint(fileio.join(model_base, str(v))) == model_fingerprint:
+            return v
+    return None
+
+
 def _copy_file(source: str, target: str) -> None:
     if "://" not in source + target:  # two local paths
         shutil.copy2(source, target)  # keeps the files' times, as `cp -p` would
@@ -95,17 +247,30 @@ def _copy_model(src: str, dst: str) -> None:
 
 
 def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
-         extra_files: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """Pushes `model_dir` as a new version; returns {"version", "path", "removed"}.
+         extra_files: Optional[Dict[str, str]] = None, texts: Optional[Dict[str, str]] = None,
+         warmup_texts: Sequence[str] = (), by: Optional[str] = None) -> Dict[str, Any]:
+    """Pushes `model_dir` as a new version and serves it; returns {"version", "path",
+    "removed", "already_pushed", "served"}.
 
     `extra_files` ({name: source path}) are copied beside the model, e.g. the schema that the
-    model's inputs were validated against, for scoring to validate against.
+    model's inputs were validated against, for scoring to validate against; `texts` ({name:
+    text}) are written beside it, e.g. the release note. `warmup_texts` become TF Serving's
+    warm-up requests (`WARMUP_FILE`). `by` (say, the run id) is recorded with the decision.
+
+    A complete version already holding a model of the same fingerprint
+    (`metadata["model_fingerprint"]`) is not pushed again: a push killed after its version
+    appeared and before it was recorded is recognised, and served if nothing was decided
+    since.
     """
     base = fileio.join(settings.serving_dir, settings.model_name)
     fileio.makedirs(base)
     for name in fileio.listdir(base):  # leftovers of interrupted pushes on a local disk
         if name.startswith(".tmp-"):
             fileio.rmtree(fileio.join(base, name))
+    found = pushed_version_of(base, metadata.get("model_fingerprint"))
+    if found is not None:
+        return {"version": found, "path": fileio.join(base, str(found)), "removed": [],
+                "already_pushed": True, "served": _serve_found(base, found, by)}
     version = next_version(base)
     final = fileio.join(base, str(version))
     # A local disk renames a directory atomically: the version is assembled in a hidden
@@ -119,6 +284,11 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
                           indent=2, sort_keys=True, default=str)
         for name, source in (extra_files or {}).items():
             _copy_file(source, fileio.join(work, name))
+        for name, text in (texts or {}).items():
+            fileio.write_text(fileio.join(work, name), text)
+        if warmup_texts:
+            write_warmup_requests(fileio.join(work, WARMUP_FILE), warmup_texts,
+                                  settings.model_name)
         _copy_model(model_dir, work)
         if atomic:
             fileio.rename(work, final)
@@ -128,6 +298,7 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
         # In place, the partial version stays (without saved_model.pb: never loaded) until a
         # later push completes: removing it now would free its number for reuse.
         raise
+    serve(base, version, "pushed", by)
     removed = []
     if not atomic:
         # Partial versions of pushes that died (numbered, without saved_model.pb), all older
@@ -140,19 +311,88 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
             if old < version and old not in complete:
                 fileio.rmtree(fileio.join(base, str(old)))
     if settings.keep_versions:
-        for old in versions(base)[:-settings.keep_versions]:
-            if old != version:
-                fileio.rmtree(fileio.join(base, str(old)))
-                removed.append(old)
-    return {"version": version, "path": final, "removed": removed}
+        removed = prune_versions(base, settings.keep_versions)
+    return {"version": version, "path": final, "removed": removed, "already_pushed": False,
+            "served": True}
+
+
+def _serve_found(base: str, found: int, by: Optional[str]) -> bool:
+    """Whether the version a push found already holding its model is served (now): it is
+    served again only when nothing was decided since it appeared (the push died before
+    naming it in models.config); one rolled back or replaced since stays as decided."""
+    if _named_version(base) == found:
+        return True
+    history = serving_history(base)
+    named = any(d.get("version") == found for d in history)
+    if (not named and found == versions(base)[-1]) or (
+            history and history[-1].get("version") == found):
+        serve(base, found, "pushed", by)
+        return True
+    return False
+
+
+def prune_versions(model_base: str, keep: int) -> List[int]:
+    """Removes all but the newest `keep` complete versions, never the served one; returns
+    the versions removed."""
+    served = served_version(model_base)
+    removed = []
+    for old in versions(model_base)[:-keep]:
+        if old != served:
+            fileio.rmtree(fileio.join(model_base, str(old)))
+            removed.append(old)
+    return removed
+
+
+def write_warmup_requests(path: str, texts: Sequence[str], model_name: str) -> int:
+    """TF Serving's warm-up file: one `PredictionLog` per text, a request of the raw-string
+    signature (`serving_default`, input `text`, a batch of one) that the server replays when
+    it loads the version, before it answers real requests. Returns how many were written."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from components import features
+    from components.export import SERVING_DEFAULT
+
+    fileio.makedirs(fileio.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for text in texts:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = SERVING_DEFAULT
+            request.inputs[features.TEXT].CopyFrom(tf.make_tensor_proto([text], tf.string))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+    return len(texts)
+
+
+def sample_texts(examples_dir: str, split: str, limit: int) -> List[str]:
+    """The first `limit` texts of a split of an Examples artifact (its shards in name order):
+    the same texts for the same data."""
+    import tensorflow as tf
+
+    from components import features
+
+    pattern = fileio.join(examples_dir, features.split_dir_name(split), "*")
+    out: List[str] = []
+    for path in sorted(fileio.glob(pattern)):
+        if len(out) >= limit:
+            break
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(
+                limit - len(out)):
+            example = tf.train.Example.FromString(record.numpy())
+            out.append(example.features.feature[features.TEXT].bytes_list.value[0].decode())
+    return out
 
 
 def run_pusher(evaluator_dir: str, model_dir: str, metadata: Dict[str, Any],
                settings: PusherSettings, output_dir: str,
-               extra_files: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+               extra_files: Optional[Dict[str, str]] = None,
+               texts: Optional[Dict[str, str]] = None, warmup_texts: Sequence[str] = (),
+               by: Optional[str] = None) -> Dict[str, Any]:
     """Pushes the candidate only when the Evaluator wrote BLESSED; else ModelNotBlessedError.
 
     `output_dir` (the Pusher's artifact) records where the version went, in `pushed.json`.
+    The other arguments are `push`'s.
     """
     from components.evaluator import BLESSED, RESULT_FILE
 
@@ -170,6 +410,6 @@ def run_pusher(evaluator_dir: str, model_dir: str, metadata: Dict[str, Any],
             + "\n  ".join(failures or ["(the Evaluator gave no reason)"])
             + f"\nSee {evaluator_dir}/{RESULT_FILE}.")
     with staged_output(output_dir) as tmp:
-        pushed = push(model_dir, metadata, settings, extra_files)
+        pushed = push(model_dir, metadata, settings, extra_files, texts, warmup_texts, by)
         fileio.write_json(fileio.join(tmp, PUSHED_FILE), pushed, indent=2)
     return pushed

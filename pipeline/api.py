@@ -209,6 +209,24 @@ def lineage(version_dir: str, pipeline_root: Optional[str] = None,
     return find(version_dir, pipeline_root, metadata_dir)
 
 
+def promote(model: str, version: int, metadata_dir: Optional[str] = None,
+            pipeline_root: Optional[str] = None) -> Dict[str, Any]:
+    """Serves `version` of `model` (SERVING_DIR/MODEL_NAME): rewrites its models.config under
+    the pushing root's lock and records the decision (see pipeline/serving.py). Returns the
+    decision: {version, previous, action, time, by, run_id, metadata_dir}."""
+    from pipeline.serving import promote as decide
+
+    return decide(model, version, metadata_dir, pipeline_root)
+
+
+def rollback(model: str, metadata_dir: Optional[str] = None,
+             pipeline_root: Optional[str] = None) -> Dict[str, Any]:
+    """Serves again the version of `model` served before the current one; the decision."""
+    from pipeline.serving import rollback as decide
+
+    return decide(model, metadata_dir, pipeline_root)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
     """A scoring run: the version used, the rows read = scored + quarantined, accuracy on the

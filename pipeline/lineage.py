@@ -7,9 +7,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from components.errors import UserInputError
 from components import features, fileio
+from components.pusher import served_version, serving_history
 from components.tuner import format_value
 from pipeline import configs, results
 from pipeline import metadata as meta
+from pipeline.release_note import NOTE_FILE, input_lines
 
 
 _METRICS = ((results.ACCURACY, "accuracy"), ("macro_f1", "macro-F1"),
@@ -44,11 +46,11 @@ class RunInfo:
     reused: int
     pushed_version: Optional[int]
     pushed_by: Optional[str]  # the run that pushed it, when this run reused that push
-    kind: str = meta.PIPELINE_RUN  # or meta.SCORING_RUN
-    scored: Optional[str] = None  # a scoring run's result, in words
+    kind: str = meta.PIPELINE_RUN  # or meta.SCORING_RUN, meta.SERVING_RUN
+    scored: Optional[str] = None  # a scoring run's result or a serving decision, in words
 
     def pushed(self) -> str:
-        if self.kind == meta.SCORING_RUN:
+        if self.kind in (meta.SCORING_RUN, meta.SERVING_RUN):
             return self.scored or "-"
         if self.pushed_version is None:
             return "-"
@@ -77,7 +79,10 @@ def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> List[Ru
 
 
 def _scored(run: Dict[str, Any]) -> Optional[str]:
-    """What a scoring run did, in words (None for a pipeline run)."""
+    """What a scoring run or a serving decision did, in words (None for a pipeline run)."""
+    if run.get("kind") == meta.SERVING_RUN:
+        return (f"{run.get('action')} version {run.get('version')} of {run.get('model')} "
+                f"(served before: {run.get('previous')})")
     if run.get("kind") != meta.SCORING_RUN:
         return None
     done = [e for e in run["executions"] if e.state == "COMPLETE"]
@@ -95,7 +100,8 @@ def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
     if not runs:
         return f"no runs recorded in {pipeline_root}"
     lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
-             f"{'executed':>8} {'reused':>6}  pushed (pipeline runs) or scored (scoring runs)"]
+             f"{'executed':>8} {'reused':>6}  pushed (pipeline runs), scored (scoring runs) or "
+             "served (promote, rollback)"]
     for run in runs:
         lines.append(f"{run.run_id:<24} {run.started or '?':<25} {run.status or '?':<20} "
                      f"{'' if run.exit_code is None else run.exit_code:>4}  {run.executed:>8} "
@@ -128,6 +134,9 @@ class Lineage:
     run: Dict[str, Any]
     config: Optional[Dict[str, Any]]
     stages: Dict[str, Dict[str, Any]]
+    served: bool = False  # whether TF Serving serves it now (models.config)
+    decisions: Tuple[Dict[str, Any], ...] = ()  # the serving history's entries about it
+    release_note: Optional[str] = None  # its RELEASE_NOTE.md
 
     def text(self) -> str:
         return format_lineage(self)
@@ -160,10 +169,15 @@ def lineage(version_dir: str, pipeline_root: Optional[str] = None,
                            "output_dir": e.properties.get("output_dir")}
     run = store.run_properties(run_id)
     config = run.get("config")
-    return Lineage(version=pushed.properties.get("version"), path=version_dir, root=root,
-                   run_id=run_id, run=run,
+    version = pushed.properties.get("version")
+    base = fileio.dirname(version_dir)
+    note = fileio.join(version_dir, NOTE_FILE)
+    return Lineage(version=version, path=version_dir, root=root, run_id=run_id, run=run,
                    config=json.loads(config) if isinstance(config, str) else config,
-                   stages=stages)
+                   stages=stages, served=served_version(base) == version,
+                   decisions=tuple(d for d in serving_history(base)
+                                   if version in (d.get("version"), d.get("previous"))),
+                   release_note=note if fileio.exists(note) else None)
 
 
 def format_lineage(info: Lineage) -> str:
@@ -181,11 +195,8 @@ def format_lineage(info: Lineage) -> str:
 
     eg = stages.get(configs.EXAMPLE_GEN, {})
     lines.append(f"inputs (ExampleGen {how(configs.EXAMPLE_GEN)}):")
-    for artifact in eg.get("inputs", {}).get("files", []):
-        props = artifact.properties
-        what = (f"sha256 {props['sha256']}" if props.get("sha256") else props.get("checksum")
-                or f"{props.get('files')} files")
-        lines.append(f"  {artifact.uri}  {what}")
+    for item in input_lines(eg.get("inputs", {}).get("files", [])):
+        lines.append(f"  {item['uri']}  {item['what']}")
 
     def typed(stage: str):
         details = stages.get(stage, {}).get("details")
@@ -234,6 +245,14 @@ def format_lineage(info: Lineage) -> str:
                          + (f" (accuracy {acc:.4f})" if isinstance(acc, float) else ""))
         else:
             lines.append("baseline it beat: none (no earlier version to compare with)")
+    lines.append(f"served now: {'yes' if info.served else 'no'} (models.config beside "
+                 "the model's directory)")
+    for d in info.decisions:
+        what = (f"{d.get('action')}: served from then" if d.get("version") == info.version
+                else f"replaced by version {d.get('version')} ({d.get('action')})")
+        lines.append(f"  {d.get('time')}  {what}, by {d.get('by') or '?'}")
+    if info.release_note:
+        lines.append(f"release note: {info.release_note}")
     lines.append("config: " + json.dumps(info.config, sort_keys=True))
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ ARTIFACT_TYPES = (EXTERNAL, EXAMPLES, STATISTICS, SCHEMA, ANOMALIES, TRANSFORM_G
                   HYPERPARAMETERS, MODEL, EVALUATION, BLESSING, PUSHED_MODEL, INFERENCE_RESULT)
 # A run's `kind` property: a pipeline run (no property: runs recorded before scoring runs were)
 # or a bulk scoring run, which holds its output's lock, not the root's.
-PIPELINE_RUN, SCORING_RUN = "pipeline", "scoring"
+PIPELINE_RUN, SCORING_RUN, SERVING_RUN = "pipeline", "scoring", "serving"
 
 
 @dataclasses.dataclass

@@ -158,6 +158,10 @@ class PusherResult(StageDetails):
     path: Optional[str] = None
     not_blessed: Optional[str] = None
     removed: List[str] = dataclasses.field(default_factory=list)  # old versions retention removed
+    # The version already held this model (a push killed before it was recorded): not pushed
+    # again; `served` says whether it is served (not when it was rolled back or replaced since).
+    already_pushed: bool = False
+    served: bool = True
 
 
 RESULT_TYPES: Dict[str, Type[StageDetails]] = {

@@ -28,7 +28,8 @@ from components.example_gen import forget_unit, run_example_gen, unit_fingerprin
 from components.readers import plan_units
 from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
                                           run_example_validator)
-from components.pusher import ModelNotBlessedError, latest_version_dir, run_pusher
+from components.pusher import (WARMUP_REQUESTS, ModelNotBlessedError, run_pusher, sample_texts,
+                               served_version, version_fingerprint)
 from components.schema_gen import (INFER, SCHEMA_FILE, label_classes, load_schema,
                                    run_schema_gen)
 from components.statistics_gen import (available_splits, load_statistics, run_statistics_gen,
@@ -40,6 +41,7 @@ from pipeline import configs, process_state, results
 from pipeline import metadata as meta
 from pipeline.launcher import Launcher, LocalLauncher
 from pipeline.metadata import Artifact, MetadataStore
+from pipeline.release_note import NOTE_FILE, input_lines, release_note
 from pipeline.orchestrator import (PACKAGES, SAVED_MODEL_GRAPH, Orchestrator, StageResult,
                                    cache_key, dir_artifact, input_properties, recorded_value)
 
@@ -448,11 +450,22 @@ EVALUATOR = StageSpec(
 
 def _pusher(run: Run, out: str) -> Dict[str, Any]:
     stats_dir, schema_dir = run.output(configs.STATISTICS_GEN), run.output(configs.SCHEMA_GEN)
+    metadata = push_metadata(run)
+    stages = results.stage_results(run.recorder.summary)
+    trainer = next((s for s in run.recorder.summary["stages"] if s["name"] == configs.TRAINER),
+                   {})
+    note = release_note(run.config.pusher.model_name, metadata, stages,
+                        input_lines(run.scratch["files"]), trainer.get("seconds"),
+                        {name: r.reused_from for name, r in run.results.items() if r.reused_from})
     try:
-        return run_pusher(run.output(configs.EVALUATOR), model_dir(run), push_metadata(run),
+        return run_pusher(run.output(configs.EVALUATOR), model_dir(run), metadata,
                           run.config.pusher, out,
                           dict(train_statistics_files(stats_dir),
-                               **{SCHEMA_FILE: fileio.join(schema_dir, SCHEMA_FILE)}))
+                               **{SCHEMA_FILE: fileio.join(schema_dir, SCHEMA_FILE)}),
+                          texts={NOTE_FILE: note},
+                          warmup_texts=sample_texts(run.output(configs.EXAMPLE_GEN),
+                                                    features.EVAL, WARMUP_REQUESTS),
+                          by=f"run {run.run_id}")
     except ModelNotBlessedError as e:  # a decision, recorded like any other outcome
         return {"pushed": False, "not_blessed": str(e)}
 
@@ -462,9 +475,9 @@ def _pushed_outputs(run: Run, d: str, details: Dict[str, Any]) -> Dict[str, List
     if not push.pushed:
         return {}
     [model] = run.artifacts(configs.TRAINER, "model")
-    return {"pushed_model": [dir_artifact(meta.PUSHED_MODEL, push.path, SAVED_MODEL_GRAPH,
-                                          version=push.version,
-                                          model_fingerprint=model.fingerprint)]}
+    return {"pushed_model": [run.orchestrator.known(dir_artifact(
+        meta.PUSHED_MODEL, push.path, SAVED_MODEL_GRAPH, version=push.version,
+        model_fingerprint=model.fingerprint))]}
 
 
 def _after_pusher(run: Run, result: StageResult) -> None:
@@ -476,10 +489,17 @@ def _after_pusher(run: Run, result: StageResult) -> None:
         run.progress(f"nothing new to do: {what}")
     elif not push.pushed:
         raise ModelNotBlessedError(push.not_blessed)
+    elif push.already_pushed:
+        run.recorder.warn(
+            f"version {push.version} already held this model (a push that stopped before it "
+            "was recorded?): recorded, not pushed again" + (
+                "" if push.served else "; it stays unserved, as decided since it was pushed "
+                "(see serving_history.json)"))
 
 
 PUSHER = StageSpec(
-    configs.PUSHER, ("components.pusher", "components.drift", "components.statistics_gen"),
+    configs.PUSHER, ("components.pusher", "components.drift", "components.statistics_gen",
+                     "pipeline.release_note"),
     inputs=lambda run: {"model": run.artifacts(configs.TRAINER, "model"),
                         "blessing": run.artifacts(configs.EVALUATOR, "blessing"),
                         "schema": run.artifacts(configs.SCHEMA_GEN, "schema"),
@@ -516,20 +536,25 @@ def previous_statistics(store: MetadataStore, current: Artifact) -> Optional[Art
 
 def resolve_baseline(store: MetadataStore, model_base: str, candidate: Artifact,
                      orchestrator: Orchestrator) -> Optional[Artifact]:
-    """The model to beat: the newest version this root pushed that is not the candidate itself.
+    """The model to beat: the version TF Serving serves (the one `models.config` names, after
+    a promote or a rollback too; the newest version when it names none), unless that holds the
+    candidate itself: then the newest other version this root pushed (from the store).
 
-    From the store; a root whose store has recorded no push under `model_base` (a root made
-    before lineage existed, or a new root sharing a serving directory) falls back to the newest
-    version in the serving directory.
+    A served version the store has no record of (pushed by another root, or before lineage
+    existed) is known by its directory.
     """
+    served = served_version(model_base)
     pushed = store.pushed_models(model_base)
-    if pushed:
-        others = [a for a in pushed
-                  if a.properties.get("model_fingerprint") != candidate.fingerprint]
-        return others[0] if others else None
-    latest = latest_version_dir(model_base)
-    return (orchestrator.known(dir_artifact(meta.PUSHED_MODEL, latest, SAVED_MODEL_GRAPH))
-            if latest else None)
+    if served is not None:
+        served_dir = fileio.join(model_base, str(served))
+        artifact = next((a for a in pushed if a.uri == served_dir), None) or \
+            orchestrator.known(dir_artifact(meta.PUSHED_MODEL, served_dir, SAVED_MODEL_GRAPH))
+        held = (version_fingerprint(served_dir)  # older versions: as the store recorded it
+                or artifact.properties.get("model_fingerprint"))
+        if held != candidate.fingerprint:
+            return artifact
+    others = [a for a in pushed if a.properties.get("model_fingerprint") != candidate.fingerprint]
+    return others[0] if others else None
 
 
 def curation_hint(path: str, inputs: Sequence[str], run_id: str) -> str:
@@ -615,8 +640,11 @@ def push_metadata(run: Run) -> Dict[str, Any]:
     examples = run.output(configs.EXAMPLE_GEN)
     [artifact] = run.artifacts(configs.EXAMPLE_GEN, "examples")
     recorded = recorded_value(artifact.properties.get("split_fingerprints"))
+    [model] = run.artifacts(configs.TRAINER, "model")
     return {
         "run_id": run.run_id,
+        # A version already holding this model is recognised by it (no duplicate push).
+        "model_fingerprint": model.fingerprint,
         "metrics": evaluation.metrics.get(results.OVERALL),
         "evaluated_on": evaluation.split,
         # Recorded when ExampleGen published them (computed here for an older record).

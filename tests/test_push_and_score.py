@@ -60,12 +60,17 @@ def run_pipeline(tmp, data, serving, config_text, name):
                    "--serving-dir", serving, "--config", str(config), *IN_MEMORY)
 
 
+def questions_csv(path):
+    """120 TREC-like questions; every 7th is a test question: all six classes are in
+    Split-test (3 each)."""
+    return write_csv(path, [(text, label, "test" if i % 7 == 0 else "")
+                            for i, (text, label, _) in enumerate(trec_like(120))])
+
+
 @pytest.fixture(scope="module")
 def first_push(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("push")
-    # Every 7th question is a test question: all six classes are in Split-test (3 each).
-    data = write_csv(tmp / "q.csv", [(text, label, "test" if i % 7 == 0 else "")
-                                     for i, (text, label, _) in enumerate(trec_like(120))])
+    data = questions_csv(tmp / "q.csv")
     serving = str(tmp / "serving")
     proc = run_pipeline(tmp, data, serving, NORMAL, "v1")
     assert proc.returncode == 0, proc.stderr[-3000:]
