@@ -13,9 +13,9 @@ What is served is named by `<serving_dir>/models.config`, the model config file 
 reads with `--model_config_file` (and re-reads with `--model_config_file_poll_wait_seconds`):
 one entry per model, `model_version_policy { specific { versions: N } }` and the label
 `stable`. A push names its new version there; `serve` names an older one again (promote,
-rollback). `<serving_dir>/<model_name>/serving_history.json` lists each decision, newest last,
-so that a rollback knows the version served before. TF Serving lists only numbered
-directories as versions, so neither file is ever taken for one.
+rollback). `<serving_dir>/<model_name>.serving_history.json` lists each decision, newest last,
+so that a rollback knows the version served before. Both files are beside the models'
+directories, which hold only versions.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ SAVED_MODEL_PB = "saved_model.pb"
 METADATA_FILE = "metadata.json"
 PUSHED_FILE = "pushed.json"
 MODELS_CONFIG = "models.config"  # in the serving directory: TF Serving's --model_config_file
-HISTORY_FILE = "serving_history.json"  # in <serving_dir>/<model_name>: what was served when
+HISTORY_SUFFIX = ".serving_history.json"  # <serving_dir>/<model_name> + this: what was served when
 STABLE = "stable"  # the version label models.config gives the served version
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # where TF Serving looks for warm-up
 WARMUP_REQUESTS = 100  # texts of the eval split replayed as warm-up (TF Serving reads <= 1000)
@@ -131,10 +131,14 @@ def _named_version(model_base: str) -> Optional[int]:
     return None
 
 
+def history_path(model_base: str) -> str:
+    return model_base.rstrip("/") + HISTORY_SUFFIX
+
+
 def serving_history(model_base: str) -> List[Dict[str, Any]]:
     """Each decision about what is served (`pushed`, `promoted`, `rolled back`), oldest first:
     {version, previous, action, time, by}."""
-    path = fileio.join(model_base, HISTORY_FILE)
+    path = history_path(model_base)
     if not fileio.exists(path):
         return []
     try:
@@ -160,7 +164,7 @@ def serve(model_base: str, version: int, action: str, by: Optional[str] = None) 
     decision = {"version": version, "previous": previous, "action": action,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": by}
     history = serving_history(model_base) + [decision]
-    fileio.replace_text(fileio.join(model_base, HISTORY_FILE),
+    fileio.replace_text(history_path(model_base),
                         json.dumps({"decisions": history}, indent=2) + "\n")
     config = _read_models_config(serving_dir)
     entry = _entry(config, name)

@@ -29,7 +29,7 @@ from components.readers import plan_units
 from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
                                           run_example_validator)
 from components.pusher import (WARMUP_REQUESTS, ModelNotBlessedError, run_pusher, sample_texts,
-                               served_version, version_fingerprint)
+                               history_path, served_version, version_fingerprint)
 from components.schema_gen import (INFER, SCHEMA_FILE, label_classes, load_schema,
                                    run_schema_gen)
 from components.statistics_gen import (available_splits, load_statistics, run_statistics_gen,
@@ -494,12 +494,11 @@ def _after_pusher(run: Run, result: StageResult) -> None:
             f"version {push.version} already held this model (a push that stopped before it "
             "was recorded?): recorded, not pushed again" + (
                 "" if push.served else "; it stays unserved, as decided since it was pushed "
-                "(see serving_history.json)"))
+                f"(see {history_path(run.model_base)})"))
 
 
 PUSHER = StageSpec(
-    configs.PUSHER, ("components.pusher", "components.drift", "components.statistics_gen",
-                     "pipeline.release_note"),
+    configs.PUSHER, ("components.pusher", "components.drift", "components.statistics_gen"),
     inputs=lambda run: {"model": run.artifacts(configs.TRAINER, "model"),
                         "blessing": run.artifacts(configs.EVALUATOR, "blessing"),
                         "schema": run.artifacts(configs.SCHEMA_GEN, "schema"),
