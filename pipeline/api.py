@@ -11,7 +11,8 @@
 
 Each function owns what it needs of the run's life: `run` takes the root's lock, opens its ML
 Metadata store, marks runs that died, removes what they left, records the run (summary.json,
-the store) and writes its report, however it ends. Nothing here prints: progress goes to the
+the store), writes its report and sends the alert its ending calls for (`pipeline.alerts`),
+however it ends. Nothing here prints: progress goes to the
 `PROGRESS_LOGGER` logger, results come back as the dataclasses below.
 """
 from __future__ import annotations
@@ -109,8 +110,9 @@ class RunResult:
 def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool = True,
         run_id: Optional[str] = None, launcher=None) -> RunResult:
     """Runs the pipeline (up to `config.until`) under the root's lock; records it however it
-    ends and returns how it ended. Raises only when the run cannot start (the root is held by
-    another run, exit code 2) and for KeyboardInterrupt/SystemExit, after recording.
+    ends, sends the alert its ending calls for (`config.alerts`, see `pipeline.alerts`) and
+    returns how it ended. Raises only when the run cannot start (the root is held by another
+    run, exit code 2) and for KeyboardInterrupt/SystemExit, after recording and alerting.
 
     `beam_args`: Beam flags; the DirectRunner's mode follows the input's size unless they name
     one (see `pipeline.pipeline.default_beam_args`). `launcher`: what starts the Trainer's
@@ -122,14 +124,57 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
 
     config = configs.with_absolute_paths(config)
     run_id = run_id or new_run_id()
-    metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
-    # One run at a time per root: the lock lives beside the store (object storage has none).
-    with RootLock(metadata_dir, run_id, root=config.pipeline_root):
-        return _run_locked(config, list(beam_args), run_id, metadata_dir, use_cache, launcher)
+    ended: List[RunResult] = []  # the recorded ending, also of a run that is interrupted
+    try:
+        metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
+        # One run at a time per root: the lock lives beside the store (object storage has none).
+        with RootLock(metadata_dir, run_id, root=config.pipeline_root):
+            result = _run_locked(config, list(beam_args), run_id, metadata_dir, use_cache,
+                                 launcher, ended)
+    except BaseException as e:  # not started (the root is held), or interrupted: alerted too
+        _alert(config, ended[0] if ended else None, run_id, e)
+        raise
+    _alert(config, result, run_id)
+    return result
+
+
+def _alert(config: PipelineConfig, result: Optional[RunResult], run_id: str,
+           error: Optional[BaseException] = None) -> None:
+    """Sends the alert for how the run ended (after its lock is released: a slow webhook
+    holds up no other run). Without a recorded result, the run did not start: a "failure"
+    (a nightly run refused because the last one still holds the root is one to hear of)."""
+    from pipeline import alerts
+
+    if not config.alerts.configured:
+        return
+    try:
+        payload = (alerts.payload_for(result, config) if result is not None else
+                   alerts.failure_payload(config, str(error) or type(error).__name__, run_id,
+                                          getattr(error, "exit_code", FAILED)))
+        alerts.notify(config.alerts, payload)
+    except Exception as e:  # noqa: BLE001  (an alert never changes how the run ended)
+        import logging
+
+        logging.getLogger(PROGRESS_LOGGER).warning("warning: no alert sent: %s: %s",
+                                                   type(e).__name__, e)
+
+
+def send_alert(config: PipelineConfig, payload: Dict[str, Any]) -> List[str]:
+    """Sends an alert body the way `run` does (`config.alerts`: its command and webhook, if
+    the body's outcome is in its `on`); the problems, also logged as warnings; never raises.
+
+    For a scheduler whose task died without `run` getting to alert (an Airflow
+    `on_failure_callback`, say): `send_alert(config, alerts.failure_payload(config, "the
+    task was killed", exit_code=1, status="failed"))`."""
+    from pipeline import alerts
+
+    return alerts.notify(config.alerts, payload)
 
 
 def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metadata_dir: str,
-                use_cache: bool, launcher) -> RunResult:
+                use_cache: bool, launcher, ended: List[RunResult]) -> RunResult:
+    """The run, under the lock; its result is also put in `ended`, for the alert of a run
+    interrupted by KeyboardInterrupt or SystemExit (recorded as failed, then raised on)."""
     from components import fileio
     from pipeline.metadata import MetadataStore
     from pipeline.orchestrator import clean_stale_temporaries
@@ -154,16 +199,21 @@ def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metad
     except Exception as e:  # recorded, and handed back in the result
         code = getattr(e, "exit_code", FAILED)
         status, error = _STATUS.get(code, "failed"), e
+    except BaseException as e:  # KeyboardInterrupt, SystemExit: recorded as failed, raised on
+        error = e
+        raise
     finally:  # also when interrupted: recorded as failed, and not swallowed
         recorder.finish(status, code)
         store.finish_run(run_id, status, code)
         report_path, report_error = _report(fileio.dirname(recorder.path))
-    summary = recorder.summary
-    return RunResult(run_id=run_id, status=status, exit_code=code,
-                     stages=tuple(StageRecord.from_summary(s) for s in summary["stages"]),
-                     summary_path=recorder.path, report_path=report_path, summary=summary,
-                     error=None if error is None else str(error) or type(error).__name__,
-                     report_error=report_error, exception=error)
+        summary = recorder.summary
+        ended.append(RunResult(
+            run_id=run_id, status=status, exit_code=code,
+            stages=tuple(StageRecord.from_summary(s) for s in summary["stages"]),
+            summary_path=recorder.path, report_path=report_path, summary=summary,
+            error=None if error is None else str(error) or type(error).__name__,
+            report_error=report_error, exception=error))
+    return ended[-1]
 
 
 def _report(run_dir: str) -> Tuple[Optional[str], Optional[str]]:

@@ -23,6 +23,10 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [tuner.space]
     dropout_rate = [0.3, 0.5]
     learning_rate = { min = 0.0003, max = 0.003, sampling = "log" }
+
+    [alerts]                               # none unless a command or a webhook is set
+    webhook = "https://hooks.slack.com/services/..."
+    on = ["failure", "anomalies", "not_blessed"]
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from components.score_settings import ScoreSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
 from components.tuner import TunerSettings
+from pipeline.alerts import AlertSettings, recorded as recorded_alerts
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +86,7 @@ class PipelineConfig:
     evaluator: EvaluatorSettings = EvaluatorSettings()
     pusher: PusherSettings = PusherSettings()
     score: ScoreSettings = ScoreSettings()  # bulk scoring (`score`); no pipeline stage reads it
+    alerts: AlertSettings = AlertSettings()  # where `api.run` sends a run's ending; none by default
     # Set by `load_config`, not by a config file: the dotted keys the config file and the
     # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
     # the Tuner's values.
@@ -178,7 +184,9 @@ def _merge(values: Dict[str, Any], overrides: Dict[str, Any]) -> None:
 
 
 def to_dict(config: PipelineConfig) -> Dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as runs record it (summary.json, the store, a pushed version's metadata.json):
+    everything, except a webhook's secret path (`pipeline.alerts.recorded`)."""
+    return dict(dataclasses.asdict(config), alerts=recorded_alerts(config.alerts))
 
 
 def metadata_dir_for(pipeline_root: str, metadata_dir: Optional[str] = None) -> str:

@@ -1,5 +1,6 @@
 """Config loading: one typed object from JSON/TOML plus CLI overrides; errors name the key."""
 import os
+import re
 
 import pytest
 
@@ -110,17 +111,29 @@ def test_the_score_table_sets_every_scoring_setting_and_flags_win(tmp_path):
     assert configs.load_config(None, {}).score.formats == ("jsonl",)
 
 
-@pytest.mark.parametrize("table, match", [
-    ('formats = ["xml"]', "score.formats must be one or more of jsonl, csv, parquet"),
-    ('formats = ["csv", "csv"]', "each once"),
-    ("formats = []", "got none"),
-    ("batch_size = 0", "score.batch_size must be a whole number >= 1"),
-    ("rows_per_shard = 2.5", "score.rows_per_shard"),
-    ("skew_label_linf = -0.1", "skew_label_linf must be a number >= 0"),
-    ("shards = 3", "unknown config key 'score.shards'"),
+@pytest.mark.parametrize("section, table, match", [
+    ("score", 'formats = ["xml"]', "score.formats must be one or more of jsonl, csv, parquet"),
+    ("score", 'formats = ["csv", "csv"]', "each once"),
+    ("score", "formats = []", "got none"),
+    ("score", "batch_size = 0", "score.batch_size must be a whole number >= 1"),
+    ("score", "rows_per_shard = 2.5", "score.rows_per_shard"),
+    ("score", "skew_label_linf = -0.1", "skew_label_linf must be a number >= 0"),
+    ("score", "shards = 3", "unknown config key 'score.shards'"),
+    # [alerts] (pipeline/alerts.py; tests/test_alerts.py sends them)
+    ("alerts", 'on = ["failure", "crashed", "blessed"]',
+     "alerts.on: unknown outcome 'crashed', 'blessed'; the outcomes are failure, anomalies, "
+     "not_blessed, pushed"),
+    ("alerts", 'webhook = "ftp://example.com/hook"',
+     "alerts.webhook must be an http:// or https:// URL with a host; got 'ftp://example.com/...'"),
+    ("alerts", 'webhook = "hooks.slack.com/services/x"', "got 'hooks.slack.com/...'"),
+    ("alerts", "webhook = 3", "config key 'alerts.webhook' must be str"),
+    ("alerts", 'command = " "', "alerts.command must be a shell command"),
+    ("alerts", "timeout_seconds = 0", "alerts.timeout_seconds must be a number of seconds > 0"),
+    ("alerts", 'timeout_seconds = "10"', "alerts.timeout_seconds' must be float"),
+    ("alerts", 'email = "x@example.com"', "unknown config key 'alerts.email'"),
 ])
-def test_bad_score_settings_are_named(tmp_path, table, match):
+def test_bad_table_settings_are_named(tmp_path, section, table, match):
     path = tmp_path / "c.toml"
-    path.write_text(f"[score]\n{table}\n")
-    with pytest.raises(UserInputError, match=match):
+    path.write_text(f"[{section}]\n{table}\n")
+    with pytest.raises(UserInputError, match=re.escape(match)):
         configs.load_config(str(path), {})
