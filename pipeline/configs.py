@@ -23,6 +23,10 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [tuner.space]
     dropout_rate = [0.3, 0.5]
     learning_rate = { min = 0.0003, max = 0.003, sampling = "log" }
+
+    [window]                               # inputs with a {date} placeholder (pipeline/windows.py)
+    days = 7                               # the last 7 days up to --date (date = "..." per run)
+    allow_missing = false
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from components.score_settings import ScoreSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
 from components.tuner import TunerSettings
+from pipeline.windows import WindowSettings
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +86,9 @@ class PipelineConfig:
     evaluator: EvaluatorSettings = EvaluatorSettings()
     pusher: PusherSettings = PusherSettings()
     score: ScoreSettings = ScoreSettings()  # bulk scoring (`score`); no pipeline stage reads it
+    # Which dates the inputs' {date} placeholders are read for (`pipeline.windows`); the run
+    # replaces them with the concrete paths before ExampleGen sees `inputs`.
+    window: WindowSettings = WindowSettings()
     # Set by `load_config`, not by a config file: the dotted keys the config file and the
     # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
     # the Tuner's values.
