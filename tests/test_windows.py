@@ -149,6 +149,20 @@ def test_a_fixed_input_beside_a_pattern_is_read_as_is(tmp_path):
                              str(tmp_path / "in/2026-12-01/*.jsonl"))
 
 
+def test_partitions_on_object_storage(gcs_bucket):
+    import tensorflow as tf
+
+    for d in ("2026-11-29", "2026-12-01"):
+        with tf.io.gfile.GFile(gcs_bucket.url("win", "in", d, "a.jsonl"), "w") as f:
+            f.write('{"text": "how far ?", "label": "NUM"}\n')
+    for pattern in (gcs_bucket.url("win", "in", "{date}", "*.jsonl"),
+                    gcs_bucket.url("win", "in", "{date}")):
+        window = windows.expand([pattern], WindowSettings(date="2026-12-01", days=3))
+        assert window.dates_missing == ("2026-11-30",), pattern
+        assert window.inputs == tuple(windows.format_pattern(pattern, day(d))
+                                      for d in ("2026-11-29", "2026-12-01"))
+
+
 def test_backfill_dates_and_the_window_table():
     assert windows.date_range("2026-11-30", "2026-12-02") == [
         "2026-11-30", "2026-12-01", "2026-12-02"]
@@ -253,6 +267,8 @@ def test_a_windowed_run_records_its_window_and_the_next_night_parses_only_the_ne
 
     from pipeline import metadata as meta
 
+    with open(os.path.join(root, "runs", first["run_id"], "report.html")) as f:
+        assert "window 2026-11-24..2026-11-30 (7 days): read 7 dates, none missing" in f.read()
     props = meta.open_existing(root).run_properties(first["run_id"])
     assert json.loads(props["window"]) == window
     pushed = first["stages"][-1]["details"]["path"]
