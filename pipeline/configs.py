@@ -27,6 +27,9 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [alerts]                               # none unless a command or a webhook is set
     webhook = "https://hooks.slack.com/services/..."
     on = ["failure", "anomalies", "not_blessed"]
+    [window]                               # inputs with a {date} placeholder (pipeline/windows.py)
+    days = 7                               # the last 7 days up to --date (date = "..." per run)
+    allow_missing = false
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from components.trainer import TrainerSettings
 from components.transform import TransformSettings
 from components.tuner import TunerSettings
 from pipeline.alerts import AlertSettings, recorded as recorded_alerts
+from pipeline.windows import WindowSettings
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +91,9 @@ class PipelineConfig:
     pusher: PusherSettings = PusherSettings()
     score: ScoreSettings = ScoreSettings()  # bulk scoring (`score`); no pipeline stage reads it
     alerts: AlertSettings = AlertSettings()  # where `api.run` sends a run's ending; none by default
+    # Which dates the inputs' {date} placeholders are read for (`pipeline.windows`); the run
+    # replaces them with the concrete paths before ExampleGen sees `inputs`.
+    window: WindowSettings = WindowSettings()
     # Set by `load_config`, not by a config file: the dotted keys the config file and the
     # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
     # the Tuner's values.

@@ -9,7 +9,7 @@ from components.errors import UserInputError
 from components import features, fileio
 from components.pusher import served_version, serving_history
 from components.tuner import format_value
-from pipeline import configs, results
+from pipeline import configs, results, windows
 from pipeline import metadata as meta
 from pipeline.release_note import NOTE_FILE, input_lines
 
@@ -48,6 +48,7 @@ class RunInfo:
     pushed_by: Optional[str]  # the run that pushed it, when this run reused that push
     kind: str = meta.PIPELINE_RUN  # or meta.SCORING_RUN, meta.SERVING_RUN
     scored: Optional[str] = None  # a scoring run's result or a serving decision, in words
+    window: Optional[Dict[str, Any]] = None  # the dates a windowed run read (pipeline/windows.py)
 
     def pushed(self) -> str:
         if self.kind in (meta.SCORING_RUN, meta.SERVING_RUN):
@@ -74,7 +75,8 @@ def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> List[Ru
                          if e.state in ("COMPLETE", "FAILED", "RUNNING", "CANCELED")),
             reused=sum(1 for e in executions if e.state == "CACHED"),
             pushed_version=pushed[0], pushed_by=pushed[1],
-            kind=run.get("kind") or meta.PIPELINE_RUN, scored=_scored(run)))
+            kind=run.get("kind") or meta.PIPELINE_RUN, scored=_scored(run),
+            window=windows.recorded(run.get("window"))))
     return out
 
 
@@ -96,7 +98,8 @@ def _scored(run: Dict[str, Any]) -> Optional[str]:
 
 
 def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
-    """One line per run: id, start, status, exit code, stages executed/reused, pushed version."""
+    """One line per run: id, start, status, exit code, stages executed/reused, pushed version;
+    and a windowed run's dates."""
     if not runs:
         return f"no runs recorded in {pipeline_root}"
     lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
@@ -105,8 +108,14 @@ def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
     for run in runs:
         lines.append(f"{run.run_id:<24} {run.started or '?':<25} {run.status or '?':<20} "
                      f"{'' if run.exit_code is None else run.exit_code:>4}  {run.executed:>8} "
-                     f"{run.reused:>6}  {run.pushed()}")
+                     f"{run.reused:>6}  {run.pushed()}"
+                     + (f"  [window {_window_brief(run.window)}]" if run.window else ""))
     return "\n".join(lines)
+
+
+def _window_brief(record: Dict[str, Any]) -> str:
+    missing = record.get("dates_missing") or []
+    return windows.describe(record) + (f", {len(missing)} missing" if missing else "")
 
 
 def _recorded_root(version_dir: str) -> Tuple[str, Optional[str]]:
@@ -187,6 +196,9 @@ def format_lineage(info: Lineage) -> str:
              f"  run started {run.get('started')}, {run.get('status')} (exit "
              f"{run.get('exit_code')}), git commit {run.get('git_commit') or 'unknown'}",
              f"  pipeline root {info.root}"]
+    window = windows.recorded(run.get("window"))
+    if window:
+        lines.append(f"  {windows.summary_line(window)}")
 
     def how(stage: str) -> str:
         s = stages.get(stage, {})

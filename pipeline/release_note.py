@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from components import features
-from pipeline import configs, results
+from pipeline import configs, results, windows
 
 NOTE_FILE = "RELEASE_NOTE.md"
 _METRICS = ((results.ACCURACY, "accuracy"), ("macro_f1", "macro F1"))
@@ -56,11 +56,7 @@ def _data(inputs: Sequence[Mapping[str, Any]], counts: results.ExampleGenResult,
         for reason, n in sorted(counts.quarantine_reasons.items()):
             lines.append(f"  - quarantined {n}: {reason}")
     if window:
-        dates = window.get("dates") or []
-        span = f"{dates[0]} to {dates[-1]}" if dates else "?"
-        lines.append(f"- date window: {window.get('days')} day(s) ending {window.get('date')} "
-                     f"({span})" + (f"; missing: {', '.join(window['missing'])}"
-                                    if window.get("missing") else ""))
+        lines.append(f"- date {windows.summary_line(window)}")
     return lines
 
 

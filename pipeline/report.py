@@ -25,7 +25,7 @@ from components.errors import UserInputError
 from components.evaluator import ACCURACY
 from components.trainer import load_history
 from components.tuner import format_value
-from pipeline import configs, results
+from pipeline import configs, results, windows
 
 RUNS_DIR = "runs"
 SUMMARY_FILE = "summary.json"
@@ -130,8 +130,10 @@ def _run_section(summary: Dict[str, Any]) -> str:
     facts = [_fmt(summary.get("pipeline")), _fmt(summary.get("status")),
              _fmt(summary.get("exit_code")), _timestamp(started), _timestamp(finished),
              _duration(started, finished)]
+    window = summary.get("window")  # a run over a window of dates (pipeline/windows.py)
     return "\n".join([
         _table(columns, [facts]),
+        f"<p>{html.escape(windows.summary_line(window))}</p>" if window else "",
         "<h3>Stages</h3>", _stages_table(summary),
         "<h3>Config changed from the defaults</h3>", _config_table(summary.get("config")),
         f'<p class="muted">Beam flags: {html.escape(" ".join(summary.get("beam_args") or []))}'

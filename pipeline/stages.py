@@ -657,6 +657,7 @@ def push_metadata(run: Run) -> Dict[str, Any]:
         "hyperparameters": (stages.get(configs.TRAINER)
                             or results.TrainerResult()).hyperparameters or None,
         "config": configs.to_dict(run.config),
+        "window": run.recorder.summary.get("window"),  # the dates read (pipeline/windows.py)
         "packages": {p: importlib_metadata.version(p) for p in PACKAGES},
         "git_commit": git_commit(),
     }
