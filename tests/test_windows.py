@@ -192,7 +192,7 @@ def test_backfill_holds_one_lock_throughout_and_stops_at_the_first_failure(tmp_p
     codes = {"2026-11-01": 0, "2026-11-02": 4, "2026-11-03": 3, "2026-11-04": 0}
     seen = []
 
-    def fake_run(config, beam_args, run_id, metadata_dir, use_cache, launcher):
+    def fake_run(config, beam_args, run_id, metadata_dir, use_cache, launcher, ended):
         # Another process (or another open of the lock file) is refused while a run is on...
         with pytest.raises(RootLockedError):
             refuse_if_held(metadata_dir)
@@ -200,11 +200,17 @@ def test_backfill_holds_one_lock_throughout_and_stops_at_the_first_failure(tmp_p
             holder = json.load(f)
         seen.append((config.window.date, holder["run_id"], holder["started"], run_id))
         code = codes[config.window.date]
-        return api.RunResult(run_id=run_id, status=api._STATUS.get(code, "failed"),
-                             exit_code=code, stages=(), summary_path="", report_path=None,
-                             summary={"window": {"date": config.window.date}})
+        ended.append(api.RunResult(run_id=run_id, status=api._STATUS.get(code, "failed"),
+                                   exit_code=code, stages=(), summary_path="",
+                                   report_path=None,
+                                   summary={"window": {"date": config.window.date}}))
+        return ended[-1]
 
+    alerted = []
     monkeypatch.setattr(api, "_run_locked", fake_run)
+    # Each night alerts as a run of its own would (config.alerts decides whether it is sent).
+    monkeypatch.setattr(api, "_alert", lambda config, result, run_id, error=None:
+                        alerted.append((config.window.date, result.exit_code)))
     printed = []
     config = api.load_config(None, {"inputs": (str(tmp_path / "{date}" / "*.jsonl"),),
                                     "pipeline_root": root})
@@ -216,6 +222,7 @@ def test_backfill_holds_one_lock_throughout_and_stops_at_the_first_failure(tmp_p
     assert seen[0][1] == "backfill 2026-11-01..2026-11-04"
     assert len({s[3] for s in seen}) == 3  # each run its own id
     assert printed == [("2026-11-01", 0), ("2026-11-02", 4), ("2026-11-03", 3)]
+    assert alerted == printed
     assert [r.exit_code for r in results] == [0, 4, 3]
     refuse_if_held(root)  # released at the end
     line, code = api.backfill_outcome("2026-11-01", "2026-11-04", results)
