@@ -98,7 +98,8 @@ def _training(trainer: results.TrainerResult, seconds: Optional[float]) -> List[
     lines.append(f"{trainer.epochs_run} epochs (best {trainer.best_epoch})"
                  + (f" in {took:.1f} s" if isinstance(took, (int, float)) else "")
                  + (f" on {trainer.workers} workers" if trainer.workers > 1 else "")
-                 + (f", {trainer.strategy}" if trainer.strategy else "")
+                 + (f", {trainer.strategy}" if trainer.strategy
+                    and not trainer.strategy.startswith("_Default") else "")
                  + (f", {trainer.parameters:,} parameters" if trainer.parameters else "") + ".")
     accuracies = trainer.accuracies
     if accuracies:

@@ -486,13 +486,17 @@ def _after_pusher(run: Run, result: StageResult) -> None:
         run.recorder.summary["nothing_new"] = True
         what = (f"version {push.version} was pushed by run {result.reused_from}" if push.pushed
                 else f"this model was judged not blessed by run {result.reused_from}")
+        served = served_version(run.model_base) if push.pushed else None
+        if push.pushed and served != push.version:  # rolled back or replaced since
+            what += f"; it is not served now (models.config names version {served})"
         run.progress(f"nothing new to do: {what}")
     elif not push.pushed:
         raise ModelNotBlessedError(push.not_blessed)
     elif push.already_pushed:
         run.recorder.warn(
-            f"version {push.version} already held this model (a push that stopped before it "
-            "was recorded?): recorded, not pushed again" + (
+            f"version {push.version} already held this model (the same fingerprint: pushed "
+            "by a run that stopped before recording it, or trained again bit for bit): "
+            "recorded as this run's push, not pushed again" + (
                 "" if push.served else "; it stays unserved, as decided since it was pushed "
                 f"(see {history_path(run.model_base)})"))
 
