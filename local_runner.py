@@ -3,7 +3,8 @@
 
   python local_runner.py data NAME --out DIR
   python local_runner.py run --input GLOB --pipeline-root DIR [--config FILE] [--until STAGE]
-                             [--metadata-dir DIR] [Beam flags, passed on to PipelineOptions]
+                             [--run-id ID] [--metadata-dir DIR]
+                             [Beam flags, passed on to PipelineOptions]
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
                                --output DIR [--format jsonl,csv,parquet] [--overwrite]
                                [--metadata-dir DIR] [Beam flags]
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="search the hyperparameters first (the Tuner stage; its budget and "
                           "space are the config's [tuner] table)")
     run.add_argument("--serving-dir", help="where blessed models are pushed (default serving)")
+    run.add_argument("--run-id", help="name the run (letters, digits, . _ -); if the root "
+                     "already records a run of that name, continue it: the stages it "
+                     "completed are kept, the rest run up to --until (a run made stage by "
+                     "stage, as the Airflow DAG does); stopped before the last stage it is "
+                     "recorded 'partial (up to STAGE)', exit 0")
     run.add_argument("--no-cache", action="store_true",
                      help="execute every stage, even when an earlier execution could be reused")
     run.add_argument("-v", "--verbose", action="store_true")
@@ -181,7 +187,7 @@ def _run(args, beam_args) -> int:
                               "embeddings_trainable": args.embeddings_trainable}},
         "tuner": {"enabled": args.tune},
         "pusher": {"serving_dir": args.serving_dir}})
-    result = api.run(config, beam_args, use_cache=not args.no_cache)
+    result = api.run(config, beam_args, use_cache=not args.no_cache, run_id=args.run_id)
     print(api.format_summary(result))
     print(f"summary: {result.summary_path}")
     if result.report_path:
