@@ -30,13 +30,14 @@ log line by line.
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
 import re
 import shlex
 import subprocess
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from airflow import DAG
 from airflow.exceptions import AirflowException, AirflowFailException, AirflowSkipException
@@ -68,24 +69,35 @@ def _with_exit_code(error: Exception, exit_code: int) -> Exception:
     return error
 
 
-def outcome_of_exit(exit_code: int, stage: str) -> None:
+def outcome_of_exit(exit_code: int, stage: str, output: Sequence[str] = ()) -> None:
     """Turns the pipeline's exit code into the task's outcome: 0 success; 4 (not blessed) a
     skipped task, not a failure (the model was judged, retrying cannot change the decision);
     3 (blocking anomalies) a failure that is not retried (the data must change); 2 (the root
-    held by another run, or bad input) and anything else a failure that Airflow retries."""
+    held by another run, or bad input) and anything else a failure that Airflow retries.
+    The message ends with the command's error (from `output`, its last lines)."""
     if exit_code == 0:
         return
+    said = _error_lines(output)
     if exit_code == NOT_BLESSED:
         raise _with_exit_code(AirflowSkipException(
             f"{stage}: the model was not blessed (exit 4): not pushed; the run is recorded "
-            "'not blessed'"), exit_code)
+            f"'not blessed'{said}"), exit_code)
     if exit_code == ANOMALIES:
         raise _with_exit_code(AirflowFailException(
-            f"{stage}: data validation found blocking anomalies (exit 3): not retried; fix the "
-            "data or the schema, or accept them with --allow-anomalies"), exit_code)
+            f"{stage}: blocking data anomalies (exit 3): not retried{said}"), exit_code)
     what = ("the pipeline root is held by another run, or the input or config is bad"
             if exit_code == BAD_INPUT_OR_BUSY else "failed")
-    raise _with_exit_code(AirflowException(f"{stage}: {what} (exit {exit_code})"), exit_code)
+    raise _with_exit_code(AirflowException(f"{stage}: {what} (exit {exit_code}){said}"),
+                          exit_code)
+
+
+def _error_lines(output: Sequence[str]) -> str:
+    """The command's error as it printed it (from its last `error:` line on), or its last
+    lines; "" when it printed nothing."""
+    lines = [line.rstrip("\n") for line in output]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    lines = lines[starts[-1]:] if starts else lines[-5:]
+    return "".join(f"\n{line}" for line in lines)
 
 
 class PipelineStageOperator(BaseOperator):
@@ -116,11 +128,13 @@ class PipelineStageOperator(BaseOperator):
         self.log.info("running: %s", shlex.join(argv))
         self._process = subprocess.Popen(argv, cwd=self.cwd, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, errors="replace")
+        tail: Deque[str] = collections.deque(maxlen=40)
         for line in self._process.stdout:
             self.log.info("%s", line.rstrip("\n"))
+            tail.append(line)
         exit_code = self._process.wait()
         self.log.info("%s: exit code %d", self.stage, exit_code)
-        outcome_of_exit(exit_code, self.stage)
+        outcome_of_exit(exit_code, self.stage, tail)
 
     def on_kill(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -36,9 +36,19 @@ def main(spec_path: str, result_path: str) -> None:
             "dag_run_id": dag_run.run_id, "state": str(dag_run.state),
             "tasks": [{"task_id": t, "state": str(tasks[t].state),
                        "try_number": tasks[t].try_number} for t in dag.task_ids]})
+    # The command of a task with the options the runs above leave off (not run: `--date` is
+    # another branch's).
+    kwargs = dict(spec["runs"][0]["make_dag"], tune=True, date_argument=True)
+    kwargs["start_date"] = datetime.datetime.fromisoformat(kwargs["start_date"])
+    kwargs.pop("retry_delay_seconds", None)
+    dag = make_dag("textcnn_options", project_dir=spec["project_dir"], python=spec["python"],
+                   **kwargs)
+    options = {"task_ids": dag.task_ids, "trainer_argv": dag.get_task("Trainer").argv(
+        {"run_id": "scheduled__2026-12-06T02:15:00+00:00", "ds": "2026-12-06"})}
     project = sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "components"))
     with open(result_path, "w") as f:
-        json.dump({"runs": results, "project_modules": project}, f, indent=2)
+        json.dump({"runs": results, "options": options, "project_modules": project}, f,
+                  indent=2)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,15 @@ def test_dag_runs_are_pipeline_runs_and_anomalies_alert_without_retry(tmp_path):
     # Airflow's venv imported the factory and nothing of the project that needs TensorFlow.
     assert result["project_modules"] == ["components", "pipeline", "pipeline.airflow_dag"]
 
+    # With tune and date_argument: the Tuner's task, and the logical date passed on.
+    options = result["options"]
+    assert options["task_ids"] == list(configs.STAGES)
+    assert options["trainer_argv"][:3] == [sys.executable, os.path.join(REPO, "local_runner.py"),
+                                           "run"]
+    assert "--tune" in options["trainer_argv"]
+    assert options["trainer_argv"][-6:] == ["--run-id", "scheduled__2026-12-06T021500_0000",
+                                            "--until", "Trainer", "--date", "2026-12-06"]
+
     # A DAG run: a task per stage, in order, each once; one pipeline run named after it.
     assert first["dag_run_id"] == "manual__2026-12-01T00:00:00+00:00"
     assert first["state"] == "success", log
@@ -104,7 +113,9 @@ def test_dag_runs_are_pipeline_runs_and_anomalies_alert_without_retry(tmp_path):
     assert alert["dag_id"] == "textcnn_bad" and alert["stage"] == "ExampleValidator"
     assert alert["dag_run_id"] == "manual__2026-12-01T00:00:00+00:00"
     assert alert["pipeline_run_id"] == run_id and alert["try_number"] == 1
-    assert "blocking anomalies" in alert["error"] and alert["log_url"].startswith("http")
+    assert alert["log_url"].startswith("http")
+    # The pipeline's own message is in the alert: which feature, which value.
+    assert "blocking anomalies" in alert["error"] and "EMOTION" in alert["error"]
     bad_store = MetadataStore(str(tmp_path / "bad-root"))
     assert bad_store.run_properties(run_id)["status"] == "blocked by anomalies"
     assert bad_store.run_properties(run_id)["exit_code"] == 3
