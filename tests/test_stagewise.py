@@ -102,7 +102,7 @@ def test_three_invocations_make_one_run_equal_to_a_one_shot_run(tmp_path):
     assert [s["name"] for s in _summary(root, run_id)["stages"]] == STAGES
 
 
-def test_a_killed_part_is_continued_and_bad_ids_or_changed_configs_are_refused(tmp_path):
+def test_killed_and_failed_parts_are_continued_and_bad_ids_or_configs_refused(tmp_path):
     data = write_csv(tmp_path / "q.csv", trec_like())
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TRAINER)
@@ -155,4 +155,28 @@ def test_a_killed_part_is_continued_and_bad_ids_or_changed_configs_are_refused(t
     # The record the killed part never wrote is rebuilt from the store.
     assert summary["stages"][0]["details"]["written"] == 60
     assert summary["stages"][0]["output"] == os.path.join(root, "ExampleGen", run_id)
+
+    # The last part fails in the Pusher (a file where the model's directory goes): the run is
+    # failed; its retry runs the Pusher again, keeping the rest, and the failed attempt stays
+    # in the record.
+    os.makedirs(serving)
+    blocker = os.path.join(serving, "textcnn")
+    open(blocker, "w").close()
+    failed = run_cli(*_args(data, config, root, serving, "--run-id", run_id))
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert _summary(root, run_id)["status"] == "failed"
+    assert MetadataStore(root).run_properties(run_id)["status"] == "failed"
+    os.remove(blocker)
+    retried = run_cli(*_args(data, config, root, serving, "--run-id", run_id))
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert "Trainer: completed earlier in this run (kept)" in retried.stderr
+    summary = _summary(root, run_id)
+    assert summary["status"] == "succeeded"
+    assert [(s["name"], s["status"]) for s in summary["stages"]] == [(s, "ok") for s in STAGES]
+    assert [(s["name"], s["status"]) for s in summary["earlier_attempts"]] == [
+        ("Pusher", "failed")]
+    store = MetadataStore(root)
+    assert [(e.stage, e.state) for e in store.run_executions(run_id)][5:] == [
+        ("Transform", "COMPLETE"), ("Trainer", "COMPLETE"), ("Evaluator", "COMPLETE"),
+        ("Pusher", "FAILED"), ("Pusher", "COMPLETE")]
     assert [r["run_id"] for r in store.runs()] == [run_id]
