@@ -3,7 +3,8 @@
 
   python local_runner.py data NAME --out DIR
   python local_runner.py run --input GLOB --pipeline-root DIR [--config FILE] [--until STAGE]
-                             [--metadata-dir DIR] [Beam flags, passed on to PipelineOptions]
+                             [--run-id ID] [--metadata-dir DIR]
+                             [Beam flags, passed on to PipelineOptions]
                              [--date YYYY-MM-DD [--window-days N]]  (inputs with {date})
   python local_runner.py backfill --from YYYY-MM-DD --to YYYY-MM-DD [the flags of run]
   python local_runner.py score --model SERVING_DIR/MODEL_NAME [--version N] --input GLOB
@@ -66,6 +67,11 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--allow-missing-dates", action="store_true", default=None,
                      help="a date of the window without data is recorded and warned about, "
                           "not an error (config: window.allow_missing)")
+    run.add_argument("--run-id", help="name the run (letters, digits, . _ -); if the root "
+                     "already records a run of that name, continue it: the stages it "
+                     "completed are kept, the rest run up to --until (a run made stage by "
+                     "stage, as the Airflow DAG does); stopped before the last stage it is "
+                     "recorded 'partial (up to STAGE)', exit 0")
     run.add_argument("--no-cache", action="store_true",
                      help="execute every stage, even when an earlier execution could be reused")
     run.add_argument("-v", "--verbose", action="store_true")
@@ -215,7 +221,8 @@ def _run(args, beam_args) -> int:
     from pipeline import api
 
     config = _run_config(args, args.date)
-    result = api.run(config, beam_args, use_cache=not args.no_cache)
+    result = api.run(config, beam_args, use_cache=not args.no_cache,
+                     run_id=args.run_id)
     print(api.format_summary(result))
     print(f"summary: {result.summary_path}")
     if result.report_path:
@@ -232,6 +239,9 @@ def _backfill(args, beam_args) -> int:
     if args.date is not None:
         raise api.UserInputError("backfill sets each run's --date to the dates from --from to "
                                  "--to: leave --date out")
+    if args.run_id is not None:
+        raise api.UserInputError("backfill gives each date's run an id of its own: leave "
+                                 "--run-id out")
 
     def show(date, result):
         print(api.format_backfill_run(date, result), flush=True)

@@ -130,20 +130,25 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
     one (see `pipeline.pipeline.default_beam_args`). `launcher`: what starts the Trainer's
     workers when `trainer.workers` > 1 (a `pipeline.launcher.Launcher`; default: processes
     of this machine).
+
+    `run_id` (default: a new one) names the run. When the root's store already records a run
+    of that name, this call continues it (a run made stage by stage, a call per part, as an
+    Airflow DAG does): see `_stagewise_status`.
     """
     from pipeline.lock import RootLock
-    from pipeline.pipeline import new_run_id
+    from pipeline.pipeline import check_run_id, new_run_id
 
     config = configs.with_absolute_paths(config)
     windows.check(config.inputs, config.window)
-    run_id = run_id or new_run_id()
+    stagewise = run_id is not None
+    run_id = check_run_id(run_id) if stagewise else new_run_id()
     ended: List[RunResult] = []  # the recorded ending, also of a run that is interrupted
     try:
         metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)
         # One run at a time per root: the lock lives beside the store (object storage has none).
         with RootLock(metadata_dir, run_id, root=config.pipeline_root):
             result = _run_locked(config, list(beam_args), run_id, metadata_dir, use_cache,
-                                 launcher, ended)
+                                 launcher, ended, stagewise)
     except BaseException as e:  # not started (the root is held), or interrupted: alerted too
         _alert(config, ended[0] if ended else None, run_id, e)
         raise
@@ -256,16 +261,29 @@ def backfill_outcome(start: str, end: str, results: Sequence[RunResult]) -> Tupl
             + counted, OK)
 
 
+def _stagewise_status(config: PipelineConfig, stagewise: bool) -> str:
+    """The status of a run that ended well. A run given its id (`run_id`) may be made stage by
+    stage: each call keeps the stages the earlier ones completed and runs the rest up to
+    `until`. Stopped before the last stage it is "partial (up to STAGE)", exit 0 (not
+    "running": `mark_dead_runs` leaves it alone); the call that reaches the last stage gives
+    the final status."""
+    from pipeline.pipeline import partial_status
+
+    if stagewise and config.until != configs.STAGES[-1]:
+        return partial_status(config.until)
+    return _STATUS[OK]
+
+
 def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metadata_dir: str,
-                use_cache: bool, launcher, ended: List[RunResult]) -> RunResult:
+                use_cache: bool, launcher, ended: List[RunResult],
+                stagewise: bool = False) -> RunResult:
     """A run, with the root's lock already held by the caller (`run`, or `backfill` for all
     of its runs); its result is also put in `ended`, for the alert of a run interrupted by
     KeyboardInterrupt or SystemExit (recorded as failed, then raised on)."""
     from components import fileio
     from pipeline.metadata import MetadataStore
     from pipeline.orchestrator import clean_stale_temporaries
-    from pipeline.pipeline import (RunRecorder, full_beam_args, git_commit, input_bytes,
-                                   progress, run_pipeline)
+    from pipeline.pipeline import begin_run, full_beam_args, input_bytes, progress, run_pipeline
 
     window = windows.expand(config.inputs, config.window)
     if window is not None:  # ExampleGen reads the dates' paths, and the run records them
@@ -277,20 +295,17 @@ def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metad
         progress(f"run {dead} ended without finishing (killed?); its completed stages will be "
                  "reused")
     clean_stale_temporaries(config.pipeline_root, keep=store.complete_output_dirs())
-    recorder = RunRecorder(config, run_id, beam_args)
+    # A new run, or the run of that id continued (its completed stages are kept).
+    recorder, taken = begin_run(store, config, run_id, beam_args, use_cache,
+                                window.record() if window is not None else None)
     if window is not None:
-        recorder.summary["window"] = window.record()
         progress(windows.summary_line(window.record()))
-    store.start_run(configs.PIPELINE_NAME, run_id, {
-        "config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
-        "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path,
-        "window": recorder.summary.get("window")})
     status, code, error = "failed", FAILED, None
     try:
         if window is not None:  # a date without data: recorded as this run's failure
             window.enforce(recorder.warn)
-        run_pipeline(config, beam_args, recorder, store, use_cache, launcher)
-        status, code = _STATUS[OK], OK
+        run_pipeline(config, beam_args, recorder, store, use_cache, launcher, taken)
+        status, code = _stagewise_status(config, stagewise), OK
     except Exception as e:  # recorded, and handed back in the result
         code = getattr(e, "exit_code", FAILED)
         status, error = _STATUS.get(code, "failed"), e

@@ -102,11 +102,13 @@ def format_runs(runs: Sequence[RunInfo], pipeline_root: str) -> str:
     and a windowed run's dates."""
     if not runs:
         return f"no runs recorded in {pipeline_root}"
-    lines = [f"{'run':<24} {'started':<25} {'status':<20} {'exit':>4}  "
+    # Ids a caller gave (`run --run-id`, an Airflow DAG run's) may be longer than ours.
+    width = max([24] + [len(run.run_id) for run in runs])
+    lines = [f"{'run':<{width}} {'started':<25} {'status':<20} {'exit':>4}  "
              f"{'executed':>8} {'reused':>6}  pushed (pipeline runs), scored (scoring runs) or "
              "served (promote, rollback)"]
     for run in runs:
-        lines.append(f"{run.run_id:<24} {run.started or '?':<25} {run.status or '?':<20} "
+        lines.append(f"{run.run_id:<{width}} {run.started or '?':<25} {run.status or '?':<20} "
                      f"{'' if run.exit_code is None else run.exit_code:>4}  {run.executed:>8} "
                      f"{run.reused:>6}  {run.pushed()}"
                      + (f"  [window {_window_brief(run.window)}]" if run.window else ""))

@@ -122,7 +122,8 @@ class MetadataStore:
 
     # ------------------------------------------------------------------------------ runs
 
-    def start_run(self, pipeline_name: str, run_id: str, properties: Dict[str, Any]) -> None:
+    def _pipeline(self, pipeline_name: str):
+        """The pipeline's context, created on first use."""
         pb = self._pb
         from ml_metadata import errors
 
@@ -135,11 +136,24 @@ class MetadataStore:
             except errors.AlreadyExistsError:  # made by another process meanwhile (see _put_type)
                 pipeline = self.store.get_context_by_type_and_name(PIPELINE_CONTEXT,
                                                                    pipeline_name)
+        return pipeline
+
+    def start_run(self, pipeline_name: str, run_id: str, properties: Dict[str, Any]) -> None:
+        pb = self._pb
+        pipeline = self._pipeline(pipeline_name)
         run = pb.Context(type_id=self._context_types[RUN_CONTEXT], name=run_id)
         _set(run.custom_properties, dict(properties, status="running", started=_now()))
         [run.id] = self.store.put_contexts([run])
         self.store.put_parent_contexts([pb.ParentContext(child_id=run.id, parent_id=pipeline.id)])
         self._pipeline_context, self._run_context = pipeline, run
+
+    def continue_run(self, pipeline_name: str, run_id: str, properties: Dict[str, Any]) -> None:
+        """Opens again a run the store records (a run made stage by stage, one invocation per
+        part): its executions so far stay in its context, the next ones join them."""
+        run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+        _set(run.custom_properties, dict(properties, status="running", continued=_now()))
+        self.store.put_contexts([run])
+        self._pipeline_context, self._run_context = self._pipeline(pipeline_name), run
 
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
         run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
@@ -349,6 +363,10 @@ class MetadataStore:
             return []
         return [self._execution(e) for e in sorted(self.store.get_executions_by_context(run.id),
                                                    key=lambda e: e.id)]
+
+    def execution_by_id(self, execution_id: int) -> Optional[Execution]:
+        found = self.store.get_executions_by_id([execution_id])
+        return self._execution(found[0]) if found else None
 
     def run_properties(self, run_id: str) -> Dict[str, Any]:
         run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)

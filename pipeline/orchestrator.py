@@ -195,6 +195,9 @@ class StageResult:
     output_dir: str
     outputs: Dict[str, List[Artifact]]
     reused_from: Optional[str] = None  # the run whose execution was reused
+    inputs: Dict[str, List[Artifact]] = dataclasses.field(default_factory=dict)
+    # Done by an earlier invocation of this same run (a run made stage by stage), kept as it is.
+    taken: bool = False
 
 
 class Orchestrator:
@@ -241,7 +244,7 @@ class Orchestrator:
             directory = cached.properties.get("output_dir") or output_dir
             self.store.cached_execution(stage, properties, inputs, cached)
             self.recorder.reused(stage, directory, details, cached.run_id)
-            return StageResult(details, directory, cached.outputs, cached.run_id)
+            return StageResult(details, directory, cached.outputs, cached.run_id, inputs)
         execution_id = self.store.start_execution(stage, properties, inputs)
         try:
             details = self.recorder.stage(stage, output_dir, fn)
@@ -251,7 +254,7 @@ class Orchestrator:
                                       getattr(e, "details", None))
             raise
         self.store.complete_execution(execution_id, stage, details, produced)
-        return StageResult(details, output_dir, produced)
+        return StageResult(details, output_dir, produced, inputs=inputs)
 
 
 def outputs_live(execution: Execution) -> bool:

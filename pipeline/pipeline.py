@@ -7,9 +7,10 @@ import datetime
 import json
 import logging
 import os
+import re
 import secrets
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -18,8 +19,9 @@ from components.errors import UserInputError
 from components.schema_gen import check_schema_path
 from components.tuner import format_value, resolve_space
 from pipeline import configs, results
+from pipeline import metadata as meta
 from pipeline.metadata import MetadataStore
-from pipeline.orchestrator import Orchestrator
+from pipeline.orchestrator import Orchestrator, StageResult, recorded_value
 from pipeline.stages import Run, git_commit, run_stages  # noqa: F401  (git_commit: the CLI's)
 
 
@@ -89,6 +91,108 @@ def new_run_id() -> str:
     return f"{now}-{secrets.token_hex(3)}"
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id a caller gives (`--run-id`): it names directories (`<root>/<stage>/<run id>`),
+    so letters, digits, `.`, `_` and `-` only, starting with a letter or digit."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise UserInputError(
+            f"--run-id {run_id!r} is not a safe directory name: use letters, digits, '.', '_' "
+            "and '-' (at most 128), starting with a letter or digit")
+    return run_id
+
+
+def partial_status(until: str) -> str:
+    """The status of a run made stage by stage between its parts: not running (no dead-run
+    check touches it), to be continued by the next `run --run-id` with the same id."""
+    return f"partial (up to {until})"
+
+
+def begin_run(store: MetadataStore, config: configs.PipelineConfig, run_id: str,
+              beam_args: Sequence[str], use_cache: bool,
+              window: Optional[Dict[str, Any]] = None
+              ) -> Tuple["RunRecorder", Dict[str, StageResult]]:
+    """Records the start of run `run_id` (call with the root's lock held): a new run, or, when
+    the store already records a pipeline run of that name (a run made stage by stage, one
+    invocation per part, as an Airflow DAG runs it), that run continued. Returns its recorder
+    and the stages its earlier invocations completed or reused, which are kept as they are:
+    no new execution, no second entry in its summary.json. A failed stage is not kept (it runs
+    again); its earlier entry moves to the summary's `earlier_attempts`. `window`: the dates
+    the run reads (`pipeline.windows.Window.record`), recorded in its summary and properties.
+    """
+    recorder = RunRecorder(config, run_id, beam_args)
+    if window is not None:
+        recorder.summary["window"] = window
+    properties = {"config": configs.to_dict(config), "beam_args": recorder.summary["beam_args"],
+                  "git_commit": git_commit(), "use_cache": use_cache, "summary": recorder.path,
+                  "window": window}
+    recorded = store.run_properties(run_id)
+    if not recorded:
+        store.start_run(configs.PIPELINE_NAME, run_id, properties)
+        return recorder, {}
+    _check_continuable(run_id, recorded, config)
+    store.continue_run(configs.PIPELINE_NAME, run_id, properties)
+    previous = {}
+    if fileio.exists(recorder.path):  # not there when the last invocation was killed
+        previous = json.loads(fileio.read_text(recorder.path))
+    taken = taken_stages(store, run_id, previous.get("stages") or [])
+    recorder.carry_over(previous, taken)
+    return recorder, taken
+
+
+def _check_continuable(run_id: str, recorded: Dict[str, Any],
+                       config: configs.PipelineConfig) -> None:
+    """A run is continued only as a pipeline run, with the config it started with (but for
+    `until`): its kept stages were made with that config."""
+    kind = recorded.get("kind") or meta.PIPELINE_RUN
+    if kind != meta.PIPELINE_RUN:
+        raise UserInputError(f"run {run_id} in this root's store is a {kind} run, not a "
+                             "pipeline run: give the pipeline run another --run-id")
+    def without_until(values: Dict[str, Any]) -> Dict[str, Any]:
+        values = dict(values, until=None)
+        values[configs.GIVEN_KEYS] = [k for k in values.get(configs.GIVEN_KEYS) or []
+                                      if k != "until"]
+        return values
+
+    before = without_until(recorded_value(recorded.get("config")) or {})
+    # As the store holds it (JSON: tuples become lists).
+    now = without_until(json.loads(json.dumps(configs.to_dict(config), sort_keys=True,
+                                              default=str)))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise UserInputError(
+            f"run {run_id} was started with another configuration (it differs in "
+            f"{', '.join(changed)}): continue it with the flags and config it started with, "
+            "or give a new --run-id")
+
+
+def taken_stages(store: MetadataStore, run_id: str, entries: Sequence[Dict[str, Any]]
+                 ) -> Dict[str, StageResult]:
+    """The stages the earlier invocations of run `run_id` completed (COMPLETE) or reused
+    (CACHED), by name, as the run's later stages read them. Their details come from the run's
+    summary (what `after` added included) when it has them, else from the store."""
+    recorded = {e["name"]: e for e in entries if e.get("status") in ("ok", "reused")}
+    taken = {}
+    for execution in store.run_executions(run_id):
+        if execution.state not in ("COMPLETE", "CACHED"):
+            continue
+        entry = recorded.get(execution.stage)
+        props = execution.properties
+        reused_from = props.get("reused_from") if execution.state == "CACHED" else None
+        if entry is not None:
+            details, output_dir = entry.get("details") or {}, entry["output"]
+        else:
+            details = props.get("details") or {}
+            source = (store.execution_by_id(props["reused_execution"]) if reused_from
+                      else execution)
+            output_dir = source.properties.get("output_dir") if source else None
+        taken[execution.stage] = StageResult(details, output_dir, execution.outputs,
+                                             reused_from, execution.inputs, taken=True)
+    return taken
+
+
 class RunRecorder:
     """Times stages and writes `<root>/runs/<run_id>/summary.json` however the run ends."""
 
@@ -132,9 +236,36 @@ class RunRecorder:
         progress(f"{name}: reused from run {run_id} (same inputs, settings and code)")
 
     def warn(self, message: str) -> None:
-        """A warning for the summary and the report, and the console."""
-        self.summary.setdefault("warnings", []).append(message)
+        """A warning for the summary (once: a stage kept from an earlier invocation of the run
+        says its warnings again) and the report, and the console."""
+        warnings = self.summary.setdefault("warnings", [])
+        if message not in warnings:
+            warnings.append(message)
         logging.getLogger(PROGRESS_LOGGER).warning("warning: %s", message)
+
+    def carry_over(self, previous: Dict[str, Any], taken: Mapping[str, StageResult]) -> None:
+        """Continues the record of a run made stage by stage: its start, warnings and the
+        entries of the `taken` stages (one per stage, in stage order; a stage the record
+        lacks, completed by an invocation killed before it wrote the record, gets one)."""
+        self.summary["started"] = previous.get("started") or self.summary["started"]
+        if previous.get("warnings"):
+            self.summary["warnings"] = list(previous["warnings"])
+        entries = {e["name"]: e for e in previous.get("stages") or []
+                   if e["name"] in taken and e.get("status") in ("ok", "reused")}
+        for name, result in taken.items():
+            if name not in entries:
+                entries[name] = {"name": name, "output": result.output_dir,
+                                 "details": result.details, "seconds": 0.0,
+                                 "status": "reused" if result.reused_from else "ok"}
+                if result.reused_from:
+                    entries[name]["reused_from"] = result.reused_from
+        self.summary["stages"] = sorted(entries.values(),
+                                        key=lambda e: configs.STAGES.index(e["name"]))
+        earlier = list(previous.get("earlier_attempts") or []) + [
+            e for e in previous.get("stages") or [] if e["name"] not in entries
+            or e is not entries[e["name"]]]
+        if earlier:
+            self.summary["earlier_attempts"] = earlier
 
     def finish(self, status: str, exit_code: int) -> None:
         self.summary["status"] = status
@@ -146,7 +277,7 @@ class RunRecorder:
 
 def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
                  recorder: RunRecorder, store: MetadataStore, use_cache: bool = True,
-                 launcher=None) -> None:
+                 launcher=None, taken: Optional[Mapping[str, StageResult]] = None) -> None:
     """Runs the stages (`pipeline.stages.STAGE_SPECS`) in order up to `config.until`; raises on a
     failed stage.
 
@@ -154,7 +285,8 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     earlier run's when the stage was reused) and its own settings; the orchestrator decides
     whether it executes and records the lineage. `beam_args`: every Beam flag of the run
     (`full_beam_args`). `launcher` starts the Trainer's workers when `trainer.workers` > 1
-    (default: `pipeline.launcher.LocalLauncher`).
+    (default: `pipeline.launcher.LocalLauncher`). `taken`: the stages an earlier invocation of
+    this run completed (`begin_run`), kept as they are.
     """
     orchestrator = Orchestrator(store, recorder, use_cache)
     recorder.summary["code_version"] = orchestrator.code
@@ -166,7 +298,7 @@ def run_pipeline(config: configs.PipelineConfig, beam_args: Sequence[str],
     if config.tuner.enabled:
         resolve_space(config.tuner, config.trainer, configs.given_hyperparameters(config))
     run = Run(config, PipelineOptions(list(beam_args)), recorder, store, orchestrator, progress,
-              launcher)
+              launcher, taken)
     run_stages(run, config.until)
 
 

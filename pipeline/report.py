@@ -640,6 +640,8 @@ def _warnings(warnings: Sequence[str]) -> str:
 
 def _status_badge(status: Optional[str]) -> str:
     kind = {"succeeded": "ok", "running": "warn"}.get(status or "", "bad")
+    if (status or "").startswith("partial"):  # a run made stage by stage, between its parts
+        kind = "warn"
     text = "status not recorded" if status is None else str(status)
     return f'<span class="badge {kind}">{html.escape(text)}</span>'
 

@@ -60,7 +60,10 @@ class Run:
 
     def __init__(self, config: configs.PipelineConfig, options, recorder, store: MetadataStore,
                  orchestrator: Orchestrator, progress: Callable[[str], None],
-                 launcher: Optional[Launcher] = None):
+                 launcher: Optional[Launcher] = None,
+                 taken: Optional[Dict[str, StageResult]] = None):
+        """`taken`: the stages an earlier invocation of this run completed (or reused), by name:
+        kept as they are (see `pipeline.pipeline.begin_run`)."""
         self.config = config
         self.launcher = launcher or LocalLauncher()
         self.options = options
@@ -72,6 +75,7 @@ class Run:
         self.fresh = {stage: fileio.join(config.pipeline_root, stage, self.run_id)
                       for stage in configs.STAGES}
         self.results: Dict[str, StageResult] = {}
+        self.taken = dict(taken or {})
         # Explicit trainer settings win over the Tuner's values, and are held in its search.
         self.given = configs.given_hyperparameters(config)
         self.scratch: Dict[str, Any] = {}  # what a stage's `prepare` found, for its other parts
@@ -109,8 +113,9 @@ class StageSpec:
     """One stage: `execute(run, output_dir)` runs it into `output_dir` and returns its details;
     `inputs(run)` and `params(run)` make its cache key with its code version; `outputs(run,
     output_dir, details)` describes the artifacts it wrote. `prepare(run)` runs first, executed
-    or reused (it may resolve an input, e.g. the baseline model); `after(run, result)` runs
-    last, executed or reused (what it says is said again on reuse)."""
+    or reused (it may resolve an input, e.g. the baseline model), not when an earlier invocation
+    of the run completed the stage (its inputs were resolved then); `after(run, result)` runs
+    last, executed, reused or kept (what it says is said again on reuse)."""
 
     name: str
     modules: Tuple[str, ...]
@@ -132,6 +137,12 @@ def run_stages(run: Run, until: str, specs: Sequence[StageSpec] = None) -> None:
         if configs.STAGES.index(spec.name) > last:
             return
         if not spec.enabled(run.config):
+            continue
+        if spec.name in run.taken:  # no new execution, no second entry in the summary
+            result = run.results[spec.name] = run.taken[spec.name]
+            run.progress(f"{spec.name}: completed earlier in this run (kept)")
+            if spec.after is not None:  # what it says or decides, as on reuse
+                spec.after(run, result)
             continue
         if spec.prepare is not None:
             spec.prepare(run)
@@ -391,8 +402,10 @@ def _without(settings: Dict[str, Any], *names: str) -> Dict[str, Any]:
 
 def _after_trainer(run: Run, result: StageResult) -> None:
     # Where each value came from is this run's config's doing: a reused training may have been
-    # configured otherwise (the same value given explicitly then, say), so it is said anew.
-    result.details["hyperparameters"] = run.scratch["hyperparameters"]
+    # configured otherwise (the same value given explicitly then, say), so it is said anew
+    # (a training kept from an earlier invocation of this run says what it said then).
+    if not result.taken:
+        result.details["hyperparameters"] = run.scratch["hyperparameters"]
     _warn_again(run, result, "Trainer: ")  # e.g. how the workers shared the data
 
 
@@ -455,7 +468,8 @@ def _pusher(run: Run, out: str) -> Dict[str, Any]:
     trainer = next((s for s in run.recorder.summary["stages"] if s["name"] == configs.TRAINER),
                    {})
     note = release_note(run.config.pusher.model_name, metadata, stages,
-                        input_lines(run.scratch["files"]), trainer.get("seconds"),
+                        input_lines(run.results[configs.EXAMPLE_GEN].inputs["files"]),
+                        trainer.get("seconds"),
                         {name: r.reused_from for name, r in run.results.items() if r.reused_from})
     try:
         return run_pusher(run.output(configs.EVALUATOR), model_dir(run), metadata,
