@@ -164,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
                                                 "(default: the one the version records)")
     lineage.add_argument("--pipeline-root", help="the root that pushed it (default: the one "
                                                   "recorded in the version's metadata.json)")
+    alert = sub.add_parser("alert", help="alert (the config's [alerts]) that a scheduler's "
+                                         "task died: its JSON on stdin (the Airflow DAG's "
+                                         "failure callback)")
+    alert.add_argument("--config", required=True, help="the run's config file")
+    alert.add_argument("--pipeline-root", required=True)
     for name, what in (("promote", "serve VERSION (TF Serving's models.config); the "
                                    "Evaluator's baseline follows"),
                        ("rollback", "serve again the version served before the current one")):
@@ -175,6 +180,20 @@ def _parser() -> argparse.ArgumentParser:
                                                    "decision in (default: the pushing root's)")
         decide.add_argument("--pipeline-root", help="record it in this root's store")
     return parser
+
+
+def _alert(args) -> int:
+    import json
+
+    from pipeline import api
+
+    config = api.load_config(args.config, {"pipeline_root": args.pipeline_root})
+    try:
+        task = json.loads(sys.stdin.read() or "{}")
+    except ValueError as e:
+        raise api.UserInputError(f"alert reads the task's JSON on stdin: {e}")
+    problems = api.alert_task_failure(config, task)
+    return 1 if problems else 0
 
 
 def _decide(args) -> int:
@@ -376,14 +395,14 @@ def main(argv=None) -> int:
     _configure_console(verbose)
     try:
         if args.command in ("data", "train", "report", "runs", "lineage", "promote",
-                            "rollback"):
+                            "rollback", "alert"):
             if unknown:
                 from pipeline.api import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
             return {"data": _data, "train": _train, "report": _report, "runs": _runs,
-                    "lineage": _lineage, "promote": _decide,
-                    "rollback": _decide}[args.command](args)
+                    "lineage": _lineage, "promote": _decide, "rollback": _decide,
+                    "alert": _alert}[args.command](args)
         if args.command == "score":
             return _score(args, unknown)
         if args.command == "backfill":

@@ -199,7 +199,10 @@ def make_dag(dag_id: str, *, project_dir: str, python: str, inputs: Union[str, S
     (a retry continues the same pipeline run: the failed stage runs again, the others are
     kept). `date_argument`: each task also passes `--date <the DAG run's logical date>`.
     `on_failure`: a shell command (JSON on its stdin), an argv list, or a callable (a dict),
-    told about a task that failed for good (`alert_payload`); `on_not_blessed` likewise
+    told about a task that failed for good (`alert_payload`); by default, with a `config`,
+    `local_runner.py alert`, which sends the config's `[alerts]` "failure" for a task that
+    died without the pipeline's own alert (each run alerts its own ending, on every try;
+    `api.alert_task_failure`); `on_not_blessed` likewise
     about a model not blessed (the Pusher's task skipped). `max_active_runs` is 1: DAG runs
     share the pipeline root, which holds one run at a time. Other keyword arguments go to
     `DAG`.
@@ -217,6 +220,11 @@ def make_dag(dag_id: str, *, project_dir: str, python: str, inputs: Union[str, S
         command.append("--tune")
     command += list(beam_args)
     default_args = {"retries": retries, "retry_delay": retry_delay}
+    if on_failure is None and config:
+        # The config's [alerts], for a task that died without the pipeline alerting (killed,
+        # out of memory): the pipeline's own endings are alerted by the run itself.
+        on_failure = [python, os.path.join(project_dir, "local_runner.py"), "alert",
+                      "--config", config, "--pipeline-root", pipeline_root]
     if on_failure is not None:
         default_args["on_failure_callback"] = alert_callback(on_failure)
     dag = DAG(dag_id, schedule=schedule, start_date=start_date, catchup=catchup,

@@ -189,6 +189,28 @@ def send_alert(config: PipelineConfig, payload: Dict[str, Any]) -> List[str]:
     return alerts.notify(config.alerts, payload)
 
 
+def alert_task_failure(config: PipelineConfig, task: Mapping[str, Any]) -> List[str]:
+    """Alerts (`config.alerts`) that a scheduler's task running the pipeline failed for good,
+    when the pipeline could not say so itself; the problems, as `send_alert`.
+
+    `task` is what the scheduler knows (the Airflow DAG's `alert_payload`: dag_id, task_id,
+    stage, try_number, max_tries, exit_code, error, log_url, pipeline_run_id). A task whose
+    run ended with one of the pipeline's exit codes (0 to 4) was alerted on by `run` itself:
+    nothing is sent again. A task killed, out of memory or timed out (no exit code, or a
+    signal's) is a "failure" of its stage."""
+    from pipeline import alerts
+
+    code = task.get("exit_code")
+    if isinstance(code, int) and OK <= code <= NOT_BLESSED:
+        return []
+    message = (f"{task.get('dag_id')}: task {task.get('task_id')} (try {task.get('try_number')} "
+               f"of {task.get('max_tries')}) ended without the pipeline's exit code: "
+               f"{task.get('error') or 'killed?'} (log: {task.get('log_url')})")
+    return send_alert(config, alerts.failure_payload(
+        config, message, task.get("pipeline_run_id"), code if isinstance(code, int) else FAILED,
+        status="failed", failing_stage=task.get("stage")))
+
+
 def backfill(config: PipelineConfig, start: str, end: str, beam_args: Sequence[str] = (),
              use_cache: bool = True, launcher=None,
              on_run: Optional[Callable[[str, RunResult], None]] = None) -> List[RunResult]:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import IN_MEMORY, run_cli
+from conftest import IN_MEMORY, REPO, run_cli
 from pipeline import alerts, configs
 from test_cli import TINY_TRAINER, trec_like, write_csv
 
@@ -297,3 +297,37 @@ def test_the_alerts_table(tmp_path):
     default = configs.load_config(None, {}).alerts
     assert not default.configured and default.on == ("failure", "anomalies")
     assert default.timeout_seconds == 10
+
+
+def test_a_scheduler_task_that_died_is_alerted_once_by_the_alert_command(tmp_path, hook):
+    """The Airflow DAG's default failure callback: `alert` reads the task's JSON on stdin and
+    sends the config's failure alert, unless the pipeline ended with its own exit code (then
+    the run alerted itself)."""
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "c.toml", f'webhook = "{hook.url}"\n')
+    task = {"dag_id": "textcnn_nightly", "task_id": "Trainer", "stage": "Trainer",
+            "try_number": 3, "max_tries": 2, "error": "Command exited -9",
+            "log_url": "http://airflow/log", "pipeline_run_id": "scheduled__2026-12-01"}
+
+    def alert(**changes):
+        return subprocess.run(
+            [sys.executable, os.path.join(REPO, "local_runner.py"), "alert", "--config", config,
+             "--pipeline-root", str(tmp_path / "root")], input=json.dumps(dict(task, **changes)),
+            capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    for told_by_the_run in (0, 1, 3, 4):
+        proc = alert(exit_code=told_by_the_run)
+        assert proc.returncode == 0, proc.stderr
+        assert hook.take() == []
+    proc = alert(exit_code=-9)
+    assert proc.returncode == 0, proc.stderr
+    [body] = hook.take()
+    assert body["outcome"] == "failure" and body["exit_code"] == -9
+    assert body["failing_stage"] == "Trainer" and body["run_id"] == "scheduled__2026-12-01"
+    assert body["status"] == "failed" and "textcnn_nightly: task Trainer (try 3 of 2)" in \
+        body["message"] and "http://airflow/log" in body["message"]
+    assert body["pipeline_root"] == str(tmp_path / "root")
+    proc = alert(exit_code=None, error=None)  # died before the pipeline started
+    assert proc.returncode == 0 and hook.take()[0]["exit_code"] == 1
