@@ -23,6 +23,10 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [tuner.space]
     dropout_rate = [0.3, 0.5]
     learning_rate = { min = 0.0003, max = 0.003, sampling = "log" }
+
+    [retention]                            # what `gc` (or each run, after_run) removes
+    keep_runs = 7
+    after_run = true
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from components.score_settings import ScoreSettings
 from components.trainer import TrainerSettings
 from components.transform import TransformSettings
 from components.tuner import TunerSettings
+from pipeline.retention import RetentionSettings
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +86,7 @@ class PipelineConfig:
     evaluator: EvaluatorSettings = EvaluatorSettings()
     pusher: PusherSettings = PusherSettings()
     score: ScoreSettings = ScoreSettings()  # bulk scoring (`score`); no pipeline stage reads it
+    retention: RetentionSettings = RetentionSettings()  # what `gc` keeps; no stage reads it
     # Set by `load_config`, not by a config file: the dotted keys the config file and the
     # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
     # the Tuner's values.
