@@ -17,7 +17,8 @@ no kept run needs, decided by lineage in the root's ML Metadata store:
 - Pushed versions beyond `pusher.keep_versions` (when set) go too, never the served one nor
   the one `rollback` would serve.
 
-The store and every run's record in it stay. Each artifact removed is marked in the store,
+The store and every run's record in it stay. Each artifact removed is marked in the store
+(and so is a version the Pusher's own `keep_versions` removed),
 MARKED_FOR_DELETION before its first file goes and DELETED after its last (as TFX's garbage
 collection marks them), so the cache never reuses it (`orchestrator.outputs_live`), even when
 a deletion was cut short; a run whose artifacts went is marked `removed_by_gc`. The file that
@@ -135,6 +136,7 @@ def collect(store, pipeline_root: str, settings: RetentionSettings, metadata_dir
 
 def _plan(store, root: str, settings: RetentionSettings, metadata_dir: str, keep_versions: int,
           current_run: Optional[str], now: datetime.datetime) -> _Plan:
+    from components.pusher import is_complete_version
     from pipeline import configs
     from pipeline import metadata as meta
     from pipeline.stages import UNITS_DIR
@@ -170,10 +172,13 @@ def _plan(store, root: str, settings: RetentionSettings, metadata_dir: str, keep
     paths[VERSIONS] = sorted(versions)
 
     gone = {fileio.absolute(p).rstrip("/") for p in paths[ARTIFACTS] + paths[VERSIONS]}
-    artifact_ids = [a.id for a in store.all_artifacts()
-                    if a.type_name != meta.EXTERNAL and a.state not in meta.REMOVED_STATES
-                    and (_artifact_dir(a.uri, root) in gone
-                         or fileio.absolute(a.uri).rstrip("/") in gone)]
+    stored = [a for a in store.all_artifacts()
+              if a.type_name != meta.EXTERNAL and a.state not in meta.REMOVED_STATES]
+    artifact_ids = [a.id for a in stored if _artifact_dir(a.uri, root) in gone
+                    or fileio.absolute(a.uri).rstrip("/") in gone]
+    # Versions the Pusher's keep_versions removed when it pushed are marked too.
+    artifact_ids += [a.id for a in stored if a.type_name == meta.PUSHED_MODEL
+                     and a.id not in artifact_ids and not is_complete_version(a.uri)]
     removed = [r["run_id"] for r in runs
                if r["run_id"] in others and not r.get(REMOVED_BY_GC)]
     return _Plan(kept, removed, paths, artifact_ids)

@@ -5,18 +5,23 @@ and check what gc keeps, removes and marks; the last one runs a nightly history 
 subprocess runs of local_runner.py (in-memory Beam, a tiny model) with `[retention]
 after_run` and checks that the root stays bounded.
 """
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from components import fileio, pusher
 from components.errors import UserInputError
+from conftest import IN_MEMORY, REPO, run_cli
 from pipeline import configs, retention
 from pipeline import metadata as meta
 from pipeline.orchestrator import outputs_live
 from pipeline.retention import ARTIFACTS, RUN_DIRS, UNITS, VERSIONS, RetentionSettings
 from pipeline.stages import unit_dir
+from test_cli import TINY_TRAINER, trec_like
 
 CODE = "code-v1"
 SETTINGS = {"text_key": "text"}
@@ -240,6 +245,13 @@ def test_kept_runs_by_count_age_and_pushed_versions(tmp_path):
     assert result.deleted[VERSIONS] == (os.path.join(h.base, "100"),)
     assert "r1" not in result.kept_runs and "r2" in result.kept_runs
 
+    # Version 100 promoted again: served, and rollback would serve 102; 101 goes.
+    pusher.serve(h.base, 100, "promoted")
+    assert pusher.rollback_target(h.base) == 102
+    result = collect(h, keep_runs=1, keep_versions=1)
+    assert result.deleted[VERSIONS] == (os.path.join(h.base, "101"),)
+    assert "r1" in result.kept_runs and "r2" not in result.kept_runs
+
 
 def test_gc_removes_marks_and_the_cache_never_reuses_what_went(tmp_path):
     h = build_history(tmp_path)
@@ -318,3 +330,191 @@ def test_retention_settings_are_checked_by_name():
     config = configs.load_config(None, {"retention": {"keep_runs": 3, "after_run": True}})
     assert config.retention == RetentionSettings(keep_runs=3, after_run=True)
     assert RetentionSettings().keep_pushed_lineage and not RetentionSettings().limited
+
+
+# ------------------------------------------------------------------ a nightly history, end to end
+
+NIGHTS = 7
+NIGHTLY = TINY_TRAINER.replace("epochs = 2", "epochs = 1") + """max_accuracy_drop = 1.0
+
+[retention]
+keep_runs = 3
+after_run = true
+
+[pusher]
+keep_versions = 2
+"""
+
+
+def write_night(folder, night, rows=30):
+    """The file that arrives on `night`: `rows` questions not seen before."""
+    with open(folder / f"night{night:02d}.jsonl", "w") as f:
+        for text, label, _ in trec_like(rows * (night + 1))[rows * night:]:
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+
+
+def artifact_bytes(root):
+    """The bytes of the root's files (a hard-linked file once), less the store, which gc keeps."""
+    seen = {}
+    for parent, _, files in os.walk(root):
+        for name in files:
+            if parent == root and name in (meta.STORE_FILE, ".lock"):
+                continue
+            st = os.lstat(os.path.join(parent, name))
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def newest_summary(root):
+    [path] = sorted(glob.glob(os.path.join(root, "runs", "*", "summary.json")))[-1:]
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory):
+    """A root after NIGHTS nightly runs on a folder that gains a file each night, with
+    `[retention] keep_runs = 3, after_run = true` and `[pusher] keep_versions = 2`; yields a
+    namespace with what each night left."""
+    tmp = tmp_path_factory.mktemp("nightly")
+    n = type("Nightly", (), {"args": _args})()
+    n.folder = tmp / "incoming"
+    n.folder.mkdir()
+    n.config = tmp / "nightly.toml"
+    n.config.write_text(NIGHTLY)
+    n.root, n.serving = str(tmp / "root"), str(tmp / "serving")
+    n.base = os.path.join(n.serving, "textcnn")
+    n.nights = []
+    for night in range(1, NIGHTS + 1):
+        write_night(n.folder, night)
+        proc = run_cli(*n.args())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = newest_summary(n.root)
+        assert pusher.served_version(n.base) in pusher.versions(n.base)  # never removed
+        n.nights.append({"bytes": artifact_bytes(n.root), "summary": summary,
+                         "store": os.path.getsize(os.path.join(n.root, meta.STORE_FILE)),
+                         "served": pusher.served_version(n.base),
+                         "versions": pusher.versions(n.base)})
+    yield n
+
+
+def _args(self, *extra):
+    return ["run", "--input", str(self.folder), "--pipeline-root", self.root, "--serving-dir",
+            self.serving, "--config", str(self.config), *IN_MEMORY, *extra]
+
+
+def test_a_nightly_history_stays_bounded(nightly):
+    n = nightly
+    sizes = [night["bytes"] for night in n.nights]
+    print(f"artifact bytes after each night: {sizes}; store bytes: "
+          f"{[night['store'] for night in n.nights]}")
+    # Each night trains and pushes a new model (about a fifth of the root): without gc, night 7
+    # holds 7/4 of night 4's artifacts. With it, three runs' artifacts, and the data grows a
+    # little each night.
+    assert sizes[-1] <= 1.2 * sizes[3], sizes
+    retained = [night["summary"].get("retention") for night in n.nights]
+    assert all(retained), "after_run: each run records the gc at its end"
+    assert [len(r["removed_runs"]) for r in retained] == [0, 0, 0] + [1] * (NIGHTS - 3)
+    assert all(r["bytes_freed"] > 0 for r in retained[3:])
+    run_ids = [night["summary"]["run_id"] for night in n.nights]
+    assert retained[-1]["kept_runs"] == sorted(run_ids[-3:])
+    for stage in configs.STAGES:
+        if stage == configs.TUNER:
+            continue
+        left = set(os.listdir(os.path.join(n.root, stage))) - {".units"}
+        # The statistics the next run compares with for drift stay too (night 6's data).
+        assert left <= set(run_ids[-4:]) and left >= set(run_ids[-3:]), (stage, left)
+    assert sorted(os.listdir(os.path.join(n.root, "runs"))) == sorted(run_ids[-3:])
+    # The pushed versions follow keep_versions, and the served one (the newest) is there.
+    assert all(len(night["versions"]) <= 2 for night in n.nights)
+    assert n.nights[-1]["served"] == n.nights[-1]["versions"][-1]
+
+    runs = run_cli("runs", n.root)
+    assert runs.returncode == 0, runs.stderr
+    lines = runs.stdout.strip().splitlines()[1:]
+    assert len(lines) == NIGHTS  # the store keeps every run's record
+    assert [("[artifacts removed by gc]" in line) for line in lines] == (
+        [True] * (NIGHTS - 3) + [False] * 3)
+
+
+def test_kept_versions_keep_their_lineage_and_the_store_marks_what_went(nightly):
+    n = nightly
+    from pipeline import api
+
+    for version in pusher.versions(n.base):
+        night = next(i for i, x in enumerate(n.nights, 1)
+                     if x["summary"]["stages"][-1]["details"].get("version") == version)
+        text = api.lineage(os.path.join(n.base, str(version))).text()
+        files = [line for line in text.splitlines() if line.startswith(f"  {n.folder}/night")]
+        assert len(files) == night, text  # every file that had arrived by its night
+        assert "removed by gc" not in text
+    proc = run_cli("lineage", os.path.join(n.base, str(n.nights[-1]["served"])))
+    assert proc.returncode == 0 and "served now: yes" in proc.stdout, proc.stderr[-2000:]
+
+    store = meta.MetadataStore(n.root)
+    removed = [night["summary"]["run_id"] for night in n.nights[:NIGHTS - 3]]
+    for run_id in removed:
+        states = {e.stage: {a.state for items in e.outputs.values() for a in items}
+                  for e in store.run_executions(run_id) if e.state == "COMPLETE"}
+        # The oldest kept run's ExampleValidator compared with the night before's statistics.
+        if run_id == removed[-1]:
+            assert states.pop(configs.STATISTICS_GEN) == {"LIVE"}
+        # (the version it pushed too: the Pusher's keep_versions removed it, gc marked it)
+        assert all(v == {"DELETED"} for v in states.values()), (run_id, states)
+    kept = n.nights[-1]["summary"]["run_id"]
+    assert {a.state for e in store.run_executions(kept) for items in e.outputs.values()
+            for a in items} == {"LIVE"}
+    # The parsed units the newest run read are exactly those left, by the keys it recorded.
+    [example_gen] = [e for e in store.run_executions(kept) if e.stage == configs.EXAMPLE_GEN]
+    units = set(os.listdir(os.path.join(n.root, configs.EXAMPLE_GEN, ".units")))
+    assert retention.needed_units(n.root, [example_gen]) == units and len(units) == NIGHTS
+    report = run_cli("report", n.root, "--run", removed[0])
+    assert report.returncode == 2 and "removed by gc (retention)" in report.stderr, report.stderr
+
+
+def test_gc_by_hand_lists_then_removes_and_a_run_on_old_data_executes_again(nightly, tmp_path):
+    n = nightly
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, {repo!r}); from pipeline.lock import RootLock\n"
+        "with RootLock({root!r}, 'holder-run'):\n"
+        "    print('held', flush=True); time.sleep(120)\n").format(repo=REPO, root=n.root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run_cli("gc", n.root, "--keep-runs", "1", timeout=120)
+        assert refused.returncode == 2 and "in use by another run" in refused.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+    def listed(stdout):
+        return sorted(line.strip() for line in stdout.splitlines()
+                      if line.startswith("  /"))
+
+    dry = run_cli("gc", n.root, "--config", str(n.config), "--keep-runs", "1", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    would = listed(dry.stdout)
+    assert would and all(os.path.exists(p) for p in would)
+    # Kept: the newest run and the two that pushed the versions still there (the same two).
+    assert "kept 2 run(s)" in dry.stdout, dry.stdout
+    done = run_cli("gc", n.root, "--config", str(n.config), "--keep-runs", "1", "-v")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert listed(done.stdout) == would and not any(os.path.exists(p) for p in would)
+    # What went: the oldest run kept until now (its statistics stay: the next night compared
+    # with them), and the statistics that run compared with.
+    run_ids = [night["summary"]["run_id"] for night in n.nights]
+    stages = [s for s in configs.STAGES if s not in (configs.TUNER, configs.STATISTICS_GEN)]
+    assert would == sorted([os.path.join(n.root, s, run_ids[-3]) for s in stages]
+                           + [os.path.join(n.root, configs.STATISTICS_GEN, run_ids[-4]),
+                              os.path.join(n.root, "runs", run_ids[-3])])
+
+    # Back to the data of night 2: its artifacts went, so every stage executes again (the
+    # units of its two files are still there: every kept run read them).
+    for night in range(3, NIGHTS + 1):
+        os.remove(n.folder / f"night{night:02d}.jsonl")
+    proc = run_cli(*n.args())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = newest_summary(n.root)
+    assert {s["status"] for s in summary["stages"]} == {"ok"}, proc.stderr[-3000:]
+    assert "input files parsed 0, reused 2" in proc.stdout
+    assert pusher.served_version(n.base) == summary["stages"][-1]["details"]["version"]
