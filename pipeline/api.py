@@ -116,7 +116,8 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
     `beam_args`: Beam flags; the DirectRunner's mode follows the input's size unless they name
     one (see `pipeline.pipeline.default_beam_args`). `launcher`: what starts the Trainer's
     workers when `trainer.workers` > 1 (a `pipeline.launcher.Launcher`; default: processes
-    of this machine).
+    of this machine). With `config.retention.after_run`, a run that succeeded ends with `gc`
+    (under the lock it holds), and its summary records what that freed.
     """
     from pipeline.lock import RootLock
     from pipeline.pipeline import new_run_id
@@ -175,7 +176,7 @@ def _gc_after_run(config: PipelineConfig, store, metadata_dir: str, recorder,
     again would conflict with itself); what it freed goes to the run's summary. A failure is
     a warning: the run's result stands."""
     from pipeline.pipeline import progress
-    from pipeline.retention import collect
+    from pipeline.garbage_collection import collect
 
     try:
         result = collect(store, config.pipeline_root, config.retention, metadata_dir,
@@ -217,7 +218,7 @@ def write_report(pipeline_root: str, run_id: Optional[str] = None) -> str:
 
 def _removed_by_gc(pipeline_root: str, run_id: str) -> Optional[str]:
     from pipeline.metadata import open_existing
-    from pipeline.retention import removed_at
+    from pipeline.garbage_collection import removed_at
 
     try:
         store = open_existing(configs.metadata_dir_for(pipeline_root))
@@ -233,12 +234,13 @@ def gc(pipeline_root: str, settings, metadata_dir: Optional[str] = None, dry_run
     needs, and the pushed versions beyond `keep_versions` (`pusher.keep_versions`; 0 keeps
     all) in the model directories the root pushed to; with `dry_run`, only says what. Under
     the root's lock (RootLockedError, exit 2, while a run holds it). Returns a
-    `pipeline.retention.GcResult`; see pipeline/retention.py for what is never removed."""
+    `pipeline.garbage_collection.GcResult`; pipeline/garbage_collection.py says what is never
+    removed."""
     from components import fileio
     from pipeline.lock import RootLock
     from pipeline.metadata import STORE_FILE, open_existing
     from pipeline.pipeline import new_run_id
-    from pipeline.retention import collect
+    from pipeline.garbage_collection import collect
 
     root = fileio.absolute(pipeline_root)
     directory = configs.metadata_dir_for(root, metadata_dir)
@@ -253,7 +255,7 @@ def gc(pipeline_root: str, settings, metadata_dir: Optional[str] = None, dry_run
 
 def format_gc(result, verbose: bool = False) -> str:
     """`gc`'s answer as the CLI prints it."""
-    from pipeline.retention import format_gc as fmt
+    from pipeline.garbage_collection import format_gc as fmt
 
     return fmt(result, verbose)
 

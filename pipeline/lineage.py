@@ -12,7 +12,7 @@ from components.tuner import format_value
 from pipeline import configs, results
 from pipeline import metadata as meta
 from pipeline.release_note import NOTE_FILE, input_lines
-from pipeline.retention import REMOVED_BY_GC
+from pipeline.garbage_collection import REMOVED_BY_GC
 
 
 _METRICS = ((results.ACCURACY, "accuracy"), ("macro_f1", "macro-F1"),

@@ -60,7 +60,7 @@ class Artifact:
     properties: Dict[str, Any] = dataclasses.field(default_factory=dict)
     id: Optional[int] = None
     # MLMD's state name as stored: LIVE; MARKED_FOR_DELETION, then DELETED, once retention
-    # (pipeline/retention.py) removes it. None for an artifact not stored yet.
+    # (pipeline/garbage_collection.py) removes it. None for an artifact not stored yet.
     state: Optional[str] = None
 
 
