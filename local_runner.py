@@ -18,6 +18,7 @@
   python local_runner.py lineage SERVING_DIR/MODEL_NAME/VERSION | SCORING_OUTPUT [--metadata-dir DIR]
   python local_runner.py promote SERVING_DIR/MODEL_NAME VERSION [--metadata-dir DIR]
   python local_runner.py rollback SERVING_DIR/MODEL_NAME [--metadata-dir DIR]
+  python local_runner.py gc PIPELINE_ROOT [--metadata-dir DIR] [--config FILE] [--dry-run] [-v]
 
 Exit codes: 0 pushed, or nothing new to do (every stage reused), 2 bad usage/config/input or another run holds the pipeline root,
 3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.
@@ -179,6 +180,19 @@ def _parser() -> argparse.ArgumentParser:
         decide.add_argument("--metadata-dir", help="the ML Metadata store to record the "
                                                    "decision in (default: the pushing root's)")
         decide.add_argument("--pipeline-root", help="record it in this root's store")
+
+    gc = sub.add_parser("gc", help="remove what no kept run needs (the config's [retention] "
+                                   "table) and pushed versions beyond pusher.keep_versions")
+    gc.add_argument("pipeline_root")
+    gc.add_argument("--metadata-dir", help="where the root's ML Metadata store is (default: "
+                                           "the config's, else the pipeline root)")
+    gc.add_argument("--config", help="JSON or TOML file: its [retention] table, and "
+                                     "pusher.keep_versions")
+    gc.add_argument("--keep-runs", type=int, help="keep the newest N runs (retention.keep_runs)")
+    gc.add_argument("--keep-days", type=int,
+                    help="keep the runs started within N days (retention.keep_days)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    gc.add_argument("-v", "--verbose", action="store_true", help="list each path removed")
     return parser
 
 
@@ -194,6 +208,22 @@ def _alert(args) -> int:
         raise api.UserInputError(f"alert reads the task's JSON on stdin: {e}")
     problems = api.alert_task_failure(config, task)
     return 1 if problems else 0
+
+
+def _gc(args) -> int:
+    from pipeline.lock import refuse_if_held
+
+    # Refused before the imports below, which take seconds.
+    refuse_if_held(args.metadata_dir or args.pipeline_root)
+    from pipeline import api
+
+    config = api.load_config(args.config, {"retention": {"keep_runs": args.keep_runs,
+                                                         "keep_days": args.keep_days}})
+    result = api.gc(args.pipeline_root, config.retention,
+                    args.metadata_dir or config.metadata_dir, args.dry_run,
+                    config.pusher.keep_versions)
+    print(api.format_gc(result, args.verbose))
+    return 0
 
 
 def _decide(args) -> int:
@@ -395,14 +425,14 @@ def main(argv=None) -> int:
     _configure_console(verbose)
     try:
         if args.command in ("data", "train", "report", "runs", "lineage", "promote",
-                            "rollback", "alert"):
+                            "rollback", "alert", "gc"):
             if unknown:
                 from pipeline.api import UserInputError
 
                 raise UserInputError(f"unknown arguments: {' '.join(unknown)}")
             return {"data": _data, "train": _train, "report": _report, "runs": _runs,
                     "lineage": _lineage, "promote": _decide, "rollback": _decide,
-                    "alert": _alert}[args.command](args)
+                    "alert": _alert, "gc": _gc}[args.command](args)
         if args.command == "score":
             return _score(args, unknown)
         if args.command == "backfill":

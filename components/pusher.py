@@ -335,15 +335,18 @@ def _serve_found(base: str, found: int, by: Optional[str]) -> bool:
     return False
 
 
+def prunable_versions(model_base: str, keep: int, protect: Sequence[int] = ()) -> List[int]:
+    """The complete versions beyond the newest `keep`, less the served one and `protect`."""
+    spared = {served_version(model_base), *protect}
+    return [old for old in versions(model_base)[:-keep] if old not in spared]
+
+
 def prune_versions(model_base: str, keep: int) -> List[int]:
     """Removes all but the newest `keep` complete versions, never the served one; returns
     the versions removed."""
-    served = served_version(model_base)
-    removed = []
-    for old in versions(model_base)[:-keep]:
-        if old != served:
-            fileio.rmtree(fileio.join(model_base, str(old)))
-            removed.append(old)
+    removed = prunable_versions(model_base, keep)
+    for old in removed:
+        fileio.rmtree(fileio.join(model_base, str(old)))
     return removed
 
 

@@ -9,6 +9,7 @@
     result.raise_for_status()                  # or look: result.status, result.stage("Trainer")
     scored = api.score("serving/textcnn", ["new.jsonl"], "scored")
     print(api.lineage(result.pushed_path).text())
+    freed = api.gc("root", config.retention, dry_run=True)   # what retention would remove
 
 Each function owns what it needs of the run's life: `run` takes the root's lock, opens its ML
 Metadata store, marks runs that died, removes what they left, records the run (summary.json,
@@ -129,7 +130,8 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
     `beam_args`: Beam flags; the DirectRunner's mode follows the input's size unless they name
     one (see `pipeline.pipeline.default_beam_args`). `launcher`: what starts the Trainer's
     workers when `trainer.workers` > 1 (a `pipeline.launcher.Launcher`; default: processes
-    of this machine).
+    of this machine). With `config.retention.after_run`, a run that succeeded ends with `gc`
+    (under the lock it holds), and its summary records what that freed.
 
     `run_id` (default: a new one) names the run. When the root's store already records a run
     of that name, this call continues it (a run made stage by stage, a call per part, as an
@@ -328,6 +330,8 @@ def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metad
             window.enforce(recorder.warn)
         run_pipeline(config, beam_args, recorder, store, use_cache, launcher, taken)
         status, code = _stagewise_status(config, stagewise), OK
+        if config.retention.after_run and status == _STATUS[OK]:  # not after a part
+            _gc_after_run(config, store, metadata_dir, recorder, run_id)
     except Exception as e:  # recorded, and handed back in the result
         code = getattr(e, "exit_code", FAILED)
         status, error = _STATUS.get(code, "failed"), e
@@ -348,6 +352,25 @@ def _run_locked(config: PipelineConfig, beam_args: List[str], run_id: str, metad
     return ended[-1]
 
 
+def _gc_after_run(config: PipelineConfig, store, metadata_dir: str, recorder,
+                  run_id: str) -> None:
+    """Retention at the end of a run that succeeded, under the lock the run holds (taking it
+    again would conflict with itself); what it freed goes to the run's summary. A failure is
+    a warning: the run's result stands."""
+    from pipeline.pipeline import progress
+    from pipeline.garbage_collection import collect
+
+    try:
+        result = collect(store, config.pipeline_root, config.retention, metadata_dir,
+                         config.pusher.keep_versions, current_run=run_id)
+    except Exception as e:  # noqa: BLE001
+        recorder.warn(f"retention (gc after the run) failed, the run's result stands: {e}")
+        return
+    recorder.summary["retention"] = result.summary()
+    progress(f"retention: removed the artifacts of {len(result.removed_runs)} run(s), kept "
+             f"{len(result.kept_runs)}; freed {result.bytes_freed} bytes")
+
+
 def _report(run_dir: str) -> Tuple[Optional[str], Optional[str]]:
     """(report.html, None), or (None, why): failing to render it never changes a run's result."""
     try:
@@ -359,10 +382,64 @@ def _report(run_dir: str) -> Tuple[Optional[str], Optional[str]]:
 
 
 def write_report(pipeline_root: str, run_id: Optional[str] = None) -> str:
-    """Writes (again) the report.html of a recorded run, the newest by default; its path."""
+    """Writes (again) the report.html of a recorded run, the newest by default; its path.
+    A run whose record directory retention removed has none (UserInputError, saying so)."""
     from pipeline.report import find_run_dir, write_report as write
 
-    return write(find_run_dir(pipeline_root, run_id))
+    try:
+        run_dir = find_run_dir(pipeline_root, run_id)
+    except UserInputError:
+        removed = run_id and _removed_by_gc(pipeline_root, run_id)
+        if removed:
+            raise UserInputError(f"run {run_id}'s artifacts and record directory (its summary "
+                                 f"and report) were removed by gc (retention) on {removed}; "
+                                 "`runs` still lists it") from None
+        raise
+    return write(run_dir)
+
+
+def _removed_by_gc(pipeline_root: str, run_id: str) -> Optional[str]:
+    from pipeline.metadata import open_existing
+    from pipeline.garbage_collection import removed_at
+
+    try:
+        store = open_existing(configs.metadata_dir_for(pipeline_root))
+    except UserInputError:  # a root on object storage: its store is elsewhere
+        return None
+    return removed_at(store, run_id) if store is not None else None
+
+
+def gc(pipeline_root: str, settings, metadata_dir: Optional[str] = None, dry_run: bool = False,
+       keep_versions: int = 0):
+    """Retention: removes the artifact directories, parsed input units and run directories of
+    `pipeline_root` that no run `settings` (a `pipeline.retention.RetentionSettings`) keeps
+    needs, and the pushed versions beyond `keep_versions` (`pusher.keep_versions`; 0 keeps
+    all) in the model directories the root pushed to; with `dry_run`, only says what. Under
+    the root's lock (RootLockedError, exit 2, while a run holds it). Returns a
+    `pipeline.garbage_collection.GcResult`; pipeline/garbage_collection.py says what is never
+    removed."""
+    from components import fileio
+    from pipeline.lock import RootLock
+    from pipeline.metadata import STORE_FILE, open_existing
+    from pipeline.pipeline import new_run_id
+    from pipeline.garbage_collection import collect
+
+    root = fileio.absolute(pipeline_root)
+    directory = configs.metadata_dir_for(root, metadata_dir)
+    if not os.path.exists(os.path.join(directory, STORE_FILE)):
+        raise UserInputError(f"{directory} has no metadata store ({STORE_FILE}): no run of "
+                             f"{root} is recorded there, so gc cannot tell what runs need "
+                             "(pass --metadata-dir when the store is elsewhere)")
+    with RootLock(directory, f"gc-{new_run_id()}", root=root):
+        return collect(open_existing(directory), root, settings, directory, keep_versions,
+                       dry_run)
+
+
+def format_gc(result, verbose: bool = False) -> str:
+    """`gc`'s answer as the CLI prints it."""
+    from pipeline.garbage_collection import format_gc as fmt
+
+    return fmt(result, verbose)
 
 
 def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None):

@@ -30,6 +30,9 @@ A config file mirrors the dataclasses, one table per stage, e.g. (TOML):
     [window]                               # inputs with a {date} placeholder (pipeline/windows.py)
     days = 7                               # the last 7 days up to --date (date = "..." per run)
     allow_missing = false
+    [retention]                            # what `gc` (or each run, after_run) removes
+    keep_runs = 7
+    after_run = true
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ from components.transform import TransformSettings
 from components.tuner import TunerSettings
 from pipeline.alerts import AlertSettings, recorded as recorded_alerts
 from pipeline.windows import WindowSettings
+from pipeline.retention import RetentionSettings
 
 PIPELINE_NAME = "textcnn"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +98,7 @@ class PipelineConfig:
     # Which dates the inputs' {date} placeholders are read for (`pipeline.windows`); the run
     # replaces them with the concrete paths before ExampleGen sees `inputs`.
     window: WindowSettings = WindowSettings()
+    retention: RetentionSettings = RetentionSettings()  # what `gc` keeps; no stage reads it
     # Set by `load_config`, not by a config file: the dotted keys the config file and the
     # command line gave (e.g. "trainer.model.dropout_rate"). Such trainer settings win over
     # the Tuner's values.

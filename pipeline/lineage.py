@@ -12,6 +12,7 @@ from components.tuner import format_value
 from pipeline import configs, results, windows
 from pipeline import metadata as meta
 from pipeline.release_note import NOTE_FILE, input_lines
+from pipeline.garbage_collection import REMOVED_BY_GC
 
 
 _METRICS = ((results.ACCURACY, "accuracy"), ("macro_f1", "macro-F1"),
@@ -49,14 +50,16 @@ class RunInfo:
     kind: str = meta.PIPELINE_RUN  # or meta.SCORING_RUN, meta.SERVING_RUN
     scored: Optional[str] = None  # a scoring run's result or a serving decision, in words
     window: Optional[Dict[str, Any]] = None  # the dates a windowed run read (pipeline/windows.py)
+    removed_by_gc: Optional[str] = None  # when retention removed its artifacts
 
     def pushed(self) -> str:
         if self.kind in (meta.SCORING_RUN, meta.SERVING_RUN):
             return self.scored or "-"
+        gone = " [artifacts removed by gc]" if self.removed_by_gc else ""
         if self.pushed_version is None:
-            return "-"
+            return "-" + gone
         return f"version {self.pushed_version}" + (
-            f" (pushed by {self.pushed_by})" if self.pushed_by else "")
+            f" (pushed by {self.pushed_by})" if self.pushed_by else "") + gone
 
 
 def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> List[RunInfo]:
@@ -76,7 +79,8 @@ def list_runs(pipeline_root: str, metadata_dir: Optional[str] = None) -> List[Ru
             reused=sum(1 for e in executions if e.state == "CACHED"),
             pushed_version=pushed[0], pushed_by=pushed[1],
             kind=run.get("kind") or meta.PIPELINE_RUN, scored=_scored(run),
-            window=windows.recorded(run.get("window"))))
+            window=windows.recorded(run.get("window")),
+            removed_by_gc=run.get(REMOVED_BY_GC)))
     return out
 
 
@@ -201,6 +205,9 @@ def format_lineage(info: Lineage) -> str:
     window = windows.recorded(run.get("window"))
     if window:
         lines.append(f"  {windows.summary_line(window)}")
+    if run.get(REMOVED_BY_GC):
+        lines.append(f"  its artifacts were removed by gc (retention) on {run[REMOVED_BY_GC]}; "
+                     "what follows is the store's record of them")
 
     def how(stage: str) -> str:
         s = stages.get(stage, {})

@@ -41,6 +41,10 @@ PUSHED_MODEL = "PushedModel"
 INFERENCE_RESULT = "InferenceResult"  # a bulk scoring run's output (TFX's BulkInferrer's)
 ARTIFACT_TYPES = (EXTERNAL, EXAMPLES, STATISTICS, SCHEMA, ANOMALIES, TRANSFORM_GRAPH,
                   HYPERPARAMETERS, MODEL, EVALUATION, BLESSING, PUSHED_MODEL, INFERENCE_RESULT)
+# MLMD's states of an artifact that retention (`gc`) removes: marked before the first file
+# goes, deleted after the last. Neither is ever reused.
+MARKED_FOR_DELETION, DELETED = "MARKED_FOR_DELETION", "DELETED"
+REMOVED_STATES = (MARKED_FOR_DELETION, DELETED)
 # A run's `kind` property: a pipeline run (no property: runs recorded before scoring runs were)
 # or a bulk scoring run, which holds its output's lock, not the root's.
 PIPELINE_RUN, SCORING_RUN, SERVING_RUN = "pipeline", "scoring", "serving"
@@ -55,6 +59,9 @@ class Artifact:
     fingerprint: str
     properties: Dict[str, Any] = dataclasses.field(default_factory=dict)
     id: Optional[int] = None
+    # MLMD's state name as stored: LIVE; MARKED_FOR_DELETION, then DELETED, once retention
+    # (pipeline/garbage_collection.py) removes it. None for an artifact not stored yet.
+    state: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -156,10 +163,8 @@ class MetadataStore:
         self._pipeline_context, self._run_context = self._pipeline(pipeline_name), run
 
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
-        run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
-        _set(run.custom_properties, {"status": status, "exit_code": exit_code,
-                                     "finished": _now()})
-        self.store.put_contexts([run])
+        self.set_run_properties(run_id, {"status": status, "exit_code": exit_code,
+                                         "finished": _now()})
 
     def mark_dead_runs(self, kind: str = PIPELINE_RUN, output: Optional[str] = None
                        ) -> List[str]:
@@ -186,6 +191,12 @@ class MetadataStore:
                 self.store.put_executions(executions)
             dead.append(run.name)
         return dead
+
+    def set_run_properties(self, run_id: str, properties: Dict[str, Any]) -> None:
+        """Adds (or replaces) properties of a recorded run."""
+        run = self.store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+        _set(run.custom_properties, properties)
+        self.store.put_contexts([run])
 
     def runs(self) -> List[Dict[str, Any]]:
         """Every run, oldest first: its properties and its executions by stage."""
@@ -312,7 +323,8 @@ class MetadataStore:
     def _artifact(self, a) -> Artifact:
         props = _get(a.custom_properties)
         return Artifact(self._type_names.get(a.type_id, "?"), a.uri,
-                        props.pop("fingerprint", ""), props, a.id)
+                        props.pop("fingerprint", ""), props, a.id,
+                        self._pb.Artifact.State.Name(a.state))
 
     # ------------------------------------------------------------------------------ queries
 
@@ -347,6 +359,18 @@ class MetadataStore:
             [ev.execution_id for ev in events])]
         original = [e for e in executions if e.state != "CACHED"] or executions
         return min(original, key=lambda e: e.id) if original else None
+
+    def all_artifacts(self) -> List[Artifact]:
+        return [self._artifact(a) for a in self.store.get_artifacts()]
+
+    def set_artifact_state(self, artifact_ids: List[int], state: str) -> None:
+        """Sets MLMD's state (a name: "MARKED_FOR_DELETION", "DELETED") of stored artifacts."""
+        if not artifact_ids:
+            return
+        artifacts = self.store.get_artifacts_by_id(list(artifact_ids))
+        for a in artifacts:
+            a.state = self._pb.Artifact.State.Value(state)
+        self.store.put_artifacts(artifacts)
 
     def artifact_by_uri(self, uri: str, type_name: str) -> Optional[Artifact]:
         matches = [a for a in self.store.get_artifacts_by_uri(uri)

@@ -262,8 +262,12 @@ def outputs_live(execution: Execution) -> bool:
     published, and a pushed version is complete (`saved_model.pb`, copied last, is there).
 
     An execution without outputs (a Pusher that judged the model not blessed) wrote no
-    directory: its decision, in the store, is all there is to reuse.
+    directory: its decision, in the store, is all there is to reuse. An output that retention
+    (`gc`) removed, or is removing, is not there whatever the disk says: the store marks it
+    before the first file goes (a deletion cut short leaves a directory that looks whole).
     """
+    if any(a.state in meta.REMOVED_STATES for items in execution.outputs.values() for a in items):
+        return False
     output_dir = execution.properties.get("output_dir")
     has_outputs = any(execution.outputs.values())
     if has_outputs and output_dir and not fileio.is_published(output_dir):

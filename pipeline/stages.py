@@ -192,14 +192,20 @@ def _prepare_example_gen(run: Run) -> None:
         files.append(known if recorded_value(known.properties.get("stat")) == identity["stat"]
                      else artifact)
     code = orchestrator.code_for(EXAMPLE_GEN_MODULES, WIRING)
-    unit_dirs = {u.name: fileio.join(config.pipeline_root, configs.EXAMPLE_GEN, UNITS_DIR,
-                                     cache_key("ExampleGenUnit", code, _example_gen_settings(run),
-                                               {"unit": [f]})[:32])
+    unit_dirs = {u.name: unit_dir(config.pipeline_root, code, _example_gen_settings(run), f)
                  for u, f in zip(units, files)}
     if not orchestrator.use_cache:  # parse every file again (artifacts keep their hard links)
-        for unit_dir in unit_dirs.values():
-            forget_unit(unit_dir)
+        for directory in unit_dirs.values():
+            forget_unit(directory)
     run.scratch["files"], run.scratch["unit_dirs"] = files, unit_dirs
+
+
+def unit_dir(pipeline_root: str, code: str, settings: Dict[str, Any], unit: Artifact) -> str:
+    """Where an input unit (its ExternalArtifact) is parsed to under ExampleGen's code version
+    `code` and `settings`: `<root>/ExampleGen/.units/<key>` (pieces of a large unit beside it,
+    `<key>-NNNNN-of-NNNNN`). Retention finds the units a run's ExampleGen read by it too."""
+    return fileio.join(pipeline_root, configs.EXAMPLE_GEN, UNITS_DIR,
+                       cache_key("ExampleGenUnit", code, settings, {"unit": [unit]})[:32])
 
 
 def _examples_artifact(d: str, details: Dict[str, Any]) -> Artifact:
