@@ -36,8 +36,7 @@ def main(spec_path: str, result_path: str) -> None:
             "dag_run_id": dag_run.run_id, "state": str(dag_run.state),
             "tasks": [{"task_id": t, "state": str(tasks[t].state),
                        "try_number": tasks[t].try_number} for t in dag.task_ids]})
-    # The command of a task with the options the runs above leave off (not run: `--date` is
-    # another branch's).
+    # The command of a task with options the runs above leave off (the Tuner's task).
     kwargs = dict(spec["runs"][0]["make_dag"], tune=True, date_argument=True)
     kwargs["start_date"] = datetime.datetime.fromisoformat(kwargs["start_date"])
     kwargs.pop("retry_delay_seconds", None)

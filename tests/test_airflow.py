@@ -29,7 +29,11 @@ def test_dag_runs_are_pipeline_runs_and_anomalies_alert_without_retry(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TRAINER)
     good = write_csv(tmp_path / "q.csv", trec_like())
-    bad = write_csv(tmp_path / "bad.csv", trec_like() + [("What is love ?", "EMOTION", "")])
+    # The bad data lands in a partition per date: its DAG passes the logical date (--date).
+    (tmp_path / "incoming" / "2026-12-01").mkdir(parents=True)
+    write_csv(tmp_path / "incoming" / "2026-12-01" / "bad.csv",
+              trec_like() + [("What is love ?", "EMOTION", "")])
+    bad = str(tmp_path / "incoming" / "{date}" / "bad.csv")
     alerts = tmp_path / "alerts.jsonl"
 
     def dag(root, data):
@@ -45,7 +49,7 @@ def test_dag_runs_are_pipeline_runs_and_anomalies_alert_without_retry(tmp_path):
         {"dag_id": "textcnn", "logical_date": "2026-12-02T00:00:00+00:00",
          "make_dag": dag("root", good)},
         {"dag_id": "textcnn_bad", "logical_date": "2026-12-01T00:00:00+00:00",
-         "make_dag": dag("bad-root", bad)}]}
+         "make_dag": dict(dag("bad-root", bad), date_argument=True)}]}
     spec_path, result_path = tmp_path / "spec.json", tmp_path / "result.json"
     spec_path.write_text(json.dumps(spec))
     home = tmp_path / "airflow-home"
@@ -119,3 +123,6 @@ def test_dag_runs_are_pipeline_runs_and_anomalies_alert_without_retry(tmp_path):
     bad_store = MetadataStore(str(tmp_path / "bad-root"))
     assert bad_store.run_properties(run_id)["status"] == "blocked by anomalies"
     assert bad_store.run_properties(run_id)["exit_code"] == 3
+    # It read the logical date's partition (without --date it would stop at ExampleGen).
+    assert json.loads(bad_store.run_properties(run_id)["window"])["dates_read"] == [
+        "2026-12-01"]
