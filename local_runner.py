@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score files with a pushed model; unknown flags go to "
                                          "Beam")
     score.add_argument("--model", required=True, help="SERVING_DIR/MODEL_NAME")
-    score.add_argument("--version", type=int, help="a pushed version (default: the newest)")
+    score.add_argument("--version", type=int,
+                       help="a pushed version (default: the one served, as models.config says)")
     score.add_argument("--input", action="append", required=True,
                        help="file, glob or directory; repeat for several")
     score.add_argument("--output", required=True,

@@ -36,6 +36,7 @@ PUSHED_FILE = "pushed.json"
 MODELS_CONFIG = "models.config"  # in the serving directory: TF Serving's --model_config_file
 HISTORY_SUFFIX = ".serving_history.json"  # <serving_dir>/<model_name> + this: what was served when
 STABLE = "stable"  # the version label models.config gives the served version
+PUSHED, PROMOTED, ROLLED_BACK = "pushed", "promoted", "rolled back"  # a decision's action
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # where TF Serving looks for warm-up
 WARMUP_REQUESTS = 100  # texts of the eval split replayed as warm-up (TF Serving reads <= 1000)
 
@@ -123,6 +124,16 @@ def served_version(model_base: str) -> Optional[int]:
     return found[-1] if found else None
 
 
+def served_version_dir(model_base: str) -> Optional[str]:
+    """The served version's directory when it is a complete version (models.config may name
+    one removed by hand, or by another root sharing the serving directory)."""
+    served = served_version(model_base)
+    if served is None:
+        return None
+    version_dir = fileio.join(model_base, str(served))
+    return version_dir if is_complete_version(version_dir) else None
+
+
 def _named_version(model_base: str) -> Optional[int]:
     serving_dir, name = _split_base(model_base)
     entry = _entry(_read_models_config(serving_dir), name)
@@ -154,6 +165,37 @@ def serve(model_base: str, version: int, action: str, by: Optional[str] = None) 
     The history is written first and `models.config` last, each whole: a crash between them
     leaves the history one decision ahead of what is served, which `rollback_target` allows
     for (it goes by what `models.config` serves)."""
+    with _ServingDirLock(_split_base(model_base)[0]):
+        return _serve(model_base, version, action, by)
+
+
+class _ServingDirLock:
+    """One writer of `models.config` at a time: two pipelines (two roots, two models) may
+    share a serving directory, and each rewrites the whole file. An exclusive flock on
+    `<serving_dir>/.models.config.lock` on a local disk (released by the kernel however the
+    holder dies); on object storage there is no lock (one root per serving directory there)."""
+
+    def __init__(self, serving_dir: str):
+        self.path = (os.path.join(fileio.local_path(serving_dir), ".models.config.lock")
+                     if fileio.is_local(serving_dir) else None)
+        self._fd: Optional[int] = None
+
+    def __enter__(self):
+        if self.path:
+            import fcntl
+
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits: a rewrite takes milliseconds
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def _serve(model_base: str, version: int, action: str, by: Optional[str]) -> Dict[str, Any]:
     serving_dir, name = _split_base(model_base)
     check_version(model_base, version)
     # Served before: the version models.config names; without one, TF Serving's default
@@ -162,7 +204,7 @@ def serve(model_base: str, version: int, action: str, by: Optional[str] = None) 
     if previous is None:
         previous = max((v for v in versions(model_base) if v != version), default=None)
     decision = {"version": version, "previous": previous, "action": action,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": by}
+                "time": _now(), "by": by}
     history = serving_history(model_base) + [decision]
     fileio.replace_text(history_path(model_base),
                         json.dumps({"decisions": history}, indent=2) + "\n")
@@ -194,16 +236,36 @@ def check_version(model_base: str, version: int) -> None:
 
 
 def rollback_target(model_base: str) -> int:
-    """The version served before the one served now that is still complete (a UserInputError
-    when there is none)."""
+    """The newest version served before the one served now that is still complete and was not
+    rolled back from (unless promoted since); a UserInputError when there is none.
+
+    The history says what each decision made served, in order, up to the decision that made
+    the current version served (decisions after it were written but never reached
+    models.config: a crash between the two files). Without a history naming the current
+    version, the newest complete version before it."""
     current = served_version(model_base)
+    history = serving_history(model_base)
     complete = set(versions(model_base))
-    for decision in reversed(serving_history(model_base)):
-        for v in (decision.get("version"), decision.get("previous")):
-            if v is not None and v != current and v in complete:
-                return v
+    last = next((i for i in range(len(history) - 1, -1, -1)
+                 if history[i].get("version") == current), None)
+    if last is None:
+        older = [v for v in complete if current is not None and v < current]
+        if older:
+            return max(older)
+    decisions = history[:last + 1] if last is not None else []
+    rolled_back_from = set()
+    for d in decisions:
+        if d.get("action") == ROLLED_BACK:
+            rolled_back_from.add(d.get("previous"))
+        elif d.get("action") == PROMOTED:
+            rolled_back_from.discard(d.get("version"))
+    for d in reversed(decisions):
+        version = d.get("version")
+        if version != current and version in complete and version not in rolled_back_from:
+            return version
     raise UserInputError(f"{model_base}: no version was served before {current} that is still "
-                         "in the serving directory, so there is nothing to roll back to")
+                         "in the serving directory (and was not rolled back from), so there is "
+                         "nothing to roll back to")
 
 
 def version_fingerprint(version_dir: str) -> Optional[str]:
@@ -284,7 +346,8 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
     work = fileio.join(base, f".tmp-{version}-{os.getpid()}") if atomic else final
     try:
         fileio.makedirs(work)
-        fileio.write_json(fileio.join(work, METADATA_FILE), dict(metadata, version=version),
+        fileio.write_json(fileio.join(work, METADATA_FILE),
+                          dict(metadata, version=version, pushed_at=_now()),
                           indent=2, sort_keys=True, default=str)
         for name, source in (extra_files or {}).items():
             _copy_file(source, fileio.join(work, name))
@@ -302,18 +365,18 @@ def push(model_dir: str, metadata: Dict[str, Any], settings: PusherSettings,
         # In place, the partial version stays (without saved_model.pb: never loaded) until a
         # later push completes: removing it now would free its number for reuse.
         raise
-    serve(base, version, "pushed", by)
+    serve(base, version, PUSHED, by)
     removed = []
-    if not atomic:
-        # Partial versions of pushes that died (numbered, without saved_model.pb), all older
-        # than this one. Removed only now that a newer number exists, so the highest number
-        # ever used stays listed and `next_version` never hands it out again. This assumes
-        # one push at a time per serving directory (the root lock gives that to one root):
-        # another pipeline's push still in progress would look partial too.
-        complete = set(versions(base))
-        for old in _numbered(base):
-            if old < version and old not in complete:
-                fileio.rmtree(fileio.join(base, str(old)))
+    # Partial versions (numbered, without saved_model.pb), all older than this one: pushes
+    # that died on object storage, removals of old versions cut short anywhere. Removed only
+    # now that a newer number exists, so the highest number ever used stays listed and
+    # `next_version` never hands it out again. This assumes one push at a time per serving
+    # directory (the root lock gives that to one root): another pipeline's push still in
+    # progress on object storage would look partial too.
+    complete = set(versions(base))
+    for old in _numbered(base):
+        if old < version and old not in complete:
+            fileio.rmtree(fileio.join(base, str(old)))
     if settings.keep_versions:
         removed = prune_versions(base, settings.keep_versions)
     return {"version": version, "path": final, "removed": removed, "already_pushed": False,
@@ -327,12 +390,32 @@ def _serve_found(base: str, found: int, by: Optional[str]) -> bool:
     if _named_version(base) == found:
         return True
     history = serving_history(base)
-    named = any(d.get("version") == found for d in history)
-    if (not named and found == versions(base)[-1]) or (
-            history and history[-1].get("version") == found):
-        serve(base, found, "pushed", by)
+    if history and history[-1].get("version") == found:  # died between the history and the
+        serve(base, found, PUSHED, by)                   # config: finish that decision
+        return True
+    # A decision made at or after the version appeared (a promote, a rollback, another push)
+    # stands: the version stays as decided.
+    appeared = _pushed_at(fileio.join(base, str(found)), found)
+    since = [d for d in history if str(d.get("time") or "~") >= appeared
+             or d.get("version") == found]
+    if not since and found == versions(base)[-1]:
+        serve(base, found, PUSHED, by)
         return True
     return False
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _pushed_at(version_dir: str, version: int) -> str:
+    """When a version was pushed (its metadata.json; else its number, the UNIX second its
+    push started, bumped past older numbers), as decisions' times are written."""
+    try:
+        recorded = fileio.read_json(fileio.join(version_dir, METADATA_FILE)).get("pushed_at")
+    except (ValueError, OSError):
+        recorded = None
+    return recorded or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version))
 
 
 def prunable_versions(model_base: str, keep: int, protect: Sequence[int] = ()) -> List[int]:
@@ -342,12 +425,25 @@ def prunable_versions(model_base: str, keep: int, protect: Sequence[int] = ()) -
 
 
 def prune_versions(model_base: str, keep: int) -> List[int]:
-    """Removes all but the newest `keep` complete versions, never the served one; returns
-    the versions removed."""
-    removed = prunable_versions(model_base, keep)
+    """Removes all but the newest `keep` complete versions, never the served one nor the one
+    `rollback` would serve; returns the versions removed."""
+    try:
+        protect = [rollback_target(model_base)]
+    except UserInputError:
+        protect = []
+    removed = prunable_versions(model_base, keep, protect)
     for old in removed:
-        fileio.rmtree(fileio.join(model_base, str(old)))
+        remove_version(fileio.join(model_base, str(old)))
     return removed
+
+
+def remove_version(version_dir: str) -> None:
+    """Removes a pushed version, `saved_model.pb` first: cut short, what is left is no longer
+    a complete version (nothing loads or lists it), never one missing its other files."""
+    pb = fileio.join(version_dir, SAVED_MODEL_PB)
+    if fileio.exists(pb):
+        fileio.remove(pb)
+    fileio.rmtree(version_dir)
 
 
 def write_warmup_requests(path: str, texts: Sequence[str], model_name: str) -> int:

@@ -50,7 +50,7 @@ from components.artifacts import content_id, fingerprint_dir
 from components.beam_pipeline import beam_pipeline
 from components.errors import BlockingAnomaliesError, UserInputError
 from components.example_validator import describe_anomalies, is_blocking
-from components.pusher import METADATA_FILE, versions
+from components.pusher import METADATA_FILE, served_version, versions
 from components.schema_gen import (INFER, SCHEMA_FILE, check_schema_path, is_integer_class,
                                    load_schema)
 from components.score_settings import FORMATS, ScoreSettings  # noqa: F401  (the API's)
@@ -533,11 +533,14 @@ def _csv_line(values: Sequence[Any]) -> str:
 
 
 def resolve_model(model_base: str, version: Optional[int]) -> Tuple[str, str]:
+    """(version directory, version): `version`, or the one TF Serving serves (models.config;
+    after a rollback, not the newest), or the newest when that one is not complete."""
     found = versions(model_base)
     if not found:
         raise UserInputError(f"{model_base} holds no pushed version (<int>/saved_model.pb)")
     if version is None:
-        version = found[-1]
+        served = served_version(model_base)
+        version = served if served in found else found[-1]
     elif version not in found:
         raise UserInputError(f"{model_base} has no version {version}; it has "
                              f"{', '.join(map(str, found))}")

@@ -123,7 +123,9 @@ def payload_for(result, config) -> Dict[str, Any]:
     from pipeline import configs, results
 
     details = results.stage_results(result.summary)
-    executed = {s.name for s in result.stages if s.status != "reused"}
+    # What this invocation did: not what it reused, nor (a run made stage by stage) what an
+    # earlier invocation did, which alerted then.
+    executed = {s.name for s in result.stages if s.status != "reused" and not s.kept}
     validation = details.get(configs.EXAMPLE_VALIDATOR) or results.ExampleValidatorResult()
     # This run's validation only: a reused one was alerted on by the run that executed it.
     found = _anomaly_lines(validation) if configs.EXAMPLE_VALIDATOR in executed else []

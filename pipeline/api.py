@@ -45,6 +45,7 @@ class StageRecord:
     details: Dict[str, Any]
     reused_from: Optional[str] = None
     error: Optional[str] = None
+    kept: bool = False  # done by an earlier invocation of a run made stage by stage
 
     @property
     def result(self):
@@ -58,7 +59,8 @@ class StageRecord:
         return cls(name=entry.get("name", "?"), status=entry.get("status", "?"),
                    seconds=float(entry.get("seconds") or 0.0), output=entry.get("output", ""),
                    details=dict(entry.get("details") or {}),
-                   reused_from=entry.get("reused_from"), error=entry.get("error"))
+                   reused_from=entry.get("reused_from"), error=entry.get("error"),
+                   kept=bool(entry.get("kept")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,8 +517,8 @@ def score(model: str, inputs: Sequence[str], output: str, version: Optional[int]
           settings: Optional[ScoreSettings] = None, beam_args: Sequence[str] = (),
           overwrite: bool = False, metadata_dir: Optional[str] = None,
           pipeline_root: Optional[str] = None) -> ScoreResult:
-    """Scores `inputs` with a pushed version of `model` (SERVING_DIR/MODEL_NAME; the newest
-    unless `version`) into `output`, validating them against `schema` (default: the schema
+    """Scores `inputs` with a pushed version of `model` (SERVING_DIR/MODEL_NAME; the one TF
+    Serving serves, as models.config names it, unless `version`) into `output`, validating them against `schema` (default: the schema
     pushed with the model), in one Beam pass, published whole (see components/scorer.py).
 
     `config`'s example_gen table says how to read the inputs, its score table how to score

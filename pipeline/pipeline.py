@@ -132,20 +132,29 @@ def begin_run(store: MetadataStore, config: configs.PipelineConfig, run_id: str,
     if not recorded:
         store.start_run(configs.PIPELINE_NAME, run_id, properties)
         return recorder, {}
-    _check_continuable(run_id, recorded, config)
+    _check_continuable(run_id, recorded, config, window)
     store.continue_run(configs.PIPELINE_NAME, run_id, properties)
     previous = {}
     if fileio.exists(recorder.path):  # not there when the last invocation was killed
         previous = json.loads(fileio.read_text(recorder.path))
     taken = taken_stages(store, run_id, previous.get("stages") or [])
     recorder.carry_over(previous, taken)
+    # A stage of this run that is not kept runs again into the same directory: one its
+    # earlier try published and never recorded complete (killed while its outputs were
+    # fingerprinted, or failing after publishing) is no one's artifact and would block it.
+    for stage in configs.STAGES:
+        leftover = fileio.join(config.pipeline_root, stage, run_id)
+        if stage not in taken and fileio.exists(leftover):
+            fileio.rmtree(leftover)
     return recorder, taken
 
 
-def _check_continuable(run_id: str, recorded: Dict[str, Any],
-                       config: configs.PipelineConfig) -> None:
+def _check_continuable(run_id: str, recorded: Dict[str, Any], config: configs.PipelineConfig,
+                       window: Optional[Dict[str, Any]] = None) -> None:
     """A run is continued only as a pipeline run, with the config it started with (but for
-    `until`): its kept stages were made with that config."""
+    `until`): its kept stages were made with that config. A run over a date window is
+    compared by its input patterns, not by the dates' paths they expanded to: a partition
+    landing late (with `allow_missing`) does not change the run."""
     kind = recorded.get("kind") or meta.PIPELINE_RUN
     if kind != meta.PIPELINE_RUN:
         raise UserInputError(f"run {run_id} in this root's store is a {kind} run, not a "
@@ -156,10 +165,18 @@ def _check_continuable(run_id: str, recorded: Dict[str, Any],
                                       if k != "until"]
         return values
 
-    before = without_until(recorded_value(recorded.get("config")) or {})
+    def as_patterns(values: Dict[str, Any], record: Any) -> Dict[str, Any]:
+        record = recorded_value(record) if isinstance(record, str) else record
+        if isinstance(record, dict) and record.get("patterns"):
+            values["inputs"] = list(record["patterns"])
+        return values
+
+    before = as_patterns(without_until(recorded_value(recorded.get("config")) or {}),
+                         recorded.get("window"))
     # As the store holds it (JSON: tuples become lists).
-    now = without_until(json.loads(json.dumps(configs.to_dict(config), sort_keys=True,
-                                              default=str)))
+    now = as_patterns(without_until(json.loads(json.dumps(configs.to_dict(config),
+                                                          sort_keys=True, default=str))),
+                      window)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         raise UserInputError(
@@ -266,6 +283,8 @@ class RunRecorder:
             or e is not entries[e["name"]]]
         if earlier:
             self.summary["earlier_attempts"] = earlier
+        for entry in self.summary["stages"]:  # done by an earlier invocation of the run
+            entry["kept"] = True
 
     def finish(self, status: str, exit_code: int) -> None:
         self.summary["status"] = status

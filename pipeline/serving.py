@@ -20,7 +20,7 @@ from pipeline.lock import RootLock
 
 SERVING_PIPELINE = "textcnn-serving"  # the parent context of serving decisions
 SERVING_DECISION = "ServingDecision"
-PROMOTED, ROLLED_BACK = "promoted", "rolled back"
+PROMOTED, ROLLED_BACK = pusher.PROMOTED, pusher.ROLLED_BACK
 
 
 def _who() -> str:

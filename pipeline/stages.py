@@ -29,7 +29,8 @@ from components.readers import plan_units
 from components.example_validator import (ANOMALIES_FILE, rare_class_warnings,
                                           run_example_validator)
 from components.pusher import (WARMUP_REQUESTS, ModelNotBlessedError, run_pusher, sample_texts,
-                               history_path, served_version, version_fingerprint)
+                               history_path, served_version, served_version_dir,
+                               version_fingerprint)
 from components.schema_gen import (INFER, SCHEMA_FILE, label_classes, load_schema,
                                    run_schema_gen)
 from components.statistics_gen import (available_splits, load_statistics, run_statistics_gen,
@@ -439,7 +440,7 @@ def model_dir(run: Run) -> str:
 def _prepare_evaluator(run: Run) -> None:
     [model] = run.artifacts(configs.TRAINER, "model")
     run.scratch["baseline"] = resolve_baseline(run.store, run.model_base, model,
-                                               run.orchestrator)
+                                               run.orchestrator, run.recorder.warn)
 
 
 def _evaluator(run: Run, out: str) -> Dict[str, Any]:
@@ -558,7 +559,9 @@ def previous_statistics(store: MetadataStore, current: Artifact) -> Optional[Art
 
 
 def resolve_baseline(store: MetadataStore, model_base: str, candidate: Artifact,
-                     orchestrator: Orchestrator) -> Optional[Artifact]:
+                     orchestrator: Orchestrator,
+                     warn: Callable[[str], None] = lambda message: None
+                     ) -> Optional[Artifact]:
     """The model to beat: the version TF Serving serves (the one `models.config` names, after
     a promote or a rollback too; the newest version when it names none), unless that holds the
     candidate itself: then the newest other version this root pushed (from the store).
@@ -566,10 +569,13 @@ def resolve_baseline(store: MetadataStore, model_base: str, candidate: Artifact,
     A served version the store has no record of (pushed by another root, or before lineage
     existed) is known by its directory.
     """
-    served = served_version(model_base)
+    served_dir = served_version_dir(model_base)
     pushed = store.pushed_models(model_base)
-    if served is not None:
-        served_dir = fileio.join(model_base, str(served))
+    if served_dir is None and served_version(model_base) is not None:
+        warn(f"models.config names version {served_version(model_base)} of {model_base}, "
+             "which is not a complete version (TF Serving cannot serve it): the baseline is "
+             "the newest version this root pushed")
+    if served_dir is not None:
         artifact = next((a for a in pushed if a.uri == served_dir), None) or \
             orchestrator.known(dir_artifact(meta.PUSHED_MODEL, served_dir, SAVED_MODEL_GRAPH))
         held = (version_fingerprint(served_dir)  # older versions: as the store recorded it

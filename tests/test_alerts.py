@@ -331,3 +331,22 @@ def test_a_scheduler_task_that_died_is_alerted_once_by_the_alert_command(tmp_pat
     assert body["pipeline_root"] == str(tmp_path / "root")
     proc = alert(exit_code=None, error=None)  # died before the pipeline started
     assert proc.returncode == 0 and hook.take()[0]["exit_code"] == 1
+
+
+def test_a_part_of_a_run_made_stage_by_stage_does_not_alert_again_for_earlier_parts():
+    """Stages kept from an earlier invocation of the run (an Airflow task before this one)
+    alerted then: a later part that only reads them sends nothing for them."""
+    from pipeline import api
+
+    validator = {"name": "ExampleValidator", "status": "ok", "output": "", "seconds": 1.0,
+                 "details": {"anomalies": {"train": ["a warning"]}, "allowed": True}}
+    config = configs.load_config(None, {"pipeline_root": "/tmp/r",
+                                        "alerts": {"command": "cat"}})
+
+    def result(entry):
+        return api.RunResult(run_id="r", status="partial (up to Transform)", exit_code=0,
+                             stages=(api.StageRecord.from_summary(entry),), summary_path="s",
+                             report_path=None, summary={"stages": [entry]})
+
+    assert alerts.payload_for(result(validator), config)["outcomes"] == ["anomalies"]
+    assert alerts.payload_for(result(dict(validator, kept=True)), config)["outcomes"] == []

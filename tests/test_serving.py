@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from components import pusher
+from components.errors import UserInputError
 from conftest import IN_MEMORY, REPO, run_cli
 from pipeline import metadata as meta
 from test_push_and_score import NORMAL, questions_csv
@@ -213,3 +214,103 @@ runpy.run_path(os.path.join({REPO!r}, "local_runner.py"), run_name="__main__")
     again = run_cli(*args)
     assert again.returncode == 0 and "nothing new to do" in again.stderr
     assert pusher.versions(base) == [version]
+
+
+# --- the serving history's rules, on small versions pushed directly --------------------------
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    from test_push_and_score import make_model
+
+    return make_model(str(tmp_path / "model"))
+
+
+def push_as(model, serving, fingerprint, keep_versions=0):
+    settings = pusher.PusherSettings(serving_dir=serving, keep_versions=keep_versions)
+    return pusher.push(model, {"model_fingerprint": fingerprint}, settings)["version"]
+
+
+def test_rollback_follows_what_was_served_and_never_returns_to_a_model_rolled_back_from(
+        tiny_model, tmp_path):
+    serving = str(tmp_path / "serving")
+    base = os.path.join(serving, "textcnn")
+    v1, v2, v3 = (push_as(tiny_model, serving, f"m{i}") for i in (1, 2, 3))
+    assert pusher.rollback_target(base) == v2
+    pusher.serve(base, v2, pusher.ROLLED_BACK)  # v3 was bad
+    # The next rollback goes on down the chain (v1), not back up to the model rolled back from.
+    assert pusher.rollback_target(base) == v1
+    pusher.serve(base, v1, pusher.ROLLED_BACK)  # v2 was bad too
+    with pytest.raises(UserInputError, match="nothing to roll back to"):
+        pusher.rollback_target(base)
+    pusher.serve(base, v3, pusher.PROMOTED)  # v3 was fine after all: promoted, it is good again
+    assert pusher.rollback_target(base) == v1
+
+
+def test_a_history_ahead_of_models_config_is_not_followed(tiny_model, tmp_path, monkeypatch):
+    serving = str(tmp_path / "serving")
+    base = os.path.join(serving, "textcnn")
+    v1 = push_as(tiny_model, serving, "m1")
+    real = pusher.fileio.replace_text
+
+    def dies_writing_models_config(path, text):  # after the history, before models.config
+        if path.endswith(pusher.MODELS_CONFIG):
+            raise KeyboardInterrupt("killed")
+        real(path, text)
+
+    monkeypatch.setattr(pusher.fileio, "replace_text", dies_writing_models_config)
+    with pytest.raises(KeyboardInterrupt):
+        push_as(tiny_model, serving, "m2")
+    monkeypatch.setattr(pusher.fileio, "replace_text", real)
+    v2 = pusher.versions(base)[-1]
+    assert pusher.served_version(base) == v1 and pusher.serving_history(base)[-1]["version"] == v2
+    # v2 was never served: rollback has nothing before v1 to go to, and never picks v2.
+    with pytest.raises(UserInputError):
+        pusher.rollback_target(base)
+    # The push again (the same model): found, and the decision it died in is finished.
+    again = pusher.push(tiny_model, {"model_fingerprint": "m2"},
+                        pusher.PusherSettings(serving_dir=serving))
+    assert again["already_pushed"] and again["served"] and again["version"] == v2
+    assert pusher.served_version(base) == v2 and pusher.rollback_target(base) == v1
+
+
+def test_pruning_keeps_the_served_version_and_the_rollback_target(tiny_model, tmp_path):
+    serving = str(tmp_path / "serving")
+    base = os.path.join(serving, "textcnn")
+    v1 = push_as(tiny_model, serving, "m1")
+    v2 = push_as(tiny_model, serving, "m2")
+    pusher.serve(base, v1, pusher.ROLLED_BACK)  # v2 was bad
+    v3 = push_as(tiny_model, serving, "m3", keep_versions=2)
+    # v1 is older than the newest two, but rollback would go to it (not to v2, rolled back from)
+    assert pusher.versions(base) == [v1, v2, v3] and pusher.rollback_target(base) == v1
+    v4 = push_as(tiny_model, serving, "m4", keep_versions=2)
+    assert pusher.versions(base) == [v3, v4]  # v1 and v2 no longer needed: v3 is v4's rollback
+
+
+def test_a_version_found_after_a_later_decision_stays_unserved(tiny_model, tmp_path,
+                                                               monkeypatch):
+    serving = str(tmp_path / "serving")
+    base = os.path.join(serving, "textcnn")
+    v0 = push_as(tiny_model, serving, "m0")
+    push_as(tiny_model, serving, "m1")
+    monkeypatch.setattr(pusher, "serve", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt("killed after the rename")))
+    with pytest.raises(KeyboardInterrupt):
+        push_as(tiny_model, serving, "m2")
+    monkeypatch.undo()
+    v2 = pusher.versions(base)[-1]
+    pusher.serve(base, v0, pusher.ROLLED_BACK)  # decided after v2 appeared
+    again = pusher.push(tiny_model, {"model_fingerprint": "m2"},
+                        pusher.PusherSettings(serving_dir=serving))
+    assert again["already_pushed"] and again["version"] == v2 and not again["served"]
+    assert pusher.served_version(base) == v0
+
+
+def test_scoring_uses_the_served_version_by_default(tiny_model, tmp_path):
+    from components.scorer import resolve_model
+
+    serving = str(tmp_path / "serving")
+    base = os.path.join(serving, "textcnn")
+    v1, v2 = push_as(tiny_model, serving, "m1"), push_as(tiny_model, serving, "m2")
+    assert resolve_model(base, None)[1] == str(v2)
+    pusher.serve(base, v1, pusher.ROLLED_BACK)
+    assert resolve_model(base, None)[1] == str(v1) and resolve_model(base, v2)[1] == str(v2)

@@ -162,8 +162,15 @@ def test_killed_and_failed_parts_are_continued_and_bad_ids_or_configs_refused(tm
     os.makedirs(serving)
     blocker = os.path.join(serving, "textcnn")
     open(blocker, "w").close()
+    # A Trainer output published by a try killed before the store recorded it complete (as
+    # while its model was fingerprinted): no one's artifact, it must not block the next try.
+    leftover = os.path.join(root, "Trainer", run_id)
+    os.makedirs(leftover)
+    open(os.path.join(leftover, "_PUBLISHED"), "w").close()
     failed = run_cli(*_args(data, config, root, serving, "--run-id", run_id))
     assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "Trainer: ok" in failed.stderr and "Evaluator: ok" in failed.stderr, \
+        failed.stderr[-3000:]
     assert _summary(root, run_id)["status"] == "failed"
     assert MetadataStore(root).run_properties(run_id)["status"] == "failed"
     os.remove(blocker)

@@ -348,3 +348,22 @@ def test_the_cli_refuses_bad_windows_with_exit_2(tmp_path):
                    pattern, "--pipeline-root", root)
     assert proc.returncode == 2 and "is after --to" in proc.stderr, proc.stderr[-2000:]
     assert not os.path.exists(os.path.join(root, "runs"))
+
+
+def test_a_run_made_stage_by_stage_goes_on_when_a_late_partition_lands(tmp_path):
+    """A DAG run's parts are compared by their input patterns, not by the dates' paths: a
+    partition that lands between two tasks (allowed missing at the first) does not make the
+    next task refuse the run."""
+    incoming = tmp_path / "incoming"
+    land(incoming, "2026-11-30", rows=40)
+    args = ["run", "--input", str(incoming / "{date}" / "*.jsonl"), "--pipeline-root",
+            str(tmp_path / "root"), "--date", "2026-12-01", "--window-days", "2",
+            "--allow-missing-dates", "--run-id", "dag-run-1", *IN_MEMORY]
+    first = run_cli(*args, "--until", "ExampleGen")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no data for 2026-12-01" in first.stderr
+    land(incoming, "2026-12-01", rows=40, offset=40)  # late
+    second = run_cli(*args, "--until", "StatisticsGen")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "ExampleGen: completed earlier in this run (kept)" in second.stderr
+    assert "StatisticsGen: ok" in second.stderr
