@@ -19,6 +19,8 @@
   python local_runner.py promote SERVING_DIR/MODEL_NAME VERSION [--metadata-dir DIR]
   python local_runner.py rollback SERVING_DIR/MODEL_NAME [--metadata-dir DIR]
   python local_runner.py gc PIPELINE_ROOT [--metadata-dir DIR] [--config FILE] [--dry-run] [-v]
+  python local_runner.py alert --config FILE --pipeline-root DIR  (a scheduler task's JSON on
+                               stdin: the Airflow DAG's failure callback)
 
 Exit codes: 0 pushed, or nothing new to do (every stage reused), 2 bad usage/config/input or another run holds the pipeline root,
 3 blocking data anomalies, 4 model not blessed (not pushed), 1 anything else.

@@ -259,10 +259,11 @@ def test_versions_only_increase_and_retention_keeps_the_newest(tmp_path):
     model = make_model(str(tmp_path / "model"))
     settings = pusher.PusherSettings(serving_dir=str(tmp_path / "serving"), keep_versions=2)
     base = os.path.join(settings.serving_dir, settings.model_name)
-    os.makedirs(os.path.join(base, str(int(time.time()) + 1000)))  # a version from the future
+    future = int(time.time()) + 1000
+    os.makedirs(os.path.join(base, str(future)))  # a version from the future
     pushed = [pusher.push(model, {}, settings)["version"] for _ in range(3)]
     assert pushed == sorted(pushed) and len(set(pushed)) == 3
-    assert pushed[0] > int(time.time()) + 1000
+    assert pushed[0] > future
     assert pusher.versions(base) == pushed[1:]
 
 
