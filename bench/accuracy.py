@@ -10,7 +10,8 @@ Transform, on the DirectRunner), then trains the Trainer stage once per variant 
 output and reads the test accuracy from the Trainer's result. Prints a table of mean, spread
 (sample std) and the single runs, and writes the same as JSON.
 
-Variants: random (128-d random vectors); static, nonstatic, multichannel (50-d GloVe: frozen,
+Variants: tfidf-logreg, tfidf-svm (linear peers on the same splits, see PEERS); random (128-d
+random vectors); static, nonstatic, multichannel (50-d GloVe: frozen,
 tuned, or both as two channels, Kim's CNN-static/-non-static/-multichannel); any of those with
 "-variance" (GloVe's missing words drawn with the variance of the known vectors instead of
 U(-0.25, 0.25)); tuned (the Tuner stage searches its default space for GloVe on Split-eval,
@@ -39,6 +40,10 @@ GLOVE = "glove.6B.50d.txt"
 MODES = {"static": {"embeddings_trainable": False}, "nonstatic": {"embeddings_trainable": True},
          "multichannel": {"multichannel": True}}
 TUNED = "tuned"
+# Linear peers a user would try first, on the same splits: TF-IDF over words and bigrams
+# (sublinear tf, min_df 2) with scikit-learn's LogisticRegression (C=10) or LinearSVC (C=1),
+# fitted on Split-train + Split-eval (a fixed C needs no early stopping), scored on Split-test.
+PEERS = ("tfidf-logreg", "tfidf-svm")
 
 
 def variant_settings(name: str, glove: str, seed: int, model_options: dict) -> TrainerSettings:
@@ -101,6 +106,48 @@ def transform_dataset(name: str, data_dir: str, work_dir: str, max_len: str) -> 
     return os.path.dirname(sorted(found)[-1])
 
 
+def split_texts(transform_dir: str) -> dict:
+    """{split: (texts, labels)} of the ExampleGen output that the Transform read."""
+    import tensorflow as tf
+
+    root = os.path.dirname(os.path.dirname(transform_dir))
+    examples = sorted(d for d in glob.glob(os.path.join(root, "ExampleGen", "*"))
+                      if os.path.isdir(os.path.join(d, "Split-test")))[-1]
+    out = {}
+    for split in ("train", "eval", "test"):
+        texts, labels = [], []
+        for path in sorted(glob.glob(os.path.join(examples, f"Split-{split}", "*.gz"))):
+            for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                feature = tf.train.Example.FromString(record.numpy()).features.feature
+                texts.append(feature["text"].bytes_list.value[0].decode())
+                labels.append(feature["label"].bytes_list.value[0].decode())
+        out[split] = (texts, labels)
+    return out
+
+
+def peer_row(variant: str, splits: dict, seed: int) -> dict:
+    """A linear peer's test accuracy and fitting time (vectorizing included)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    texts = splits["train"][0] + splits["eval"][0]
+    labels = splits["train"][1] + splits["eval"][1]
+    started = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    features = vectorizer.fit_transform(texts)
+    model = (LogisticRegression(C=10, max_iter=5000) if variant == "tfidf-logreg"
+             else LinearSVC(C=1, random_state=seed))
+    model.fit(features, labels)
+    seconds = time.perf_counter() - started
+    test_texts, test_labels = splits["test"]
+    predicted = model.predict(vectorizer.transform(test_texts))
+    accuracy = sum(p == t for p, t in zip(predicted, test_labels)) / len(test_labels)
+    return {"test_accuracy": accuracy, "eval_accuracy": None, "epochs_run": None,
+            "best_epoch": None, "train_seconds": seconds, "train_rows": len(texts),
+            "test_rows": len(test_texts)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="trec,mr")
@@ -127,7 +174,17 @@ def main():
     for name in args.datasets.split(","):
         for max_len in args.max_len.split(","):
             transform_dir = transform_dataset(name, args.data_dir, args.work_dir, max_len)
+            splits = None
             for variant in args.variants.split(","):
+                if variant in PEERS:
+                    splits = splits or split_texts(transform_dir)
+                    for seed in range(1, args.seeds + 1):
+                        r = peer_row(variant, splits, seed)
+                        row = {"dataset": name, "max_len": max_len, "max_len_used": None,
+                               "variant": variant, "seed": seed, **r}
+                        print(json.dumps(row), flush=True)
+                        results.append(row)
+                    continue
                 best = None
                 if variant == TUNED:
                     best = tuned_values(transform_dir, glove, model_options, args)
@@ -160,7 +217,8 @@ def main():
                         (name, max_len, variant)]
                 accs = [r["test_accuracy"] for r in runs]
                 std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-                used = f"{max_len}={runs[0]['max_len_used']}" if max_len == "auto" else max_len
+                used = (f"{max_len}={runs[0]['max_len_used']}" if max_len == "auto"
+                        and runs[0]["max_len_used"] is not None else max_len)
                 summary.append({"dataset": name, "max_len": used, "variant": variant,
                                 "mean": statistics.mean(accs), "std": std, "runs": accs})
                 print(f"{name:<6} {used:<9} {variant:<20} {statistics.mean(accs):6.3f} "
