@@ -259,8 +259,12 @@ def rollback_target(model_base: str) -> int:
             rolled_back_from.add(d.get("previous"))
         elif d.get("action") == PROMOTED:
             rolled_back_from.discard(d.get("version"))
-    for d in reversed(decisions):
-        version = d.get("version")
+    # What each decision made served, newest first; then what was served before the history
+    # began (a serving directory from before it, where TF Serving served the newest).
+    served_before = [d.get("version") for d in reversed(decisions)]
+    if decisions:
+        served_before.append(decisions[0].get("previous"))
+    for version in served_before:
         if version != current and version in complete and version not in rolled_back_from:
             return version
     raise UserInputError(f"{model_base}: no version was served before {current} that is still "

@@ -172,13 +172,18 @@ def _kept_runs(runs: Sequence[Dict[str, Any]], settings: RetentionSettings,
     if runs:
         kept.setdefault(runs[-1]["run_id"], "the newest run")
     newest = {r["run_id"] for r in runs[-settings.keep_runs:]} if settings.keep_runs else set()
+    # Partial runs newer than the newest run that ended are still being made; older ones were
+    # abandoned (a DAG run given up), and go by the rules like any other.
+    ended = [i for i, r in enumerate(runs)
+             if not str(r.get("status") or "").startswith("partial")]
+    in_progress = {r["run_id"] for r in runs[(ended[-1] + 1 if ended else 0):]}
     for run in reversed(runs):
         run_id = run["run_id"]
         if not settings.limited:
             kept.setdefault(run_id, "no limit set")
         if run_id in newest:
             kept.setdefault(run_id, f"one of the newest {settings.keep_runs}")
-        if str(run.get("status") or "").startswith("partial"):  # made stage by stage (Airflow)
+        if run_id in in_progress:  # made stage by stage (Airflow): its next part continues it
             kept.setdefault(run_id, "partial: its next part continues it")
         if settings.keep_days and _started_within(run.get("started"), settings.keep_days, now):
             kept.setdefault(run_id, f"started within {settings.keep_days} days")

@@ -581,3 +581,23 @@ def test_a_gc_that_fails_after_a_run_is_a_warning(tmp_path):
     assert recorder.warnings == ["retention (gc after the run) failed, the run's result "
                                  "stands: disk gone"]
     assert "retention" not in recorder.summary
+
+
+def test_a_partial_run_is_kept_while_it_is_being_made_not_once_abandoned(tmp_path):
+    """A run made stage by stage (Airflow) is "partial" between its parts: kept while no newer
+    run has ended, then (a DAG run given up) it goes by the rules like any other."""
+    h = build_history(tmp_path)
+    h.start("r6", "2020-01-06T00:00:00+00:00")
+    h.example_gen({"a.csv": "a1", "b.csv": "b3"})
+    h.finish("partial (up to ExampleGen)")
+    h.start("r7", "2020-01-07T00:00:00+00:00")
+    h.example_gen({"a.csv": "a1", "b.csv": "b4"})
+    h.finish("partial (up to ExampleGen)")
+    result = collect(h, keep_runs=1, keep_pushed_lineage=False)
+    assert result.kept_runs["r6"].startswith("partial") and "r7" in result.kept_runs
+    h.start("r8", "2020-01-08T00:00:00+00:00")
+    h.example_gen({"a.csv": "a1", "b.csv": "b5"})
+    h.finish()
+    result = collect(h, keep_runs=1, keep_pushed_lineage=False)
+    assert "r6" not in result.kept_runs and "r7" not in result.kept_runs
+    assert (configs.EXAMPLE_GEN, "r6") in artifact_runs(result)

@@ -314,3 +314,16 @@ def test_scoring_uses_the_served_version_by_default(tiny_model, tmp_path):
     assert resolve_model(base, None)[1] == str(v2)
     pusher.serve(base, v1, pusher.ROLLED_BACK)
     assert resolve_model(base, None)[1] == str(v1) and resolve_model(base, v2)[1] == str(v2)
+
+
+def test_rollback_reaches_the_version_served_before_the_history_began(tiny_model, tmp_path):
+    serving = str(tmp_path / "serving")
+    base = os.path.join(serving, "textcnn")
+    push_as(tiny_model, serving, "m1")
+    v2 = push_as(tiny_model, serving, "m2")
+    # A serving directory from before models.config and the history: TF Serving served v2.
+    os.remove(os.path.join(serving, pusher.MODELS_CONFIG))
+    os.remove(pusher.history_path(base))
+    push_as(tiny_model, serving, "m3")
+    assert pusher.serving_history(base)[0]["previous"] == v2
+    assert pusher.rollback_target(base) == v2
