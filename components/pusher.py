@@ -408,8 +408,11 @@ def _serve_found(base: str, found: int, by: Optional[str]) -> bool:
     return False
 
 
+_TIME = "%Y-%m-%dT%H:%M:%SZ"  # decisions' times and versions' pushed_at, UTC
+
+
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return time.strftime(_TIME, time.gmtime())
 
 
 def _pushed_at(version_dir: str, version: int) -> str:
@@ -419,7 +422,7 @@ def _pushed_at(version_dir: str, version: int) -> str:
         recorded = fileio.read_json(fileio.join(version_dir, METADATA_FILE)).get("pushed_at")
     except (ValueError, OSError):
         recorded = None
-    return recorded or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(version))
+    return recorded or time.strftime(_TIME, time.gmtime(version))
 
 
 def prunable_versions(model_base: str, keep: int, protect: Sequence[int] = ()) -> List[int]:

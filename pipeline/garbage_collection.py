@@ -306,10 +306,13 @@ def _marked_and_gone(store) -> List[int]:
 
 def _remove(kind: str, path: str) -> None:
     """Removes a directory, first the file that makes it whole (see the module docstring)."""
-    from components.pusher import SAVED_MODEL_PB
+    from components.pusher import remove_version
     from components.readers import COUNTS_FILE
 
-    first = {ARTIFACTS: fileio.MARKER, UNITS: COUNTS_FILE, VERSIONS: SAVED_MODEL_PB}.get(kind)
+    if kind == VERSIONS:  # saved_model.pb first: the Pusher's own pruning, one rule
+        remove_version(path)
+        return
+    first = {ARTIFACTS: fileio.MARKER, UNITS: COUNTS_FILE}.get(kind)
     if first:
         fileio.rmtree(fileio.join(path, first))
     fileio.rmtree(path)
