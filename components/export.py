@@ -39,9 +39,11 @@ def export_serving_model(model, tft_output, classes: Sequence[str], max_len: int
                          export_dir: str) -> None:
     import tensorflow as tf
 
-    from components.transform import dense_token_ids, raw_feature_spec
+    from components.model import model_inputs
+    from components.transform import dense_token_ids, dense_wide_features, raw_feature_spec
 
     text_xf = features.transformed_name(features.TEXT)
+    wide = isinstance(model.input, dict)  # a wide tower's model takes `model_inputs`' dict
     # Attached to the model so that the transform graph and its vocabulary asset are saved too.
     model.tft_layer = tft_output.transform_features_layer()
     class_names = tf.constant(list(classes))
@@ -49,11 +51,17 @@ def export_serving_model(model, tft_output, classes: Sequence[str], max_len: int
     def transform(raw_features):
         transformed = dict(model.tft_layer(raw_features))
         transformed[text_xf] = dense_token_ids(transformed[text_xf], max_len)
+        if features.WIDE_IDS in transformed:
+            transformed[features.WIDE_IDS], transformed[features.WIDE_WEIGHTS] = (
+                dense_wide_features(transformed))
         return transformed
 
     def predict(raw_features):
         transformed = transform(raw_features)
-        probabilities = tf.cast(model(transformed[text_xf], training=False), tf.float32)
+        inputs = (model_inputs(transformed[text_xf], transformed[features.WIDE_IDS],
+                               transformed[features.WIDE_WEIGHTS])
+                  if wide else transformed[text_xf])
+        probabilities = tf.cast(model(inputs, training=False), tf.float32)
         class_id = tf.argmax(probabilities, axis=1)
         return {PROBABILITIES: probabilities, PREDICTED_CLASS_ID: class_id,
                 PREDICTED_CLASS: tf.gather(class_names, class_id)}

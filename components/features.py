@@ -7,6 +7,9 @@ ID = "id"
 # Per-document statistics the Transform outputs beside the model's inputs.
 TOKENS = "text_tokens"  # tokens before truncation
 OOV_TOKENS = "text_oov_tokens"  # of those, out of vocabulary
+# The wide tower's input: each document's n-grams (ids) and their TF-IDF weights.
+WIDE_IDS = "text_wide_ids"
+WIDE_WEIGHTS = "text_wide_weights"
 
 # Splits as TFX names them; the directory of split `s` is `Split-<s>`.
 TRAIN = "train"

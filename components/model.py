@@ -42,6 +42,21 @@ class ModelSettings:
     # `embeddings_trainable` does not apply.
     multichannel: bool = False
     unknown_vectors: str = "uniform"  # see UNKNOWN_VECTORS
+    # Wide and deep: a linear ("wide") tower over the document's TF-IDF bag of n-grams (the
+    # Transform's `wide_features`, of the whole text), whose logits are added to the CNN's
+    # before the softmax. Its weights start at zero.
+    wide: bool = False
+    # Fraction of a document's n-grams dropped in training (their weights zeroed), so that the
+    # wide tower cannot lean on a few rare n-grams; 0: off.
+    wide_dropout: float = 0.0
+    wide_l2: float = 0.0  # L2 penalty on the wide tower's weights (per weight); 0: off
+    # How many times faster the wide tower learns than the CNN. A linear model over TF-IDF
+    # needs weights of several units, which Adam at the CNN's rate (steps of about
+    # learning_rate each) does not reach before the CNN has fitted Split-train and early
+    # stopping ends the training. Done by scaling the tower's output (logits = scale * x.W):
+    # Adam's steps do not depend on the gradient's scale, so the effective weights move
+    # `scale` times as fast.
+    wide_learning_rate_scale: float = 10.0
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -56,6 +71,11 @@ class ModelSettings:
         if self.unknown_vectors not in UNKNOWN_VECTORS:
             raise UserInputError(f"trainer.model.unknown_vectors must be one of "
                                  f"{', '.join(UNKNOWN_VECTORS)}; got {self.unknown_vectors!r}")
+        if not self.wide_learning_rate_scale > 0:
+            raise UserInputError("trainer.model.wide_learning_rate_scale must be above 0")
+        if not 0.0 <= self.wide_dropout < 1.0 or not self.wide_l2 >= 0.0:
+            raise UserInputError("trainer.model.wide_dropout is the fraction of n-grams dropped, "
+                                 "in [0, 1), and trainer.model.wide_l2 must be >= 0")
         if self.multichannel and not self.embeddings:
             raise UserInputError("trainer.model.multichannel needs pretrained vectors "
                                  "(trainer.model.embeddings): its channels are a frozen and a "
@@ -192,18 +212,109 @@ def _max_over_text_layer():
 _MaxOverText = None
 
 
+def model_inputs(ids, wide_ids=None, wide_weights=None):
+    """What the model takes: the token ids alone, or with a wide tower a dict of the token ids
+    and the wide tower's dense [batch, n-grams] ids and weights (padding: id 0, weight 0)."""
+    if wide_ids is None:
+        return ids
+    return {features.transformed_name(features.TEXT): ids, features.WIDE_IDS: wide_ids,
+            features.WIDE_WEIGHTS: wide_weights}
+
+
+def _wide_linear_layer():
+    """The `WideLinear` Keras layer class (defined on first use: tf_keras is imported lazily)."""
+    global _WideLinear
+    if _WideLinear is not None:
+        return _WideLinear
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class WideLinear(keras.layers.Layer):
+        """logits = scale * X W: X the batch's [batch, ngrams] TF-IDF matrix (given as each
+        row's ids and weights, padded with weight 0), W [ngrams, classes] starting at zero.
+
+        A sparse-dense product, whose gradient for W is dense: with several workers the
+        gradients are all-reduced, and a dense [ngrams, classes] one is a plain sum, where
+        an embedding lookup's sparse gradient needs gathers of a size that differs from
+        worker to worker."""
+
+        def __init__(self, ngrams: int, classes: int, scale: float = 1.0, l2: float = 0.0,
+                     **kwargs):
+            super().__init__(**kwargs)
+            self.ngrams, self.classes, self.scale, self.l2 = int(ngrams), int(classes), \
+                float(scale), float(l2)
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(
+                "kernel", shape=(self.ngrams, self.classes), initializer="zeros",
+                regularizer=keras.regularizers.L2(self.l2) if self.l2 else None,
+                dtype=tf.float32)
+            super().build(input_shape)
+
+        def call(self, inputs):
+            ids, weights = inputs
+            weights = tf.cast(weights, tf.float32)
+            kept = tf.where(tf.not_equal(weights, 0.0))  # [entries, 2]: (row, position)
+            matrix = tf.SparseTensor(
+                tf.stack([kept[:, 0], tf.gather_nd(tf.cast(ids, tf.int64), kept)], axis=1),
+                tf.gather_nd(weights, kept),
+                tf.stack([tf.shape(ids, out_type=tf.int64)[0],
+                          tf.constant(self.ngrams, tf.int64)]))
+            return self.scale * tf.sparse.sparse_dense_matmul(matrix, self.kernel)
+
+        def get_config(self):
+            return {**super().get_config(), "ngrams": self.ngrams, "classes": self.classes,
+                    "scale": self.scale, "l2": self.l2}
+
+    _WideLinear = WideLinear
+    return WideLinear
+
+
+_WideLinear = None
+
+
+def _wide_logits(wide_input_dim: int, num_classes: int, settings: ModelSettings):
+    """(inputs, logits) of the wide tower (`WideLinear`, float32 always)."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from tf_keras import layers
+
+    wide_ids = keras.Input(shape=(None,), dtype=tf.int64, name=features.WIDE_IDS)
+    weights = keras.Input(shape=(None,), dtype=tf.float32, name=features.WIDE_WEIGHTS)
+    kept = weights
+    if settings.wide_dropout:
+        kept = layers.Dropout(settings.wide_dropout, dtype="float32",
+                              name="wide_dropout")(weights)
+    logits = _wide_linear_layer()(wide_input_dim, num_classes, settings.wide_learning_rate_scale,
+                                  settings.wide_l2, dtype="float32",
+                                  name="wide_weights")([wide_ids, kept])
+    return [wide_ids, weights], logits
+
+
+def towers(settings: ModelSettings) -> Tuple[str, ...]:
+    """The towers a model of these settings has, for reports."""
+    return ("cnn", "wide") if settings.wide else ("cnn",)
+
+
 def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: ModelSettings,
-                  embedding_matrix: Optional[np.ndarray] = None):
-    """Embedding -> Conv1D per kernel size -> pooling -> concatenate -> dropout -> softmax.
+                  embedding_matrix: Optional[np.ndarray] = None,
+                  wide_input_dim: Optional[int] = None):
+    """Embedding -> Conv1D per kernel size -> pooling -> concatenate -> dropout -> logits,
+    plus (`settings.wide`) the wide tower's logits over `wide_input_dim` n-grams -> softmax.
 
     A `length_free` model takes [batch, any length] ids (the Trainer's batches are padded to
     their longest sequence, the exported model's to max_len; the output is the same); any
-    other takes [batch, max_len].
+    other takes [batch, max_len]. With the wide tower it takes `model_inputs`' dict.
     """
     import tensorflow as tf
     import tf_keras as keras
     from tf_keras import layers
 
+    if settings.wide and not wide_input_dim:
+        raise UserInputError(
+            "trainer.model.wide needs the Transform's wide features (its n-gram vocabulary), "
+            "and this Transform output has none: run the Transform with transform.wide = true "
+            "(the pipeline does when trainer.model.wide is set)")
     free = length_free(settings)
     ids = keras.Input(shape=(None if free else max_len,), dtype=tf.int64,
                       name=features.transformed_name(features.TEXT))
@@ -259,6 +370,12 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
     x = layers.Dropout(settings.dropout_rate, name="dropout")(x)
     constraint = keras.constraints.MaxNorm(settings.max_norm) if settings.max_norm else None
     logits = layers.Dense(num_classes, kernel_constraint=constraint, name="logits")(x)
+    inputs = ids
+    if settings.wide:
+        wide_inputs, wide = _wide_logits(wide_input_dim, num_classes, settings)
+        inputs = model_inputs(ids, *wide_inputs)
+        logits = layers.Add(dtype="float32", name="wide_and_deep")([
+            layers.Activation("linear", dtype="float32", name="cnn_logits")(logits), wide])
     # Softmax in float32 so that mixed precision never returns half-precision probabilities.
     probabilities = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return keras.Model(ids, probabilities, name="textcnn")
+    return keras.Model(inputs, probabilities, name="textcnn")

@@ -23,9 +23,10 @@ from components import PROGRESS_LOGGER, features
 from components import fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
-from components.model import ModelSettings, build_textcnn, length_free, load_embedding_matrix
+from components.model import (ModelSettings, build_textcnn, length_free, load_embedding_matrix,
+                              model_inputs)
 from components.transform import (TRANSFORM_INFO_FILE, VOCAB_NAME, dense_token_ids,
-                                  transformed_data_pattern)
+                                  dense_wide_features, transformed_data_pattern)
 
 MODEL_DIR = "model"
 LOGS_DIR = "logs"
@@ -325,17 +326,27 @@ def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
     if repeat:
         ds = ds.repeat()
 
-    spec = {k: feature_spec[k] for k in (text_key, label_key)}
+    wide = settings.model.wide
+    keys = (text_key, label_key) + ((features.WIDE_IDS, features.WIDE_WEIGHTS) if wide else ())
+    missing = [k for k in keys if k not in feature_spec]
+    if missing:
+        raise UserInputError(
+            f"the Transform output has no {', '.join(missing)}: "
+            + ("trainer.model.wide needs the Transform's wide features; run the Transform with "
+               "transform.wide = true (the pipeline does when trainer.model.wide is set)"
+               if features.WIDE_IDS in missing else "it is not this pipeline's Transform output"))
+    spec = {k: feature_spec[k] for k in keys}
 
     if not uses_length_buckets(settings):
         def parse(serialized):
             parsed = tf.io.parse_example(serialized, spec)
-            return (dense_token_ids(parsed[text_key], max_len),
+            ids = dense_token_ids(parsed[text_key], max_len)
+            return (model_inputs(ids, *dense_wide_features(parsed)) if wide else ids,
                     tf.one_hot(parsed[label_key], num_classes))
 
         ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = _length_bucketed(ds, spec, max_len, num_classes, batch_size)
+        ds = _length_bucketed(ds, spec, max_len, num_classes, batch_size, wide)
     if batches is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -375,10 +386,18 @@ def load_vocabulary_vectors(tft_output, info: Dict[str, Any], model: ModelSettin
                                  model.unknown_vectors)
 
 
+def _row_lengths(sparse, rows):
+    """Entries per row of a [rows, n] SparseTensor (int32)."""
+    import tensorflow as tf
+
+    return tf.math.bincount(tf.cast(sparse.indices[:, 0], tf.int32), minlength=rows,
+                            maxlength=rows, dtype=tf.int32)
+
+
 def _length_bucketed(ds, spec: Dict[str, Any], max_len: int, num_classes: int,
-                     batch_size: int):
+                     batch_size: int, wide: bool = False):
     """Serialized records -> (ids, one-hot label) batches of one length bucket each, padded to
-    their longest sequence."""
+    their longest sequence (and, with the wide tower, to their largest bag of n-grams)."""
     import tensorflow as tf
 
     text_key = features.transformed_name(features.TEXT)
@@ -387,18 +406,28 @@ def _length_bucketed(ds, spec: Dict[str, Any], max_len: int, num_classes: int,
     def parse_with_lengths(serialized):
         parsed = tf.io.parse_example(serialized, spec)
         ids = parsed[text_key]
-        lengths = tf.math.bincount(tf.cast(ids.indices[:, 0], tf.int32),
-                                   minlength=tf.shape(serialized)[0], dtype=tf.int32)
-        return dense_token_ids(ids, max_len), lengths, parsed[label_key]
+        rows = tf.shape(serialized)[0]
+        out = (dense_token_ids(ids, max_len), _row_lengths(ids, rows), parsed[label_key])
+        if wide:
+            out += dense_wide_features(parsed) + (_row_lengths(parsed[features.WIDE_IDS],
+                                                               rows),)
+        return out
 
-    def trim(ids, lengths, label):  # a bucket's batch: padded to its longest sequence only
-        return ids[:, :tf.reduce_max(lengths)], tf.one_hot(label, num_classes)
+    def own_bag(ids, length, label, wide_ids, wide_weights, bag):  # one record's bag only
+        return ids, length, label, wide_ids[:bag], wide_weights[:bag]
+
+    def trim(ids, lengths, label, *wide_features):  # padded to its longest sequence only
+        ids = ids[:, :tf.reduce_max(lengths)]
+        return (model_inputs(ids, *wide_features) if wide else ids,
+                tf.one_hot(label, num_classes))
 
     boundaries = bucket_boundaries(max_len)
     ds = (ds.batch(PARSE_BATCH).map(parse_with_lengths, num_parallel_calls=tf.data.AUTOTUNE)
-          .unbatch()
-          .bucket_by_sequence_length(lambda ids, length, label: length, boundaries,
-                                     [batch_size] * (len(boundaries) + 1)))
+          .unbatch())
+    if wide:
+        ds = ds.map(own_bag, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.bucket_by_sequence_length(lambda ids, length, *rest: length, boundaries,
+                                      [batch_size] * (len(boundaries) + 1))
     return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -603,6 +632,14 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
         embedding_matrix, embeddings_found = load_vocabulary_vectors(tft_output, info,
                                                                      settings.model, settings.seed)
 
+    if multi_worker and settings.model.wide and uses_length_buckets(settings):
+        # Batches of one shape on every worker: with the wide tower, length-bucketed batches
+        # (a shape per bucket, differing between the workers) made TensorFlow 2.16's all-gather
+        # of the embedding's sparse gradient fail ("Shape mismatch in the collective
+        # instance"), which batches padded to max_len never do.
+        settings = dataclasses.replace(settings, bucket_by_length=False)
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "  the wide tower on several workers: batches padded to max_len (no length buckets)")
     if multi_worker:
         # Each worker reads its own share of every split: its own files when there are
         # enough (`transform.records_per_shard` sets how many the Transform writes), else one
@@ -655,7 +692,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
     with output as tmp:
         with strategy.scope():
             model = build_textcnn(info["input_dim"], info["max_len"], num_classes,
-                                  settings.model, embedding_matrix)
+                                  settings.model, embedding_matrix, info.get("wide_input_dim"))
             compile_textcnn(model, settings, steps_known)
         callbacks = [keras.callbacks.TensorBoard(fileio.join(tmp, LOGS_DIR)),
                      _EpochProgress(settings.epochs).callback]
@@ -705,6 +742,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
                 "steps_per_epoch": fit_args["steps_per_epoch"]}
                if multi_worker else {}),
             "parameters": int(model.count_params()),
+            "towers": model_towers(model, settings.model, info),
             "input_dim": info["input_dim"],
             "max_len": info["max_len"],
             "classes": classes,
@@ -729,6 +767,23 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
         result["model"] = None
         result["scratch_dir"] = tmp  # removed by now
     return result
+
+
+def model_towers(model, settings: ModelSettings, info: Dict[str, Any]) -> Dict[str, Any]:
+    """What each tower of a trained model is, for summaries and reports: the CNN's kernels and
+    filters, the wide tower's n-grams; with the parameters of each."""
+    wide = 0
+    if settings.wide:
+        wide = int(model.get_layer("wide_weights").count_params())
+    towers = {"cnn": {"filter_sizes": [int(k) for k in settings.filter_sizes],
+                      "num_filters": settings.num_filters,
+                      "parameters": int(model.count_params()) - wide}}
+    if settings.wide:
+        transform = info.get("settings") or {}
+        towers["wide"] = {"ngrams": info["wide_input_dim"],
+                          "ngram_max": transform.get("wide_ngrams"),
+                          "parameters": wide}
+    return towers
 
 
 def load_history(trainer_dir: str) -> Optional[Dict[str, Any]]:

@@ -24,6 +24,7 @@ from components.errors import UserInputError
 from components.statistics_gen import available_splits, split_data_pattern
 
 VOCAB_NAME = "text_vocab"
+WIDE_VOCAB_NAME = "wide_vocab"  # the wide tower's n-grams (`wide_features`)
 TRANSFORM_INFO_FILE = "transform_info.json"  # sizes the Trainer needs, and the class list
 TRANSFORMED_PREFIX = "transformed_examples"
 TOKEN_STATS_FILE = "token_stats.json"  # per split: token-length histogram, OOV tokens
@@ -55,6 +56,14 @@ class TransformSettings:
     # Transformed examples are written in a canonical order, by content (components.canonical):
     # one file per this many records of the split, each file sorted in one worker's memory.
     records_per_shard: int = 100_000
+    # The wide tower's input (`wide_features`): each document's bag of 1..wide_ngrams-grams of
+    # the whole text (never truncated), TF-IDF weighted. Computed when the model has a wide
+    # tower (the pipeline's config turns it on with trainer.model.wide), or for the Tuner.
+    wide: bool = False
+    wide_ngrams: int = 2  # words and bigrams
+    wide_min_df: int = 2  # n-grams in fewer Split-train documents are left out
+    wide_top_k: int = 200_000  # the n-grams in most Split-train documents; 0 keeps all
+    wide_sublinear_tf: bool = True  # 1 + log(count) instead of the count
 
     def __post_init__(self):
         if self.max_len != AUTO and (isinstance(self.max_len, bool) or not isinstance(
@@ -71,6 +80,12 @@ class TransformSettings:
                 or self.records_per_shard < 1):
             raise UserInputError("transform.records_per_shard must be a number of records >= 1; "
                                  f"got {self.records_per_shard!r}")
+        for name in ("wide_ngrams", "wide_min_df", "wide_top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (
+                    0 if name == "wide_top_k" else 1):
+                raise UserInputError(f"transform.{name} must be an integer >= "
+                                     f"{0 if name == 'wide_top_k' else 1}; got {value!r}")
 
 
 def raw_feature_spec(with_label: bool = True) -> Dict[str, Any]:
@@ -114,6 +129,51 @@ def length_quantile(lengths, quantile: float):
     return keys[first]
 
 
+def wide_features(tokens, ngrams: int, min_df: int, top_k: int, sublinear_tf: bool):
+    """The wide tower's input: a document's bag of n-grams with TF-IDF weights, like
+    scikit-learn's TfidfVectorizer(ngram_range=(1, ngrams), min_df, sublinear_tf, norm="l2").
+
+    tokens: RaggedTensor [batch, tokens], the whole text. Returns two SparseTensors
+    [batch, n-grams of the document] with the same indices: the n-gram ids (0..V-1 in the
+    `wide_vocab` vocabulary, each once per document) and their weights: tf * idf, tf the count
+    in the document (1 + log(count) with `sublinear_tf`), idf = 1 + log((1 + N) / (1 + df)) over
+    Split-train's N documents, the weights of a document scaled to unit L2 norm. N-grams outside
+    the vocabulary (in fewer than `min_df` Split-train documents, or beyond `top_k`) are left
+    out; a document with none has an empty bag.
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    sparse_tokens = tokens.to_sparse()
+    every = tft.ngrams(sparse_tokens, (1, ngrams), " ")
+    # The vocabulary counts each n-gram once per document: its frequency is the document
+    # frequency, so frequency_threshold is min_df and top_k keeps the most widespread.
+    vocabulary = tft.vocabulary(
+        tft.bag_of_words(sparse_tokens, (1, ngrams), " "), top_k=top_k or None,
+        frequency_threshold=min_df if min_df > 1 else None, vocab_filename=WIDE_VOCAB_NAME)
+    ids = tft.apply_vocabulary(every, vocabulary, default_value=-1)
+    size = tf.maximum(tf.cast(tft.get_num_buckets_for_transformed_feature(ids), tf.int64), 1)
+    ids = tf.sparse.retain(ids, ids.values >= 0)
+    idf = tft.experimental.idf(ids, size).values  # one per occurrence
+    # Each (document, n-gram) once, with its count: keys in document order, and unique keeps
+    # the order of first occurrences, so the documents stay in order.
+    batch = tf.shape(tokens.row_lengths(), out_type=tf.int64)[0]
+    keys, where, counts = tf.unique_with_counts(ids.indices[:, 0] * size + ids.values,
+                                                out_idx=tf.int64)
+    documents, terms = keys // size, keys % size
+    term_idf = tf.math.unsorted_segment_max(idf, where, tf.size(keys, out_type=tf.int64))
+    counts = tf.cast(counts, tf.float32)
+    tf_weight = 1.0 + tf.math.log(counts) if sublinear_tf else counts
+    weights = tf_weight * tf.cast(term_idf, tf.float32)
+    norms = tf.math.sqrt(tf.math.unsorted_segment_sum(tf.square(weights), documents, batch))
+    weights = weights / tf.gather(norms, documents)
+    bag_ids = tf.RaggedTensor.from_value_rowids(
+        terms, documents, nrows=batch, validate=False).to_sparse()
+    bag_weights = tf.RaggedTensor.from_value_rowids(
+        weights, documents, nrows=batch, validate=False).to_sparse()
+    return bag_ids, bag_weights
+
+
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, Any]:
     """tf.Transform preprocessing.
 
@@ -151,6 +211,10 @@ def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> D
         features.TOKENS: lengths,
         features.OOV_TOKENS: tf.reduce_sum(tf.cast(ids >= vocabulary_size, tf.int64), axis=1),
     }
+    if custom_config.get("wide"):
+        outputs[features.WIDE_IDS], outputs[features.WIDE_WEIGHTS] = wide_features(
+            tokens, custom_config["wide_ngrams"], custom_config["wide_min_df"],
+            custom_config["wide_top_k"], custom_config["wide_sublinear_tf"])
 
     if features.LABEL in inputs:
         # Index in the class list, -1 for a label outside it (validation stops those earlier).
@@ -171,6 +235,15 @@ def dense_token_ids(ids, max_len: int):
         ids, tf.stack([tf.shape(ids, out_type=tf.int64)[0], tf.constant(max_len, tf.int64)])),
         default_value=PADDING_ID)
     return tf.ensure_shape(dense, [None, max_len])
+
+
+def dense_wide_features(parsed: Dict[str, Any]):
+    """The wide tower's parsed sparse features -> dense [batch, longest bag] (ids, weights),
+    padded with id 0 and weight 0 (which add nothing to the wide logits)."""
+    import tensorflow as tf
+
+    return (tf.sparse.to_dense(parsed[features.WIDE_IDS], default_value=0),
+            tf.sparse.to_dense(parsed[features.WIDE_WEIGHTS], default_value=0.0))
 
 
 def transformed_max_len(tft_output) -> int:
@@ -246,6 +319,10 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                 "input_dim": vocab_size + RESERVED_IDS + settings.num_oov_buckets,
                 "classes": list(classes), "max_len": max_len,
                 "max_len_source": AUTO if settings.max_len == AUTO else "fixed",
+                # The wide tower's n-gram vocabulary (ids 0..wide_input_dim - 1); None: the
+                # output has no wide features.
+                "wide_input_dim": (tft_output.vocabulary_size_by_name(WIDE_VOCAB_NAME)
+                                   if settings.wide else None),
                 "token_lengths": {split: _read_token_stats(tmp, split, max_len)
                                   for split in splits},
                 "settings": dataclasses.asdict(settings)}

@@ -31,10 +31,11 @@ ALGORITHMS = ("random", "bayesian", "hyperband")
 
 # What the search may vary: ModelSettings fields, and TrainerSettings' own.
 MODEL_KEYS = ("embedding_dim", "filter_sizes", "num_filters", "dropout_rate", "max_norm",
-              "pooling", "mask_zero", "embeddings_trainable", "multichannel", "unknown_vectors")
+              "pooling", "mask_zero", "embeddings_trainable", "multichannel", "unknown_vectors",
+              "wide", "wide_dropout", "wide_l2", "wide_learning_rate_scale")
 TRAINER_KEYS = ("learning_rate", "batch_size")
 TUNABLE = MODEL_KEYS + TRAINER_KEYS
-_BOOLEANS = ("mask_zero", "embeddings_trainable", "multichannel")  # KerasTuner: "true"/"false"
+_BOOLEANS = ("mask_zero", "embeddings_trainable", "multichannel", "wide")  # KerasTuner: "true"/"false"
 _NEED_EMBEDDINGS = ("embeddings_trainable", "multichannel", "unknown_vectors")
 _RANGE_KEYS = ("min", "max", "step", "sampling")
 _SAMPLINGS = ("linear", "log", "reverse_log")
@@ -278,6 +279,11 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
     if features.EVAL not in info["splits"]:
         raise UserInputError("the Transform output has no Split-eval: the Tuner's objective "
                              "is the eval accuracy")
+    if (trainer.model.wide or True in space.get("wide", ())) and not info.get("wide_input_dim"):
+        raise UserInputError(
+            "the search trains models with the wide tower (trainer.model.wide or "
+            "tuner.space.wide), and this Transform output has no wide features: run the "
+            "Transform with transform.wide = true")
     # The Trainer's runtime settings, so that a trial trains as the Trainer would.
     import tensorflow as tf
     import tf_keras as keras
@@ -389,7 +395,7 @@ class _Search:
         keras.utils.set_random_seed(self.tuner.seed)  # every trial starts from the same state
         model = build_textcnn(self.info["input_dim"], self.info["max_len"],
                               len(self.info["classes"]), settings.model,
-                              self._embeddings(settings))
+                              self._embeddings(settings), self.info.get("wide_input_dim"))
         compile_textcnn(model, settings, batches_per_pass(
             self.info, features.TRAIN, self._global_batch(settings), settings) is not None)
         return model

@@ -142,7 +142,8 @@ def run(config: PipelineConfig, beam_args: Sequence[str] = (), use_cache: bool =
     from pipeline.lock import RootLock
     from pipeline.pipeline import check_run_id, new_run_id
 
-    config = configs.with_absolute_paths(config)
+    # A config built in code (not by load_config) gets the wide features its model needs too.
+    config = configs.with_wide_features(configs.with_absolute_paths(config))
     windows.check(config.inputs, config.window)
     stagewise = run_id is not None
     run_id = check_run_id(run_id) if stagewise else new_run_id()
@@ -231,7 +232,7 @@ def backfill(config: PipelineConfig, start: str, end: str, beam_args: Sequence[s
     from pipeline.lock import RootLock
     from pipeline.pipeline import new_run_id
 
-    config = configs.with_absolute_paths(config)
+    config = configs.with_wide_features(configs.with_absolute_paths(config))
     dates = windows.date_range(start, end)
     windows.check(config.inputs, dataclasses.replace(config.window, date=dates[0]))
     metadata_dir = configs.metadata_dir_for(config.pipeline_root, config.metadata_dir)

@@ -159,7 +159,29 @@ def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfi
         raise UserInputError(f"unknown config key {GIVEN_KEYS!r} (the pipeline records it)")
     _merge(values, overrides)
     config = _build(PipelineConfig, values, "")
-    return dataclasses.replace(config, given_keys=tuple(sorted(_given_keys(config, values))))
+    config = dataclasses.replace(config, given_keys=tuple(sorted(_given_keys(config, values))))
+    return with_wide_features(config)
+
+
+def wants_wide_tower(config: PipelineConfig) -> bool:
+    """Whether a model of this run may have the wide tower: trainer.model.wide, or a Tuner
+    whose space lists wide = true."""
+    space = config.tuner.space.get("wide", []) if config.tuner.enabled else []
+    return config.trainer.model.wide or (isinstance(space, (list, tuple)) and True in space)
+
+
+def with_wide_features(config: PipelineConfig) -> PipelineConfig:
+    """The config with transform.wide on when a model of the run may have the wide tower (its
+    input is the Transform's wide features); a config that turns them off explicitly then
+    gets an error."""
+    if not wants_wide_tower(config) or config.transform.wide:
+        return config
+    if "transform.wide" in config.given_keys:
+        raise UserInputError(
+            "trainer.model.wide (or tuner.space.wide) needs the Transform's wide features, "
+            "and the config sets transform.wide = false: remove that setting, or the wide tower")
+    return dataclasses.replace(config, transform=dataclasses.replace(config.transform,
+                                                                     wide=True))
 
 
 def _given_keys(config: Any, values: Dict[str, Any], prefix: str = "") -> List[str]:

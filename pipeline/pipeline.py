@@ -379,6 +379,8 @@ def _detail_lines(name: str, r: results.StageDetails) -> List[str]:
                      f"{r.replicas} replica(s)"
                      + (f" of {r.workers} workers" if r.workers > 1 else "")
                      + f"; accuracy {scores}")
+        if r.towers:
+            lines.append(f"towers: {r.towers_text()}")
         lines.append(f"model: {r.model}")
     elif isinstance(r, results.EvaluatorResult):
         acc, f1 = (r.overall.get(k) or float("nan") for k in (results.ACCURACY, "macro_f1"))

@@ -281,6 +281,8 @@ def _training_section(summary: Dict[str, Any], history: Dict[str, Any]) -> str:
     curves = history.get("history") or {}
     parts.append(_chart(lambda: _curves_figure(curves, best), "loss and accuracy per epoch") if curves
                  else '<p class="muted">No per-epoch history was recorded.</p>')
+    if r.towers:
+        parts.append(f"<p>Towers: {html.escape(r.towers_text())}.</p>")
     if r.model:
         parts.append(f"<p>Model: <code>{html.escape(str(r.model))}</code></p>")
     return "\n".join(parts)
@@ -418,6 +420,9 @@ def _token_lengths(summary: Dict[str, Any]) -> str:
         parts.append(f"<p>Vocabulary: <b>{_fmt(r.vocabulary_size)}</b> tokens (from "
                      f"Split-train); max_len <b>{_fmt(max_len)}</b>"
                      + (f" ({source})" if source else "") + ".</p>")
+        if r.wide_input_dim is not None:
+            parts.append(f"<p>Wide features: <b>{_fmt(r.wide_input_dim)}</b> n-grams (TF-IDF "
+                         f"weighted, from Split-train).</p>")
     train = lengths.get(features.TRAIN) or {}
     if train.get("histogram"):
         parts.append(_chart(lambda: _length_figure(train["histogram"], max_len),

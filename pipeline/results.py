@@ -74,6 +74,7 @@ class TransformResult(StageDetails):
     vocabulary_size: Optional[int] = None
     max_len: Optional[int] = None
     max_len_source: str = "fixed"
+    wide_input_dim: Optional[int] = None  # the wide features' n-grams; None: none computed
     token_lengths: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     classes: List[str] = dataclasses.field(default_factory=list)
 
@@ -111,6 +112,9 @@ class TrainerResult(StageDetails):
     strategy: Optional[str] = None
     model: Optional[str] = None
     parameters: Optional[int] = None
+    # "cnn" (filter_sizes, num_filters, parameters) and, with the wide tower, "wide" (ngrams,
+    # ngram_max, parameters)
+    towers: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     # name -> {"value": ..., "source": "tuner" | "config" | "default"}
     hyperparameters: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -121,6 +125,19 @@ class TrainerResult(StageDetails):
         """{split: accuracy} of the trained model."""
         return {k[:-len("_accuracy")]: v for k, v in self.metrics.items()
                 if k.endswith("_accuracy")}
+
+    def towers_text(self) -> str:
+        """The model's towers in words, e.g. "CNN (kernels 3,4,5 x 100 filters) + wide
+        (95,559 n-grams up to 2 words)"; "" when the run did not record them."""
+        parts = []
+        cnn, wide = self.towers.get("cnn"), self.towers.get("wide")
+        if cnn:
+            parts.append(f"CNN (kernels {','.join(str(k) for k in cnn['filter_sizes'])} x "
+                         f"{cnn['num_filters']} filters, {cnn['parameters']:,} parameters)")
+        if wide:
+            parts.append(f"wide (TF-IDF over {wide['ngrams']:,} n-grams of up to "
+                         f"{wide['ngram_max']} words, {wide['parameters']:,} parameters)")
+        return " + ".join(parts)
 
 
 ACCURACY = "sparse_categorical_accuracy"

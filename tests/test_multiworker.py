@@ -17,6 +17,7 @@ import pytest
 from components import export
 from components import transform as tr
 from components.errors import UserInputError
+from components.model import model_inputs
 from components.readers import COUNTS_FILE
 from components.trainer import (DATA_SHARDING, FILE_SHARDING, Shard, choose_sharding,
                                 parse_cluster, record_dataset, saved_variables_sha256)
@@ -37,6 +38,7 @@ early_stopping_patience = 1
 [trainer.model]
 embedding_dim = 8
 num_filters = 4
+wide = true  # the wide tower trains on several workers too
 """
 WORKER_TIMEOUT = 300  # seconds for both workers together (about 60 on two busy cores)
 
@@ -65,7 +67,7 @@ def transformed(tmp_path_factory):
         {"splits": {split: len(rows) for split, rows in texts.items()}}))
     out = str(tmp / "Transform")
     tr.run_transform(str(examples), CLASSES, out,
-                     tr.TransformSettings(records_per_shard=RECORDS_PER_SHARD),
+                     tr.TransformSettings(records_per_shard=RECORDS_PER_SHARD, wide=True),
                      PipelineOptions(IN_MEMORY))
     return out, texts
 
@@ -278,7 +280,8 @@ def test_two_workers_train_one_model_and_only_the_chief_exports_it(transformed, 
     for split in ("train", "eval", "test"):
         records = list(record_dataset(tr.transformed_data_pattern(transform_dir, split)))
         parsed = tf.io.parse_example(tf.stack(records), spec)
-        probabilities = loaded(tr.dense_token_ids(parsed["text_xf"], max_len),
+        probabilities = loaded(model_inputs(tr.dense_token_ids(parsed["text_xf"], max_len),
+                                            *tr.dense_wide_features(parsed)),
                                training=False).numpy()
         labels = parsed["label_xf"].numpy()
         accuracy = np.mean(np.argmax(probabilities, axis=1) == labels)
@@ -313,6 +316,7 @@ def _workers_config(tmp_path, extra="", epochs=2):
     assert "epochs = 2\n" in TINY_TRAINER
     path = tmp_path / "workers.toml"
     path.write_text(TINY_TRAINER.replace("[trainer]\n", "[trainer]\nworkers = 2\n" + extra)
+                    .replace("[trainer.model]\n", "[trainer.model]\nwide = true\n")
                     .replace("epochs = 2\n", f"epochs = {epochs}\n"))
     return str(path)
 

@@ -168,8 +168,10 @@ def test_workers_import_the_installed_package_not_the_checkout(portable):
 def test_portable_runner_gives_the_direct_runners_results(tmp_path, portable):
     data = write_csv(tmp_path / "q.csv", trec_like())
     config = tmp_path / "tiny.toml"
-    # ExampleGen through Beam (small inputs are otherwise parsed in the driver).
-    config.write_text(TINY_TRAINER + "\n[example_gen]\nin_process_max_bytes = 0\n")
+    # ExampleGen through Beam (small inputs are otherwise parsed in the driver); the wide tower's
+    # features are analysed on the portable runner too.
+    config.write_text(TINY_TRAINER.replace("[trainer.model]\n", "[trainer.model]\nwide = true\n")
+                      + "\n[example_gen]\nin_process_max_bytes = 0\n")
     root_a, root_b = str(tmp_path / "direct"), str(tmp_path / "portable")
     serving = str(tmp_path / "serving")
     flags = portable.beam_args

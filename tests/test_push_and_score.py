@@ -28,6 +28,7 @@ batch_size = 16
 learning_rate = 0.01
 
 [trainer.model]
+wide = true  # scoring, the skew check and the Evaluator with the wide tower on
 embedding_dim = 16
 num_filters = 8
 
