@@ -58,8 +58,9 @@ class TransformSettings:
     records_per_shard: int = 100_000
     # The wide tower's input (`wide_features`): each document's bag of 1..wide_ngrams-grams of
     # the whole text (never truncated), TF-IDF weighted. Computed when the model has a wide
-    # tower (the pipeline's config turns it on with trainer.model.wide), or for the Tuner.
-    wide: bool = False
+    # tower: the pipeline's config sets it to trainer.model.wide (or the Tuner's space) unless
+    # it is given.
+    wide: bool = True
     wide_ngrams: int = 2  # words and bigrams
     wide_min_df: int = 2  # n-grams in fewer Split-train documents are left out
     wide_top_k: int = 200_000  # the n-grams in most Split-train documents; 0 keeps all
@@ -326,17 +327,24 @@ def run_transform(examples_dir: str, classes: Sequence[str], output_dir: str,
                 "token_lengths": {split: _read_token_stats(tmp, split, max_len)
                                   for split in splits},
                 "settings": dataclasses.asdict(settings)}
+        if settings.wide and not info["token_lengths"][features.TRAIN]["wide_ngrams"]:
+            info["warnings"] = [
+                f"the wide tower's vocabulary is empty: no n-gram is in "
+                f"{settings.wide_min_df} or more Split-train documents, so the wide tower "
+                f"adds nothing (lower transform.wide_min_df, or set trainer.model.wide = false)"]
         fileio.write_json(fileio.join(tmp, TRANSFORM_INFO_FILE), info, indent=2,
                           sort_keys=True)
     return info
 
 
 class TokenStatsFn(beam.CombineFn):
-    """Transformed record batches -> {histogram: {tokens: documents}, documents, tokens, oov}."""
+    """Transformed record batches -> {histogram: {tokens: documents}, documents, tokens, oov,
+    wide_ngrams}."""
 
     def create_accumulator(self):
+        # wide_ngrams: the wide features' entries (n-grams, each once per document), if any.
         return {"histogram": collections.Counter(), "documents": 0, "tokens": 0,
-                "oov_tokens": 0}
+                "oov_tokens": 0, "wide_ngrams": 0}
 
     def add_input(self, acc, element):
         import numpy as np
@@ -348,6 +356,8 @@ class TokenStatsFn(beam.CombineFn):
         acc["documents"] += len(lengths)
         acc["tokens"] += int(lengths.sum())
         acc["oov_tokens"] += int(oov.sum())
+        if features.WIDE_IDS in record_batch.schema.names:
+            acc["wide_ngrams"] += len(record_batch.column(features.WIDE_IDS).flatten())
         return acc
 
     def merge_accumulators(self, accumulators):

@@ -244,6 +244,11 @@ def resolve_space(tuner: TunerSettings, settings: TrainerSettings,
                 with_values(settings, {name: value})
             except (UserInputError, TypeError, ValueError) as e:
                 raise UserInputError(f"tuner.space.{name}: {value!r} is not a valid value: {e}")
+    wide_keys = sorted(k for k in space if k.startswith("wide_"))
+    if wide_keys and not settings.model.wide and True not in space.get("wide", ()):
+        raise UserInputError(
+            f"tuner.space.{wide_keys[0]} applies to the wide tower, which no trial has: set "
+            f"trainer.model.wide = true, or list wide = [false, true] in the space")
     if not space:
         raise UserInputError("the Tuner has nothing to search: every hyperparameter of "
                              "tuner.space is set explicitly in the trainer config (those win)")

@@ -166,16 +166,26 @@ def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfi
 def wants_wide_tower(config: PipelineConfig) -> bool:
     """Whether a model of this run may have the wide tower: trainer.model.wide, or a Tuner
     whose space lists wide = true."""
-    space = config.tuner.space.get("wide", []) if config.tuner.enabled else []
-    return config.trainer.model.wide or (isinstance(space, (list, tuple)) and True in space)
+    if config.trainer.model.wide:
+        return True
+    # A wide the config gives explicitly is held at its value by the search (false here).
+    space = (config.tuner.space.get("wide", []) if config.tuner.enabled
+             and "trainer.model.wide" not in config.given_keys else [])
+    return isinstance(space, (list, tuple)) and True in space
 
 
 def with_wide_features(config: PipelineConfig) -> PipelineConfig:
     """The config with transform.wide on when a model of the run may have the wide tower (its
-    input is the Transform's wide features); a config that turns them off explicitly then
-    gets an error."""
-    if not wants_wide_tower(config) or config.transform.wide:
+    input is the Transform's wide features), and off when none can (unless the config gives
+    it); a config that turns them off explicitly for a wide tower gets an error."""
+    wanted = wants_wide_tower(config)
+    if wanted == config.transform.wide:
         return config
+    if not wanted:
+        if "transform.wide" in config.given_keys:
+            return config  # computed as asked, e.g. for a later `train` with the tower
+        return dataclasses.replace(config, transform=dataclasses.replace(config.transform,
+                                                                         wide=False))
     if "transform.wide" in config.given_keys:
         raise UserInputError(
             "trainer.model.wide (or tuner.space.wide) needs the Transform's wide features, "

@@ -75,6 +75,7 @@ class TransformResult(StageDetails):
     max_len: Optional[int] = None
     max_len_source: str = "fixed"
     wide_input_dim: Optional[int] = None  # the wide features' n-grams; None: none computed
+    warnings: List[str] = dataclasses.field(default_factory=list)
     token_lengths: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     classes: List[str] = dataclasses.field(default_factory=list)
 

@@ -359,7 +359,8 @@ TRANSFORM = StageSpec(
     params=lambda run: {"settings": dataclasses.asdict(run.config.transform)},
     execute=_transform,
     outputs=lambda run, d, _: {"transform_graph": [dir_artifact(meta.TRANSFORM_GRAPH, d,
-                                                                SAVED_MODEL_GRAPH)]})
+                                                                SAVED_MODEL_GRAPH)]},
+    after=_warn_again)
 
 
 # --- Tuner (off unless enabled) -----------------------------------------------------------

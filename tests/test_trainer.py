@@ -176,7 +176,8 @@ def make_transformed(tmp_path, in_memory_options, n=60):
     return out, texts
 
 
-SMALL = TrainerSettings(model=ModelSettings(embedding_dim=8, num_filters=4), epochs=3,
+# The CNN alone (tests/test_wide.py trains the wide tower).
+SMALL = TrainerSettings(model=ModelSettings(embedding_dim=8, num_filters=4, wide=False), epochs=3,
                         batch_size=8, early_stopping_patience=0)
 
 

@@ -27,7 +27,7 @@ def row(ids, label, tokens=None, oov=0):
 class PreprocessingFnTest(tft_unit.TransformTestCase):
 
     def test_vocabulary_order_ids_padding_and_labels(self):
-        settings = tr.TransformSettings(max_len=5)
+        settings = tr.TransformSettings(max_len=5, wide=False)
         input_data = [
             {"text": b"The cat sat.", "label": b"pos"},
             {"text": b"the DOG sat", "label": b"neg"},
@@ -49,7 +49,7 @@ class PreprocessingFnTest(tft_unit.TransformTestCase):
             expected_vocab_file_contents={tr.VOCAB_NAME: vocab})
 
     def test_frequency_threshold_top_k_and_oov(self):
-        settings = tr.TransformSettings(max_len=4, frequency_threshold=2, num_oov_buckets=1)
+        settings = tr.TransformSettings(max_len=4, frequency_threshold=2, num_oov_buckets=1, wide=False)
         input_data = [
             {"text": b"a a b", "label": b"pos"},
             {"text": b"b c", "label": b"neg"},
@@ -60,7 +60,7 @@ class PreprocessingFnTest(tft_unit.TransformTestCase):
             input_data, metadata(), tr.make_preprocessing_fn(settings, CLASSES),
             expected_data=expected, expected_vocab_file_contents={tr.VOCAB_NAME: [b"b", b"a"]})
 
-        top1 = tr.TransformSettings(max_len=3, top_k=1)
+        top1 = tr.TransformSettings(max_len=3, top_k=1, wide=False)
         self.assertAnalyzeAndTransformResults(
             input_data, metadata(), tr.make_preprocessing_fn(top1, CLASSES),
             expected_data=[row([2, 2, 1], 0, oov=2), row([1, 2], 1, oov=1)],
@@ -81,9 +81,10 @@ class PreprocessingFnTest(tft_unit.TransformTestCase):
             "label_xf": tf.io.FixedLenFeature([], tf.int64)})
         self.assertAnalyzeAndTransformResults(
             input_data, metadata(),
-            tr.make_preprocessing_fn(tr.TransformSettings(max_len_quantile=0.95), CLASSES),
+            tr.make_preprocessing_fn(tr.TransformSettings(max_len_quantile=0.95, wide=False),
+                                     CLASSES),
             expected_data=expected, expected_metadata=expected_metadata)
-        capped = tr.TransformSettings(max_len_quantile=1.0, max_len_cap=7)
+        capped = tr.TransformSettings(max_len_quantile=1.0, max_len_cap=7, wide=False)
         self.assertAnalyzeAndTransformResults(
             input_data, metadata(), tr.make_preprocessing_fn(capped, CLASSES),
             expected_data=[row([1] * min(n, 7), 0, tokens=n) for n in range(1, 21)])
@@ -149,8 +150,12 @@ def test_stage_analyses_train_only_and_transforms_every_split(tmp_path, in_memor
     # Every training document has 2 tokens: auto max_len is 2, recorded for the Trainer.
     assert info["max_len"] == tr.transformed_max_len(output) == 2
     assert info["max_len_source"] == "auto"
+    # The wide features (on by default): "alpha", "beta", "gamma", "alpha beta", "beta gamma"
+    # are in 2+ training documents; each document has 3 of them.
     assert info["token_lengths"]["train"] == {"histogram": [[2, 6]], "documents": 6,
-                                              "tokens": 12, "oov_tokens": 0, "truncated": 0}
+                                              "tokens": 12, "oov_tokens": 0, "truncated": 0,
+                                              "wide_ngrams": 18}
+    assert info["wide_input_dim"] == 5 and "warnings" not in info
     assert info["token_lengths"]["eval"]["oov_tokens"] == 1  # delta
     assert info["token_lengths"]["test"]["oov_tokens"] == 1  # epsilon
     assert os.path.isdir(os.path.join(out, "transform_fn"))

@@ -47,11 +47,13 @@ class WideFeaturesTest(tft_unit.TransformTestCase):
     def test_tfidf_of_words_and_bigrams_equals_scikit_learn(self):
         # Lowercased and punctuation split off by the Transform's tokenizer already.
         texts = ["the cat sat on the mat", "the dog sat", "a cat and a dog",
-                 "the the the cat", "zebra", "the cat sat"]
+                 "the the the cat", "zebra", "the cat sat", "", "okapi"]
         import tensorflow_transform.beam as tft_beam
         import tempfile
 
-        with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
+        # Batches of 2: the analysis adds up several batches, and one batch ("", "okapi")
+        # has only empty bags.
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp(), desired_batch_size=2):
             (rows, _), transform_fn = (
                 ([{"text": t.encode(), "label": b"pos"} for t in texts],
                  dataset_metadata.DatasetMetadata.from_feature_spec(tr.raw_feature_spec()))
@@ -64,8 +66,8 @@ class WideFeaturesTest(tft_unit.TransformTestCase):
             vocabulary_dir).vocabulary_by_name(tr.WIDE_VOCAB_NAME)]
         got = bags(rows, vocabulary)
         want = sklearn_tfidf(texts, texts)
-        # "zebra" is in one document only (min_df 2): its bag is empty.
-        assert got[4] == {} == want[4]
+        # "zebra" is in one document only (min_df 2): its bag is empty, as the empty text's.
+        assert got[4] == {} == want[4] and got[6] == {} == want[6] == got[7]
         for g, w in zip(got, want):
             assert set(g) == set(w)
             for ngram in g:
@@ -220,12 +222,57 @@ def test_trainer_with_the_wide_tower_serves_raw_text_as_it_trained(trained_wide)
                 np.testing.assert_allclose(p, served[k], rtol=1e-5, atol=1e-6)
                 seen.add(k)
         assert seen == set(range(len(texts)))
+    # An empty text and one of unknown words: empty bags, probabilities all the same.
+    odd = loaded.signatures[export.SERVING_DEFAULT](text=tf.constant(["", "zzz qqq"]))[
+        export.PROBABILITIES].numpy()
+    np.testing.assert_allclose(odd.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def tr_example(text, label):
     from components.readers import to_tf_example
 
     return to_tf_example({features.TEXT: text.encode(), features.LABEL: label.encode()})
+
+
+def test_mixed_precision_dropout_and_l2_of_the_wide_tower():
+    """A training step under mixed_float16 with wide dropout and L2, batches with empty bags
+    included: float32 probabilities, the L2 penalty on the effective weights."""
+    import tf_keras as keras
+
+    from components.trainer import compile_textcnn
+
+    settings = ModelSettings(embedding_dim=4, num_filters=2, wide=True, wide_dropout=0.5,
+                             wide_l2=0.01, wide_learning_rate_scale=10.0)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_textcnn(20, 8, 2, settings, wide_input_dim=6)
+        compile_textcnn(model, TrainerSettings(model=settings), steps_known=False)
+        ids = tf.constant([[3, 4, 5, 0, 0, 0, 0, 0], [7, 8, 9, 0, 0, 0, 0, 0]], tf.int64)
+        labels = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+        for wide_ids, weights in (
+                (tf.constant([[1, 2], [5, 0]], tf.int64), tf.constant([[0.6, 0.8], [1.0, 0]])),
+                (tf.zeros([2, 0], tf.int64), tf.zeros([2, 0], tf.float32))):
+            model.train_on_batch(model_inputs(ids, wide_ids, weights), labels)
+            out = model(model_inputs(ids, wide_ids, weights))
+            assert out.dtype == tf.float32
+            np.testing.assert_allclose(out.numpy().sum(axis=1), 1.0, rtol=1e-3)
+        kernel = model.get_layer("wide_weights").kernel.numpy()
+        assert np.abs(kernel).max() > 0
+        np.testing.assert_allclose(float(model.losses[0]),
+                                   0.01 * np.sum((10.0 * kernel) ** 2), rtol=1e-4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_an_empty_wide_vocabulary_is_a_warning(tmp_path, in_memory_options):
+    rows = {"train": [("alpha", "pos"), ("beta", "neg"), ("gamma", "pos")],
+            "eval": [("alpha", "pos")]}
+    write_examples(tmp_path / "ExampleGen", rows)
+    info = tr.run_transform(str(tmp_path / "ExampleGen"), CLASSES, str(tmp_path / "T"), WIDE,
+                            in_memory_options)
+    assert info["token_lengths"]["train"]["wide_ngrams"] == 0
+    [warning] = info["warnings"]
+    assert "wide tower's vocabulary is empty" in warning and "wide_min_df" in warning
 
 
 def test_a_wide_model_needs_the_wide_features(tmp_path, in_memory_options):
@@ -235,36 +282,52 @@ def test_a_wide_model_needs_the_wide_features(tmp_path, in_memory_options):
         run_trainer(transform_dir, str(tmp_path / "Trainer"), SMALL)
     from components.tuner import TunerSettings, run_tuner
 
+    cnn_only = dataclasses.replace(SMALL, model=ModelSettings(embedding_dim=8, wide=False))
     with pytest.raises(UserInputError, match="no wide features"):
-        run_tuner(transform_dir, str(tmp_path / "Tuner"),
-                  dataclasses.replace(SMALL, model=ModelSettings(embedding_dim=8)),
+        run_tuner(transform_dir, str(tmp_path / "Tuner"), cnn_only,
                   TunerSettings(enabled=True, space={"wide": [False, True]}))
+    from components.tuner import resolve_space
+
+    # A setting of the wide tower, searched where no trial has the tower: nothing to search.
+    with pytest.raises(UserInputError, match="no trial has"):
+        resolve_space(TunerSettings(space={"wide_dropout": [0.0, 0.5]}), cnn_only)
 
 
 def test_the_config_turns_the_wide_features_on(tmp_path):
     from pipeline import configs
 
-    config = configs.load_config(None, {"trainer": {"model": {"wide": True}}})
-    assert config.transform.wide
-    assert not configs.load_config(None, {}).transform.wide
+    # On by default; the Transform computes the features when some model can use them.
+    default = configs.load_config(None, {})
+    assert default.trainer.model.wide and default.transform.wide
+    off = {"trainer": {"model": {"wide": False}}}
+    assert not configs.load_config(None, off).transform.wide
     tuned = configs.load_config(None, {"tuner": {"enabled": True,
                                                  "space": {"wide": [False, True]}}})
-    assert tuned.transform.wide
+    assert tuned.transform.wide and tuned.trainer.model.wide
+    # The search holds a wide the config gives at its value: no trial has the tower.
+    held = configs.load_config(None, {**off, "tuner": {"enabled": True,
+                                                       "space": {"wide": [False, True]}}})
+    assert not held.transform.wide
+    kept = configs.load_config(None, {**off, "transform": {"wide": True}})
+    assert kept.transform.wide  # given: computed as asked
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"transform": {"wide": False},
                                 "trainer": {"model": {"wide": True}}}))
     with pytest.raises(UserInputError, match="transform.wide = false"):
         configs.load_config(str(path), {})
     # A config built in code gets them from api.run too.
-    built = configs.PipelineConfig(trainer=TrainerSettings(model=ModelSettings(wide=True)))
+    built = configs.PipelineConfig(transform=tr.TransformSettings(wide=False))
     assert configs.with_wide_features(built).transform.wide
+    built = configs.PipelineConfig(trainer=TrainerSettings(model=ModelSettings(wide=False)))
+    assert not configs.with_wide_features(built).transform.wide
 
 
 def test_tuner_searches_the_wide_tower(trained_wide, tmp_path):
     from components.tuner import TunerSettings, run_tuner
 
     transform_dir = trained_wide[0]
-    base = dataclasses.replace(SMALL, model=ModelSettings(embedding_dim=8, num_filters=4))
+    base = dataclasses.replace(SMALL, model=ModelSettings(embedding_dim=8, num_filters=4,
+                                                          wide=False))
     result = run_tuner(transform_dir, str(tmp_path / "Tuner"), base, TunerSettings(
         enabled=True, max_trials=2, epochs=1, space={"wide": [False, True]}))
     seen = {t["values"]["wide"] for t in result["trials"]}
