@@ -6,7 +6,7 @@ import dataclasses
 import gzip
 import io
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -14,6 +14,11 @@ from components import features, fileio
 from components.errors import UserInputError
 
 POOLINGS = ("max_over_time", "seed")
+AUTO = "auto"  # trainer.model.wide's default: see ModelSettings.wide
+# "auto" turns the wide tower on when max_len cuts more than this share of Split-train's
+# documents: automatic max_len (the 0.95 quantile of the lengths) cuts at most 5%, unless the
+# cap (400 tokens) is below that quantile, i.e. the documents are long.
+AUTO_WIDE_TRUNCATED = 0.10
 # How pretrained vectors fill the vocabulary tokens they lack (and the OOV rows):
 # "uniform": U(-0.25, 0.25), the constant of Kim's released code; "variance": U(-a, a) with a
 # per dimension such that the random vectors have the known vectors' variance (Kim 2014, 3.1).
@@ -44,10 +49,13 @@ class ModelSettings:
     unknown_vectors: str = "uniform"  # see UNKNOWN_VECTORS
     # Wide and deep: a linear ("wide") tower over the document's TF-IDF bag of n-grams (the
     # Transform's `wide_features`, of the whole text), whose logits are added to the CNN's
-    # before the softmax. Its weights start at zero. On by default: measured in
-    # bench/accuracy.py (README, Accuracy), it wins on long documents and costs nothing
-    # beyond the spread between seeds on short ones.
-    wide: bool = True
+    # before the softmax. Its weights start at zero. "auto" (the default): on when the
+    # documents are long, i.e. the Transform's max_len cuts more than AUTO_WIDE_TRUNCATED of
+    # Split-train's documents (the Trainer decides, `resolve_wide`). Measured in
+    # bench/accuracy.py (README, Accuracy): it wins on long documents (BBC News), and on short
+    # ones it can win (MR), make no difference (TREC) or, on small data, lose (it fits noise
+    # n-grams before the CNN learns; tests/test_own_data.py's keyword task).
+    wide: Union[bool, str] = AUTO
     # Fraction of a document's n-grams dropped in training (their weights zeroed), so that the
     # wide tower cannot lean on a few rare n-grams; 0: off.
     wide_dropout: float = 0.0
@@ -75,6 +83,10 @@ class ModelSettings:
         if self.unknown_vectors not in UNKNOWN_VECTORS:
             raise UserInputError(f"trainer.model.unknown_vectors must be one of "
                                  f"{', '.join(UNKNOWN_VECTORS)}; got {self.unknown_vectors!r}")
+        if self.wide not in (True, False, AUTO) or isinstance(self.wide, int) and not \
+                isinstance(self.wide, bool):
+            raise UserInputError(f'trainer.model.wide must be true, false or "{AUTO}"; got '
+                                 f"{self.wide!r}")
         if not self.wide_learning_rate_scale > 0:
             raise UserInputError("trainer.model.wide_learning_rate_scale must be above 0")
         if not 0.0 <= self.wide_dropout < 1.0 or not self.wide_l2 >= 0.0:
@@ -298,6 +310,19 @@ def _wide_logits(wide_input_dim: int, num_classes: int, settings: ModelSettings)
     return [wide_ids, weights], logits
 
 
+def resolve_wide(settings: ModelSettings, transform_info: Dict[str, Any]) -> ModelSettings:
+    """`settings` with wide "auto" decided for a Transform output (`transform_info.json`): on
+    when it has wide features and max_len cut more than AUTO_WIDE_TRUNCATED of Split-train's
+    documents. True and false stay as they are."""
+    if settings.wide != AUTO:
+        return settings
+    train = (transform_info.get("token_lengths") or {}).get(features.TRAIN) or {}
+    documents = train.get("documents") or 0
+    cut = train.get("truncated", 0) / documents if documents else 0.0
+    return dataclasses.replace(settings, wide=bool(transform_info.get("wide_input_dim"))
+                               and cut > AUTO_WIDE_TRUNCATED)
+
+
 def towers(settings: ModelSettings) -> Tuple[str, ...]:
     """The towers a model of these settings has, for reports."""
     return ("cnn", "wide") if settings.wide else ("cnn",)
@@ -317,6 +342,9 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
     import tf_keras as keras
     from tf_keras import layers
 
+    if settings.wide == AUTO:
+        raise ValueError('trainer.model.wide = "auto" is decided by the Trainer for a Transform '
+                         "output (resolve_wide) before the network is built")
     if settings.wide and not wide_input_dim:
         raise UserInputError(
             "trainer.model.wide needs the Transform's wide features (its n-gram vocabulary), "

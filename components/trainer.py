@@ -24,7 +24,7 @@ from components import fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
 from components.model import (ModelSettings, build_textcnn, length_free, load_embedding_matrix,
-                              model_inputs)
+                              model_inputs, resolve_wide)
 from components.transform import (TRANSFORM_INFO_FILE, VOCAB_NAME, dense_token_ids,
                                   dense_wide_features, transformed_data_pattern)
 
@@ -595,6 +595,7 @@ def run_trainer(transform_dir: str, output_dir: str, settings: TrainerSettings,
     """
     cluster = parse_cluster(cluster_spec)
     info = read_transform_info(transform_dir)  # plain file reads: TensorFlow not used yet
+    settings = dataclasses.replace(settings, model=resolve_wide(settings.model, info))
     if features.EVAL not in info["splits"]:
         raise UserInputError("the Transform output has no Split-eval for early stopping")
     multi_worker = cluster is not None and cluster.num_workers > 1

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 from components import PROGRESS_LOGGER, features, fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
-from components.model import ModelSettings
+from components.model import ModelSettings, resolve_wide
 from components.trainer import TrainerSettings
 
 BEST_FILE = "best_hyperparameters.json"
@@ -281,6 +281,7 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
 
     space, held_values = resolve_space(tuner, trainer, held)
     info = read_transform_info(transform_dir)
+    trainer = dataclasses.replace(trainer, model=resolve_wide(trainer.model, info))
     if features.EVAL not in info["splits"]:
         raise UserInputError("the Transform output has no Split-eval: the Tuner's objective "
                              "is the eval accuracy")

@@ -164,9 +164,9 @@ def load_config(path: Optional[str], overrides: Dict[str, Any]) -> PipelineConfi
 
 
 def wants_wide_tower(config: PipelineConfig) -> bool:
-    """Whether a model of this run may have the wide tower: trainer.model.wide, or a Tuner
-    whose space lists wide = true."""
-    if config.trainer.model.wide:
+    """Whether a model of this run may have the wide tower: trainer.model.wide true or "auto",
+    or a Tuner whose space lists wide = true."""
+    if config.trainer.model.wide is not False:
         return True
     # A wide the config gives explicitly is held at its value by the search (false here).
     space = (config.tuner.space.get("wide", []) if config.tuner.enabled

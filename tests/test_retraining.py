@@ -52,9 +52,14 @@ def split_files(examples_dir):
 
 
 def vocabulary(transform_dir):
-    [path] = glob.glob(os.path.join(transform_dir, "transform_fn", "assets", "*"))
-    with open(path, "rb") as f:
-        return f.read()
+    """The Transform's vocabulary files (the tokens', and the wide tower's n-grams when it
+    computed wide features), by name."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(transform_dir, "transform_fn", "assets", "*"))):
+        with open(path, "rb") as f:
+            out[os.path.basename(path)] = f.read()
+    assert "text_vocab" in out
+    return out
 
 
 class Setup:

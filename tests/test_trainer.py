@@ -26,7 +26,7 @@ def layer_types(model):
 
 
 def test_textcnn_max_over_time():
-    model = build_textcnn(100, 20, 6, ModelSettings(embedding_dim=8))
+    model = build_textcnn(100, 20, 6, ModelSettings(wide=False, embedding_dim=8))
     convs = [l for l in model.layers if type(l).__name__ == "Conv1D"]
     assert [(c.kernel_size[0], c.filters, c.padding, c.strides[0]) for c in convs] == [
         (3, 100, "valid", 1), (4, 100, "valid", 1), (5, 100, "valid", 1)]
@@ -43,7 +43,7 @@ def test_textcnn_max_over_time():
 
 
 def test_textcnn_seed_pooling_flattens_each_branch():
-    model = build_textcnn(50, 10, 2, ModelSettings(embedding_dim=4, num_filters=2,
+    model = build_textcnn(50, 10, 2, ModelSettings(wide=False, embedding_dim=4, num_filters=2,
                                                    pooling="seed", max_norm=0))
     # valid conv of width k on 10 steps -> 11-k; pool 2 stride 1 -> 10-k; times 2 filters.
     flat = [model.get_layer(f"flatten_{k}").output.shape[-1] for k in (3, 4, 5)]
@@ -54,8 +54,8 @@ def test_textcnn_seed_pooling_flattens_each_branch():
 
 @pytest.mark.parametrize("pooling, max_len, padded", [("seed", 2, 6), ("seed", 5, 6)])
 def test_sequences_shorter_than_the_widest_filter_are_padded(pooling, max_len, padded):
-    model = build_textcnn(20, max_len, 3, ModelSettings(embedding_dim=4, num_filters=2,
-                                                       pooling=pooling))
+    model = build_textcnn(20, max_len, 3, ModelSettings(wide=False, embedding_dim=4,
+                                                       num_filters=2, pooling=pooling))
     assert model.get_layer("pad_to_widest_filter").output.shape[1] == padded
     assert model(tf.constant([[3, 4, 5, 6, 7][:max_len]], tf.int64)).shape == (1, 3)
 
@@ -63,7 +63,7 @@ def test_sequences_shorter_than_the_widest_filter_are_padded(pooling, max_len, p
 def test_length_free_model_is_the_same_however_far_a_text_is_padded():
     """The Trainer pads each batch only to its longest text, the exported model to max_len:
     the probabilities must not depend on it, nor on the other texts of the batch."""
-    model = build_textcnn(30, 12, 3, ModelSettings(embedding_dim=8, num_filters=4))
+    model = build_textcnn(30, 12, 3, ModelSettings(wide=False, embedding_dim=8, num_filters=4))
     texts = [[3, 4, 5, 6, 7, 8, 9], [2], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], []]
 
     def padded(rows, width):
@@ -91,7 +91,7 @@ def test_max_over_text_keeps_the_windows_inside_the_text():
 
 
 def test_mask_zero_zeroes_padding_vectors():
-    model = build_textcnn(20, 6, 2, ModelSettings(embedding_dim=4, mask_zero=True))
+    model = build_textcnn(20, 6, 2, ModelSettings(wide=False, embedding_dim=4, mask_zero=True))
     import tf_keras as keras
 
     upto_mask = keras.Model(model.input, model.get_layer("mask_padding").output)
@@ -109,11 +109,11 @@ def test_embedding_matrix_in_vocabulary_order(tmp_path):
     np.testing.assert_array_equal(matrix[3], [1, 2])  # the
     assert np.all(np.abs(matrix[[2, 4]]) <= 0.25)  # dog (not found) and the OOV row
 
-    model = build_textcnn(5, 6, 2, ModelSettings(embeddings=str(path)), matrix)
+    model = build_textcnn(5, 6, 2, ModelSettings(wide=False, embeddings=str(path)), matrix)
     embedding = model.get_layer("embedding")
     assert not embedding.trainable and embedding.output_dim == 2
     np.testing.assert_array_equal(embedding.get_weights()[0], matrix)
-    tuned = build_textcnn(5, 6, 2, ModelSettings(embeddings=str(path),
+    tuned = build_textcnn(5, 6, 2, ModelSettings(wide=False, embeddings=str(path),
                                                  embeddings_trainable=True), matrix)
     assert tuned.get_layer("embedding").trainable
 
@@ -143,7 +143,7 @@ def test_multichannel_has_a_frozen_and_a_tuned_copy(tmp_path):
     path = tmp_path / "vectors.txt"
     path.write_text("the 1.0 2.0\ncat 3.0 4.0\n")
     matrix, _ = load_embedding_matrix(str(path), ["cat", "the"], input_dim=4, seed=1)
-    settings = ModelSettings(embeddings=str(path), multichannel=True, num_filters=3)
+    settings = ModelSettings(wide=False, embeddings=str(path), multichannel=True, num_filters=3)
     model = build_textcnn(4, 6, 2, settings, matrix)
     frozen, tuned = model.get_layer("embedding"), model.get_layer("embedding_tuned")
     assert not frozen.trainable and tuned.trainable
@@ -177,8 +177,8 @@ def make_transformed(tmp_path, in_memory_options, n=60):
 
 
 # The CNN alone (tests/test_wide.py trains the wide tower).
-SMALL = TrainerSettings(model=ModelSettings(embedding_dim=8, num_filters=4, wide=False), epochs=3,
-                        batch_size=8, early_stopping_patience=0)
+SMALL = TrainerSettings(model=ModelSettings(embedding_dim=8, num_filters=4, wide=False),
+                        epochs=3, batch_size=8, early_stopping_patience=0)
 
 
 @pytest.fixture(scope="module")

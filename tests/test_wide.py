@@ -102,6 +102,30 @@ class WideFeaturesTest(tft_unit.TransformTestCase):
         np.testing.assert_allclose(rows[3][features.WIDE_WEIGHTS], [1.0], rtol=1e-6)
 
 
+def test_auto_turns_the_wide_tower_on_for_long_documents():
+    """"auto": on when max_len cut more than 10% of Split-train's documents (the cap of
+    automatic max_len binds: long documents), and the Transform computed wide features."""
+    from components.model import AUTO_WIDE_TRUNCATED, resolve_wide
+
+    def info(truncated, documents=100, wide_input_dim=50):
+        return {"wide_input_dim": wide_input_dim,
+                "token_lengths": {"train": {"documents": documents, "truncated": truncated}}}
+
+    auto = ModelSettings()
+    assert auto.wide == "auto" and AUTO_WIDE_TRUNCATED == 0.10
+    assert resolve_wide(auto, info(47)).wide is True  # BBC News: 47% cut at 400 tokens
+    assert resolve_wide(auto, info(5)).wide is False  # the 0.95 quantile: short documents
+    assert resolve_wide(auto, info(10)).wide is False
+    assert resolve_wide(auto, info(47, wide_input_dim=None)).wide is False  # no features
+    assert resolve_wide(auto, info(0, documents=0)).wide is False
+    for fixed in (True, False):
+        assert resolve_wide(ModelSettings(wide=fixed), info(0)).wide is fixed
+    with pytest.raises(UserInputError, match="wide must be"):
+        ModelSettings(wide="yes")
+    with pytest.raises(ValueError, match="resolve_wide"):
+        build_textcnn(20, 8, 3, auto, wide_input_dim=6)
+
+
 def test_wide_settings_are_checked():
     for bad in ({"wide_ngrams": 0}, {"wide_min_df": 0}, {"wide_top_k": -1},
                 {"wide_ngrams": True}):
@@ -280,6 +304,11 @@ def test_a_wide_model_needs_the_wide_features(tmp_path, in_memory_options):
     assert info["wide_input_dim"] is None
     with pytest.raises(UserInputError, match="transform.wide = true"):
         run_trainer(transform_dir, str(tmp_path / "Trainer"), SMALL)
+    # "auto" without wide features: the CNN alone.
+    auto = dataclasses.replace(SMALL, epochs=1, model=dataclasses.replace(SMALL.model,
+                                                                          wide="auto"))
+    result = run_trainer(transform_dir, str(tmp_path / "Auto"), auto)
+    assert set(result["towers"]) == {"cnn"} and result["settings"]["model"]["wide"] is False
     from components.tuner import TunerSettings, run_tuner
 
     cnn_only = dataclasses.replace(SMALL, model=ModelSettings(embedding_dim=8, wide=False))
@@ -296,9 +325,10 @@ def test_a_wide_model_needs_the_wide_features(tmp_path, in_memory_options):
 def test_the_config_turns_the_wide_features_on(tmp_path):
     from pipeline import configs
 
-    # On by default; the Transform computes the features when some model can use them.
+    # "auto" by default (the Trainer decides); the Transform computes the features when some
+    # model can use them.
     default = configs.load_config(None, {})
-    assert default.trainer.model.wide and default.transform.wide
+    assert default.trainer.model.wide == "auto" and default.transform.wide
     off = {"trainer": {"model": {"wide": False}}}
     assert not configs.load_config(None, off).transform.wide
     tuned = configs.load_config(None, {"tuner": {"enabled": True,
