@@ -210,15 +210,17 @@ def test_portable_runner_gives_the_direct_runners_results(tmp_path, portable):
             assert _stats_digest(os.path.join(st_b, features.split_dir_name(split),
                                               name)) == digest_a, (split, name)
 
-    # Transform: the same vocabulary (file under transform_fn/assets), the same transformed
-    # examples byte for byte (the canonical shards do not depend on the runner's order), the
-    # same token statistics and max_len.
+    # Transform: the same vocabularies (files under transform_fn/assets: the tokens' and the
+    # wide tower's n-grams), the same transformed examples byte for byte (the canonical shards
+    # do not depend on the runner's order), the same token statistics and max_len.
     tf_a, tf_b = _stage_dir(root_a, "Transform"), _stage_dir(root_b, "Transform")
-    [vocab_a] = glob.glob(os.path.join(tf_a, "transform_fn", "assets", "*vocab*"))
-    vocab_b = os.path.join(tf_b, "transform_fn", "assets", os.path.basename(vocab_a))
-    with open(vocab_a, "rb") as a, open(vocab_b, "rb") as b:
-        vocabulary = a.read()
-        assert vocabulary and b.read() == vocabulary
+    vocabularies = sorted(glob.glob(os.path.join(tf_a, "transform_fn", "assets", "*vocab*")))
+    assert [os.path.basename(v) for v in vocabularies] == ["text_vocab", "wide_vocab"]
+    for vocab_a in vocabularies:
+        vocab_b = os.path.join(tf_b, "transform_fn", "assets", os.path.basename(vocab_a))
+        with open(vocab_a, "rb") as a, open(vocab_b, "rb") as b:
+            vocabulary = a.read()
+            assert vocabulary and b.read() == vocabulary, vocab_a
     for split in SPLITS:
         files_a = sorted(os.path.relpath(p, tf_a) for p in glob.glob(
             os.path.join(tf_a, features.split_dir_name(split), "*")))
@@ -241,6 +243,7 @@ def test_portable_runner_gives_the_direct_runners_results(tmp_path, portable):
     settings = tomllib.loads(TINY_TRAINER)
     settings.setdefault("example_gen", {})["in_process_max_bytes"] = 0
     settings["evaluator"]["min_accuracy"] = 0.001
+    settings["trainer"]["model"]["wide"] = True  # as root A's run: its stages are reused
     config_eval = tmp_path / "tiny_eval.json"
     config_eval.write_text(json.dumps(settings))
     model = os.path.join(serving, "textcnn")
