@@ -335,3 +335,19 @@ def test_a_report_with_such_labels_shows_them_escaped_and_survives_a_broken_char
     page = render(tmp_path / "b", record)
     assert "could not be drawn: ValueError: a label matplotlib cannot draw" in page
     assert page.count('src="data:image/png;base64,') == 1  # the other chart is still there
+
+
+def test_the_report_names_the_towers_and_the_wide_features(tmp_path):
+    towers = {"cnn": {"filter_sizes": [3, 4, 5], "num_filters": 100, "parameters": 1170618},
+              "wide": {"ngrams": 95559, "ngram_max": 2, "parameters": 477795}}
+    record = summary([stage("ExampleGen", EXAMPLE_GEN),
+                      stage("Transform", {"vocabulary_size": 29608, "max_len": 400,
+                                          "max_len_source": "auto", "wide_input_dim": 95559}),
+                      stage("Trainer", {"towers": towers, "epochs_run": 3})])
+    page = render(tmp_path, record)
+    assert ("Towers: CNN (kernels 3,4,5 x 100 filters, 1,170,618 parameters) + wide (TF-IDF "
+            "over 95,559 n-grams of up to 2 words, 477,795 parameters).") in page
+    assert "Wide features: <b>95,559</b> n-grams" in page
+    cnn_only = render(tmp_path / "cnn", summary([stage("Trainer", {"towers": {
+        "cnn": towers["cnn"]}})]))
+    assert "Towers: CNN (kernels 3,4,5 x 100 filters, 1,170,618 parameters)." in cnn_only
