@@ -323,6 +323,17 @@ def resolve_wide(settings: ModelSettings, transform_info: Dict[str, Any]) -> Mod
                                and cut > AUTO_WIDE_TRUNCATED)
 
 
+def check_wide_features(available: Any, who: str = "trainer.model.wide") -> None:
+    """UserInputError unless a Transform output has the wide tower's features: `available` is
+    its n-gram vocabulary size (transform_info.json; None when it computed none) or whether
+    its transformed feature spec has them."""
+    if not available:
+        raise UserInputError(
+            f"{who} needs the Transform's wide features, and this Transform output has no "
+            f"wide features: run the Transform with transform.wide = true (the pipeline does "
+            f"when trainer.model.wide is set)")
+
+
 def towers(settings: ModelSettings) -> Tuple[str, ...]:
     """The towers a model of these settings has, for reports."""
     return ("cnn", "wide") if settings.wide else ("cnn",)
@@ -345,11 +356,8 @@ def build_textcnn(input_dim: int, max_len: int, num_classes: int, settings: Mode
     if settings.wide == AUTO:
         raise ValueError('trainer.model.wide = "auto" is decided by the Trainer for a Transform '
                          "output (resolve_wide) before the network is built")
-    if settings.wide and not wide_input_dim:
-        raise UserInputError(
-            "trainer.model.wide needs the Transform's wide features (its n-gram vocabulary), "
-            "and this Transform output has none: run the Transform with transform.wide = true "
-            "(the pipeline does when trainer.model.wide is set)")
+    if settings.wide:
+        check_wide_features(wide_input_dim)
     free = length_free(settings)
     ids = keras.Input(shape=(None if free else max_len,), dtype=tf.int64,
                       name=features.transformed_name(features.TEXT))

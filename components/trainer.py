@@ -23,8 +23,8 @@ from components import PROGRESS_LOGGER, features
 from components import fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
-from components.model import (ModelSettings, build_textcnn, length_free, load_embedding_matrix,
-                              model_inputs, resolve_wide)
+from components.model import (ModelSettings, build_textcnn, check_wide_features,
+                              length_free, load_embedding_matrix, model_inputs, resolve_wide)
 from components.transform import (TRANSFORM_INFO_FILE, VOCAB_NAME, dense_token_ids,
                                   dense_wide_features, transformed_data_pattern)
 
@@ -327,14 +327,13 @@ def make_dataset(file_pattern: str, feature_spec: Dict[str, Any], max_len: int,
         ds = ds.repeat()
 
     wide = settings.model.wide
+    if wide:
+        check_wide_features(features.WIDE_IDS in feature_spec)
     keys = (text_key, label_key) + ((features.WIDE_IDS, features.WIDE_WEIGHTS) if wide else ())
     missing = [k for k in keys if k not in feature_spec]
     if missing:
-        raise UserInputError(
-            f"the Transform output has no {', '.join(missing)}: "
-            + ("trainer.model.wide needs the Transform's wide features; run the Transform with "
-               "transform.wide = true (the pipeline does when trainer.model.wide is set)"
-               if features.WIDE_IDS in missing else "it is not this pipeline's Transform output"))
+        raise UserInputError(f"the Transform output has no {', '.join(missing)}: it is not "
+                             "this pipeline's Transform output")
     spec = {k: feature_spec[k] for k in keys}
 
     if not uses_length_buckets(settings):

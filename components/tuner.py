@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 from components import PROGRESS_LOGGER, features, fileio
 from components.artifacts import staged_output
 from components.errors import UserInputError
-from components.model import ModelSettings, resolve_wide
+from components.model import ModelSettings, check_wide_features, resolve_wide
 from components.trainer import TrainerSettings
 
 BEST_FILE = "best_hyperparameters.json"
@@ -35,7 +35,8 @@ MODEL_KEYS = ("embedding_dim", "filter_sizes", "num_filters", "dropout_rate", "m
               "wide", "wide_dropout", "wide_l2", "wide_learning_rate_scale")
 TRAINER_KEYS = ("learning_rate", "batch_size")
 TUNABLE = MODEL_KEYS + TRAINER_KEYS
-_BOOLEANS = ("mask_zero", "embeddings_trainable", "multichannel", "wide")  # KerasTuner: "true"/"false"
+# KerasTuner: "true"/"false"
+_BOOLEANS = ("mask_zero", "embeddings_trainable", "multichannel", "wide")
 _NEED_EMBEDDINGS = ("embeddings_trainable", "multichannel", "unknown_vectors")
 _RANGE_KEYS = ("min", "max", "step", "sampling")
 _SAMPLINGS = ("linear", "log", "reverse_log")
@@ -285,11 +286,9 @@ def run_tuner(transform_dir: str, output_dir: str, trainer: TrainerSettings,
     if features.EVAL not in info["splits"]:
         raise UserInputError("the Transform output has no Split-eval: the Tuner's objective "
                              "is the eval accuracy")
-    if (trainer.model.wide or True in space.get("wide", ())) and not info.get("wide_input_dim"):
-        raise UserInputError(
-            "the search trains models with the wide tower (trainer.model.wide or "
-            "tuner.space.wide), and this Transform output has no wide features: run the "
-            "Transform with transform.wide = true")
+    if trainer.model.wide or True in space.get("wide", ()):
+        check_wide_features(info.get("wide_input_dim"),
+                            "the search's wide tower (trainer.model.wide or tuner.space.wide)")
     # The Trainer's runtime settings, so that a trial trains as the Trainer would.
     import tensorflow as tf
     import tf_keras as keras
